@@ -1,0 +1,98 @@
+"""Hydra composition for the CLI and tests: ``conf=NAME`` (or a YAML path) plus overrides -> one DictConfig."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("backbone", "data", "sampler", "module", "trainer", "experiment")
+
+
+class ConfigError(ValueError):
+    """A config name, key or value the user gave that does not exist; the message lists valid choices."""
+
+
+def conf_dir() -> Path:
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise ConfigError(f"vau's config folder {CONF_DIR} is missing; reinstall vau (pip install -e .)")
+    return CONF_DIR
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def _unknown(kind: str, name: str, known: list[str], extra: str = "") -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}.{hint} Valid choices: {', '.join(known)}.{extra}")
+
+
+def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose the root config with experiment ``conf`` (a name in conf/experiment or a YAML path) and overrides.
+
+    Example:
+        >>> cfg = compose("demo", ["trainer.max_steps=2", "data.batch_size=2"])  # doctest: +SKIP
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    overrides = list(overrides)
+    tmp = None
+    if conf is not None:
+        path = Path(conf)
+        if conf.endswith((".yaml", ".yml")) or path.is_file():
+            if not path.is_file():
+                raise ConfigError(f"conf={conf}: no such YAML file")
+            # A YAML file outside conf/ acts as an experiment: stage it in a search-path folder of its own.
+            tmp = Path(tempfile.mkdtemp(prefix="vau-conf-"))
+            (tmp / "experiment").mkdir()
+            shutil.copy(path, tmp / "experiment" / "user_conf.yaml")
+            overrides = [f"hydra.searchpath=[file://{tmp}]", "experiment=user_conf", *overrides]
+        elif conf not in choices("experiment"):
+            raise _unknown("conf", conf, choices("experiment"), " Or pass a path to a YAML file.")
+        else:
+            overrides = [f"experiment={conf}", *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="vau"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except MissingConfigException as err:
+        group = next((g for g in GROUPS if re.search(rf"\b{g}\b", str(err))), None)
+        if group:
+            bad = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(f"{group}=")), "?")
+            raise _unknown(f"{group} config", bad, choices(group)) from None
+        raise ConfigError(str(err)) from None
+    except ConfigCompositionException as err:
+        raise ConfigError(_explain(err, overrides)) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cfg
+
+
+def _explain(err: Exception, overrides: list[str]) -> str:
+    text = str(err)
+    cause = getattr(err, "__cause__", None)
+    match = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)'", text)
+    if match:
+        key = match.group(1)
+        parent, _, leaf = key.rpartition(".")
+        try:
+            base = compose(None, [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)])
+            node = OmegaConf.select(base, parent) if parent else base
+            known = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        except Exception:
+            known = []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+        where = f"under {parent!r}" if parent else "at the top level"
+        return (f"unknown config key {key!r}.{hint} Keys {where}: {', '.join(known)}. "
+                f"To add a new key on purpose, write +{key}=VALUE.")
+    return f"{text}{': ' + str(cause) if cause else ''}"

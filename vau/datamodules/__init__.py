@@ -1,0 +1,1 @@
+"""VAU-Bench annotations -> samples, video reading, frame samplers, collate, DataModules."""

@@ -1,0 +1,129 @@
+"""Turn one (sample, decoded clip) into model tensors, and a list of those into a left-padded batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vau.datamodules.video import DecodedClip
+from vau.tasks import Sample, TaskSpec
+
+IGNORE_INDEX = -100
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+class SampleEncoder:
+    """Builds prompt tokens + vision tensors with the backbone's own processor, and the target tokens.
+
+    The prompt and target are tokenized separately, so the boundary between them is exact and the loss
+    mask never depends on how BPE merges across it.
+    """
+
+    def __init__(self, processor, spec: TaskSpec, system_prompt: str | None = None) -> None:
+        self.processor = processor
+        self.spec = spec
+        self.system_prompt = system_prompt
+        tok = processor.tokenizer
+        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        if self.eos_id is None or self.eos_id == tok.unk_token_id:
+            self.eos_id = tok.eos_token_id
+
+    def messages(self, sample: Sample) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.spec.prompt(sample)}]})
+        return msgs
+
+    def __call__(self, sample: Sample, clip: DecodedClip, with_target: bool = True) -> dict[str, Any]:
+        text = self.processor.apply_chat_template(self.messages(sample), tokenize=False, add_generation_prompt=True)
+        enc = self.processor(
+            text=[text], videos=[clip.frames], video_metadata=[clip.metadata()], return_tensors="pt",
+            do_sample_frames=False,
+        )
+        item: dict[str, Any] = {"sample": sample, "prompt_ids": enc["input_ids"][0]}
+        item["mm_token_type_ids"] = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
+        item["vision"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
+        if with_target:
+            target = self.processor.tokenizer(self.spec.target(sample), add_special_tokens=False)["input_ids"]
+            item["target_ids"] = torch.tensor([*target, self.eos_id], dtype=torch.long)
+        else:
+            item["target_ids"] = torch.zeros(0, dtype=torch.long)
+        return item
+
+
+class SampleList:
+    """The batch's :class:`Sample` objects. Deliberately not a ``Sequence``: Lightning's device transfer
+    walks sequences and rejects frozen dataclasses, and these never go to a device."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Sample]) -> None:
+        self.items = list(items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __repr__(self) -> str:
+        return f"SampleList({len(self.items)} samples)"
+
+
+def _left_pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype if seqs else torch.long)
+    for row, seq in enumerate(seqs):
+        if len(seq):
+            out[row, width - len(seq):] = seq
+    return out
+
+
+class Collator:
+    """Left-pads a list of encoded items into one batch.
+
+    The batch holds two views of the same examples:
+    - ``input_ids`` / ``attention_mask`` / ``labels``: prompt + target, for teacher-forced loss; labels are
+      ``-100`` on padding, prompt and video positions, so only target tokens (and the closing EOS) count.
+    - ``prompt_input_ids`` / ``prompt_attention_mask``: the prompt alone, for generation.
+    Vision tensors are concatenated along dim 0 (the processor's own layout for several videos).
+    Items that are bad videos (``{"bad": ...}``) are left out and listed under ``bad``.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if "bad" not in it]
+        batch: dict[str, Any] = {"bad": [it["bad"] for it in items if "bad" in it], "samples": SampleList([]), "size": len(good)}
+        if not good:
+            return batch
+        full = [torch.cat([it["prompt_ids"], it["target_ids"]]) for it in good]
+        batch["input_ids"] = _left_pad(full, self.pad_id)
+        batch["attention_mask"] = _left_pad([torch.ones_like(s) for s in full], 0)
+        labels = [torch.cat([torch.full_like(it["prompt_ids"], IGNORE_INDEX), it["target_ids"]]) for it in good]
+        batch["labels"] = _left_pad(labels, IGNORE_INDEX)
+        batch["prompt_input_ids"] = _left_pad([it["prompt_ids"] for it in good], self.pad_id)
+        batch["prompt_attention_mask"] = _left_pad([torch.ones_like(it["prompt_ids"]) for it in good], 0)
+        if good[0]["mm_token_type_ids"] is not None:
+            mm = [it["mm_token_type_ids"] for it in good]
+            batch["mm_token_type_ids"] = _left_pad(
+                [torch.cat([m, torch.zeros_like(it["target_ids"])]) for m, it in zip(mm, good)], 0
+            )
+            batch["prompt_mm_token_type_ids"] = _left_pad(mm, 0)
+        batch["vision"] = {key: torch.cat([torch.as_tensor(it["vision"][key]) for it in good]) for key in good[0]["vision"]}
+        batch["samples"] = SampleList([it["sample"] for it in good])
+        return batch
+
+
+def model_inputs(batch: dict[str, Any], prompt_only: bool = False) -> dict[str, torch.Tensor]:
+    """Keyword arguments for the model's forward/generate from a collated batch."""
+    prefix = "prompt_" if prompt_only else ""
+    inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"]}
+    if f"{prefix}mm_token_type_ids" in batch:
+        inputs["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
+    inputs.update(batch["vision"])
+    return inputs

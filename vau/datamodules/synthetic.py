@@ -1,0 +1,168 @@
+"""Generated mini-benchmark: short mp4 clips with a visually learnable anomaly and VAU-Bench-format CSVs.
+
+Every clip shows a grey dot drifting over a dark noisy background. During a known interval [start, end] an
+anomalous clip takes on a colour tint and shows a large square of that colour; the colour says which anomaly
+it is. Normal clips have no square
+and the VAU-Bench normal convention (start = end = 0.0, class Normal). Options are listed in one fixed order, so a
+model has to see the colour to answer (see docs/data.md for what this demo does and does not test).
+
+Example:
+    >>> from vau.datamodules.synthetic import generate
+    >>> generate("/tmp/vau-demo", n_train=8, n_val=4, n_test=4, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vau.datamodules.annotations import LETTERS, write_annotations
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Kind:
+    anomaly_class: str
+    option: str
+    color: tuple[int, int, int] | None
+    color_name: str
+
+
+KINDS = (
+    Kind("Normal", "Nothing unusual happens", None, ""),
+    Kind("Fire", "A fire breaks out", (230, 40, 30), "red"),
+    Kind("Fighting", "A fight breaks out", (40, 210, 60), "green"),
+    Kind("Road Accidents", "A car crashes", (40, 80, 240), "blue"),
+)
+QUESTIONS = (
+    "What happens in the video?",
+    "Which event does the video show?",
+    "What is the most notable event in this clip?",
+)
+SPLITS = ("train", "val", "test")
+
+
+def corpus() -> list[str]:
+    """Phrases the generated annotations use (for the tiny tokenizer)."""
+    lines = list(QUESTIONS) + [k.option for k in KINDS]
+    for k in KINDS:
+        lines += [_description(k), _reasoning(k)]
+    return lines
+
+
+def _description(kind: Kind) -> str:
+    if kind.color is None:
+        return "A grey dot drifts across a dark scene and nothing else appears."
+    return f"A grey dot drifts across a dark scene; then a {kind.color_name} square appears."
+
+
+def _reasoning(kind: Kind) -> str:
+    if kind.color is None:
+        return "No square appears, so nothing unusual happens."
+    return f"A {kind.color_name} square appears, so {kind.option[0].lower() + kind.option[1:].lower()}."
+
+
+def render_clip(kind: Kind, interval: tuple[float, float] | None, fps: int, n_frames: int, size: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 for one clip."""
+    frames = rng.integers(10, 40, size=(n_frames, size, size, 3), dtype=np.uint8)
+    dot = max(size // 14, 3)
+    pos = rng.uniform(dot, size - 2 * dot, size=2)
+    vel = rng.uniform(-2.0, 2.0, size=2)
+    square = size // 2
+    corner = rng.integers(0, size - square, size=2)
+    for t in range(n_frames):
+        pos = np.clip(pos + vel, 0, size - dot)
+        y, x = pos.astype(int)
+        frames[t, y:y + dot, x:x + dot] = 170
+        if kind.color is not None and interval is not None and interval[0] <= t / fps < interval[1]:
+            cy, cx = corner
+            # A whole-frame tint makes the cue visible in every video token, so a tiny model learns it in minutes.
+            frames[t] = (frames[t] * 0.5 + np.array(kind.color) * 0.25).astype(np.uint8)
+            frames[t, cy:cy + square, cx:cx + square] = kind.color
+    return frames
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Encode frames (T, H, W, 3) uint8 as H.264 mp4 with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    n_train: int = 240
+    n_val: int = 48
+    n_test: int = 96
+    seed: int = 0
+    fps: int = 8
+    size: int = 112
+    min_seconds: float = 4.0
+    max_seconds: float = 8.0
+    version: int = GENERATOR_VERSION
+
+
+def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
+             size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0) -> Path:
+    """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
+    the same spec. Classes are balanced within each split; everything follows from ``seed``.
+
+    Returns:
+        ``root``.
+    """
+    spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds)
+    root = Path(root)
+    manifest = root / "demo.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) == asdict(spec):
+        return root
+    log.info("generating the demo mini-benchmark in %s (%d/%d/%d clips)", root, n_train, n_val, n_test)
+    rng = np.random.default_rng(seed)
+    counts = dict(zip(SPLITS, (n_train, n_val, n_test)))
+    for split in SPLITS:
+        rows = []
+        kinds = [KINDS[i % len(KINDS)] for i in range(counts[split])]
+        rng.shuffle(kinds)
+        for i, kind in enumerate(kinds):
+            name = f"demo_{split}_{i:04d}.mp4"
+            duration = float(rng.uniform(min_seconds, max_seconds))
+            n_frames = int(round(duration * fps))
+            interval = None
+            if kind.color is not None:
+                length = float(rng.uniform(0.4, 0.7)) * duration
+                start = float(rng.uniform(0.05, 0.95 - length / duration)) * duration
+                interval = (round(start, 1), round(start + length, 1))
+            write_mp4(root / "videos" / name, render_clip(kind, interval, fps, n_frames, size, rng), fps)
+            start_s, end_s = interval if interval is not None else (0.0, 0.0)
+            rows.append({
+                "Video Name": name,
+                "Question": QUESTIONS[int(rng.integers(len(QUESTIONS)))],
+                **{f"Option {j + 1}": k.option for j, k in enumerate(KINDS)},
+                "Correct Option": LETTERS[KINDS.index(kind)],
+                "Key Object": f"{kind.color_name} square" if kind.color else "grey dot",
+                "Description": _description(kind),
+                "Reasoning": _reasoning(kind),
+                "Anomaly Class": kind.anomaly_class,
+                "Start Time": f"{start_s:.1f}",
+                "End Time": f"{end_s:.1f}",
+            })
+        write_annotations(root / f"{split}.csv", rows)
+    manifest.write_text(json.dumps(asdict(spec), indent=2))
+    return root

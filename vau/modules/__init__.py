@@ -1,0 +1,1 @@
+"""LightningModules (SFT, GRPO) and the backbone registry."""
