@@ -13,6 +13,7 @@ STAGES = {
     "validate": "evaluate on the val split (ckpt_path=PATH|last to load weights)",
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered backbone, frame sampler and reward",
+    "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls]",
     "data": "data tools: `data generate` writes the demo mini-benchmark of the chosen config",
 }
 
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if stage == "data":
             return _data(rest)
+        if stage == "score":
+            from vau.score import main as score_main
+
+            return score_main(rest)
         conf, overrides = _split(rest)
         cfg = compose(conf, overrides)
         from vau.registry import load_plugins

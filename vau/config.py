@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("backbone", "data", "sampler", "module", "trainer", "experiment")
+GROUPS = ("backbone", "data", "sampler", "module", "reward", "trainer", "experiment")
 
 
 class ConfigError(ValueError):
