@@ -17,7 +17,7 @@ from vau.callbacks import BadVideoMonitor
 from vau.config import ConfigError
 
 log = logging.getLogger(__name__)
-MODULES = ("sft",)
+MODULES = ("sft", "grpo")
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
@@ -30,28 +30,66 @@ def make_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def resolve_ckpt(cfg: DictConfig) -> str | None:
-    ckpt = cfg.get("ckpt_path")
-    if ckpt != "last":
-        return ckpt
-    runs = sorted((Path(cfg.paths.output_dir) / cfg.experiment_name).glob("*/checkpoints/last.ckpt"))
+def newest_checkpoint(cfg: DictConfig, experiment: str, key: str) -> str:
+    runs = sorted((Path(cfg.paths.output_dir) / experiment).glob("*/checkpoints/last.ckpt"))
     if not runs:
-        raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {cfg.paths.output_dir}/{cfg.experiment_name}")
+        raise ConfigError(f"{key}: no checkpoints/last.ckpt under {cfg.paths.output_dir}/{experiment}; "
+                          f"run that experiment first or give a checkpoint path")
     return str(runs[-1])
 
 
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    return newest_checkpoint(cfg, cfg.experiment_name, "ckpt_path=last") if ckpt == "last" else ckpt
+
+
+def load_init_weights(module, cfg: DictConfig) -> None:
+    """``init_from``: start from the model weights of a checkpoint file, or of an experiment's newest run."""
+    import torch
+
+    source = cfg.get("init_from")
+    if not source:
+        return
+    path = source if Path(source).is_file() else newest_checkpoint(cfg, source, f"init_from={source}")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = module.model.load_state_dict(weights, strict=False)
+    if unexpected or len(missing) == len(weights):
+        raise ConfigError(f"init_from={source}: {path} does not hold weights of this backbone "
+                          f"({len(unexpected)} unexpected, {len(missing)} missing keys)")
+    log.info("initialised model weights from %s", path)
+
+
 def build_module(cfg: DictConfig, backbone, run_dir: Path):
+    from vau.rewards import build_rewards
+
     name = cfg.module.name
+    rewards = build_rewards(cfg.get("reward"))
+    common = {"optim": cfg.module.optim, "task": cfg.data.task, "generation": cfg.module.get("generation"),
+              "predictions_dir": str(run_dir)}
     if name == "sft":
         from vau.modules.sft import SFTModule
 
-        return SFTModule(backbone, cfg.module.optim, cfg.data.task, cfg.module.get("generation"),
-                         predictions_dir=str(run_dir))
-    raise ConfigError(f"module.name={name!r} is not one of {', '.join(MODULES)}")
+        module = SFTModule(backbone, rewards=rewards, **common)
+    elif name == "grpo":
+        from vau.modules.grpo import GRPOModule
+
+        module = GRPOModule(backbone, rewards=rewards, grpo=cfg.module.get("grpo"),
+                            max_grad_norm=cfg.trainer.get("gradient_clip_val"), **common)
+    else:
+        raise ConfigError(f"module.name={name!r} is not one of {', '.join(MODULES)}")
+    load_init_weights(module, cfg)
+    return module
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if cfg.module.name == "grpo":
+        # GRPO steps its optimiser itself (several updates per rollout): it clips with this value instead.
+        kwargs.pop("gradient_clip_val", None)
+        if kwargs.get("accumulate_grad_batches", 1) != 1:
+            raise ConfigError("module=grpo: trainer.accumulate_grad_batches must be 1; raise data.batch_size or "
+                              "module.grpo.num_generations for larger rollouts")
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True, save_top_k=1,
                         auto_insert_metric_name=False),
@@ -83,7 +121,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     log.info("run directory: %s", run_dir)
     backbone = build_backbone(cfg.backbone)
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
-                                    with_target=True)
+                                    with_target=cfg.module.name == "sft")
     module = build_module(cfg, backbone, run_dir)
     trainer = build_trainer(cfg, run_dir)
     ckpt = resolve_ckpt(cfg)

@@ -24,7 +24,7 @@ from vau.datamodules.annotations import LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,20 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
+def shuffled_answers(rows: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
+    """The same rows with a random answer (and the reasoning that goes with it) in place of the true one.
+
+    SFT on these teaches the reply format but no link from pixels to answers: a chance-level starting policy
+    for showing that GRPO learns (see ``conf/experiment/demo_grpo.yaml``).
+    """
+    rng = np.random.default_rng([seed, 7])  # a stream of its own: the true rows stay as they are
+    out = []
+    for row in rows:
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        out.append({**row, "Correct Option": LETTERS[KINDS.index(kind)], "Reasoning": _reasoning(kind)})
+    return out
+
+
 @dataclass(frozen=True)
 class DemoSpec:
     n_train: int = 240
@@ -168,5 +182,7 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
                 "End Time": f"{end_s:.1f}",
             })
         write_annotations(root / f"{split}.csv", rows)
+        if split == "train":
+            write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed))
     manifest.write_text(json.dumps(asdict(spec), indent=2))
     return root

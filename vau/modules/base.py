@@ -47,9 +47,8 @@ class VAUModule(L.LightningModule):
 
     # -- generation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_ids(self, batch: dict[str, Any], max_new_tokens: int, **sampling) -> torch.Tensor:
-        """Completion token ids (B * num_return_sequences, T), prompt removed; padded with the pad id after EOS."""
-        inputs = model_inputs(batch, prompt_only=True)
+    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **sampling) -> torch.Tensor:
+        """Completion token ids (B, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS."""
         prompt_len = inputs["input_ids"].shape[1]
         was_training = self.model.training
         self.model.eval()
@@ -65,7 +64,8 @@ class VAUModule(L.LightningModule):
 
     def generate_replies(self, batch: dict[str, Any], max_new_tokens: int | None = None) -> list[str]:
         """Greedy replies, as text."""
-        return self.decode(self.generate_ids(batch, max_new_tokens or self.max_new_tokens, do_sample=False))
+        inputs = model_inputs(batch, prompt_only=True)
+        return self.decode(self.generate_ids(inputs, max_new_tokens or self.max_new_tokens, do_sample=False))
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> None:

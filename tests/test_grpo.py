@@ -1,0 +1,134 @@
+"""GRPOModule with the tiny real model: reference policy, stored old log-probs, forward counts, a short fit."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from vau.config import compose
+from vau.datamodules.annotations import read_annotations
+from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
+from vau.datamodules.samplers import UniformSampler
+from vau.datamodules.video import read_clip
+from vau.modules.backbones import Backbone
+from vau.modules.grpo import GRPOModule, repeat_batch
+from vau.rewards import RewardSet
+from vau.run import run
+from vau.tasks import TASKS
+
+REWARDS = {"format": {"weight": 1.0}, "choice_accuracy": {"weight": 1.0}}
+OPTIM = {"name": "adamw", "lr": 1e-3}
+
+
+def prompt_batch(backbone, demo_root, n=2):
+    spec = TASKS["qa"]
+    encoder = SampleEncoder(backbone.processor, spec)
+    items = []
+    for ann in read_annotations(demo_root / "train.csv")[:n]:
+        sample = spec.sample(ann, str(demo_root / "videos" / ann.video))
+        items.append(encoder(sample, read_clip(sample.video_path, UniformSampler(4)), with_target=False))
+    return Collator(backbone.pad_id)(items)
+
+
+def module(backbone, **grpo):
+    cfg = {"num_generations": 2, "max_new_tokens": 6, "beta": 0.0, **grpo}
+    return GRPOModule(backbone, OPTIM, "qa", RewardSet(REWARDS), grpo=cfg)
+
+
+def test_one_generation_is_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="num_generations=1.*at least 2"):
+        module(tiny_backbone, num_generations=1)
+
+
+def test_repeat_batch_gives_each_copy_the_same_logits(tiny_backbone, demo_root):
+    batch = prompt_batch(tiny_backbone, demo_root)
+    inputs = model_inputs(batch, prompt_only=True)
+    model = tiny_backbone.model.eval()
+    with torch.no_grad():
+        once = model(**inputs).logits
+        thrice = model(**repeat_batch(inputs, 3)).logits
+    for row in range(2):
+        for copy_index in range(3):
+            torch.testing.assert_close(thrice[row * 3 + copy_index], once[row], atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_disabled_reference_equals_the_base_model(tiny_backbone, demo_root):
+    base = copy.deepcopy(tiny_backbone.model).eval()
+    lora = get_peft_model(tiny_backbone.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                          init_lora_weights=False))
+    backbone = Backbone(lora, tiny_backbone.processor, tiny_backbone.family, tiny_backbone.path)
+    grpo = module(backbone, beta=0.1)
+    grpo.setup("fit")
+    assert grpo.ref_model is None  # no second copy with adapters
+    rollout = grpo.rollout(prompt_batch(backbone, demo_root))
+    with torch.no_grad():
+        policy, _ = grpo.token_logps(lora, rollout)
+        with grpo.reference_policy() as ref:
+            reference, _ = grpo.token_logps(ref, rollout)
+        expected, _ = grpo.token_logps(base, rollout)
+    torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(policy, expected)  # the adapters do change the policy
+
+
+def test_full_finetuning_reference_is_a_frozen_copy_only_when_beta_positive(tiny_backbone):
+    no_kl = module(tiny_backbone, beta=0.0)
+    no_kl.setup("fit")
+    assert no_kl.ref_model is None
+    with_kl = module(tiny_backbone, beta=0.04)
+    with_kl.setup("fit")
+    assert with_kl.ref_model is not None and not any(p.requires_grad for p in with_kl.ref_model.parameters())
+    assert "ref_model.model.language_model.layers.0.self_attn.q_proj.weight" not in with_kl.state_dict()
+
+
+def test_second_iteration_uses_stored_old_logps(tiny_backbone, demo_root):
+    grpo = module(tiny_backbone, num_iterations=2)
+    rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    optimizer = torch.optim.SGD(grpo.model.parameters(), lr=1.0)
+    loss, stats, _ = grpo.loss(rollout, advantages)
+    stored = rollout.old_logps.clone()
+    assert stats.clip_region.item() == 0  # first iteration: ratio is exactly 1
+    loss.backward()
+    optimizer.step()
+    loss2, stats2, _ = grpo.loss(rollout, advantages)
+    assert torch.equal(rollout.old_logps, stored)  # not recomputed from the updated policy
+    new_logps, _ = grpo.token_logps(grpo.model, rollout)
+    assert not torch.allclose(new_logps, stored)
+    assert stats2.clip_region.item() > 0  # a big step moves ratios out of [0.8, 1.2]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_beta_zero_makes_no_reference_forward(overrides, tmp_path, beta):
+    cfg = compose("demo", [*overrides, "module=grpo", f"run_dir={tmp_path}", "trainer.max_steps=2",
+                           "test_after_fit=false", "+trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4",
+                           "module.grpo.num_generations=2", "module.grpo.num_iterations=2", f"module.grpo.beta={beta}"])
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+    from vau.modules.backbones import build_backbone
+    from vau.run import build_module, build_trainer
+
+    backbone = build_backbone(cfg.backbone)
+    grpo = build_module(cfg, backbone, tmp_path)
+    scored = []
+    real_token_logps = grpo.token_logps
+    grpo.token_logps = lambda model, rollout: scored.append(model) or real_token_logps(model, rollout)
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, with_target=False)
+    build_trainer(cfg, tmp_path).fit(grpo, datamodule=dm)
+    # max_steps counts optimiser steps: 2 = one rollout x num_iterations 2 -> 2 policy passes, + 1 reference pass.
+    assert len(scored) == (3 if beta else 2)
+    assert sum(model is grpo.model for model in scored) == 2
+    assert (grpo.ref_model is not None) == bool(beta)
+
+
+def test_short_grpo_fit_with_two_prompts_per_batch(overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose("demo", [*overrides, "module=grpo", f"run_dir={run_dir}", "trainer.max_steps=2",
+                           "module.grpo.max_new_tokens=6", "module.grpo.num_generations=2",
+                           "module.grpo.log_completions_every_n_steps=1"])
+    assert cfg.data.batch_size == 2
+    metrics = run("fit", cfg)
+    assert "test/qa_accuracy" in metrics and "test/reward/total" in metrics
+    from tests.test_fit import _scalars
+
+    assert len(_scalars(run_dir, "train/reward/format")) == 2
+    assert len(_scalars(run_dir, "train/completion_length/mean")) == 2

@@ -1,0 +1,93 @@
+"""GRPO's tensor functions against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from vau.modules.grpo_loss import completion_mask, group_advantages, policy_loss
+
+# Two completions, three token slots; the second completion has one padded slot.
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+OLD = torch.zeros(2, 3)
+# Ratios exp(logp - old): row 0 = [1.5, 1.0, 0.5]; row 1 = [1.1, 0.7, (padding, 9.0)].
+LOGPS = torch.log(torch.tensor([[1.5, 1.0, 0.5], [1.1, 0.7, 9.0]]))
+ADV = torch.tensor([1.0, -2.0])
+
+
+def hand_per_token():
+    # eps = 0.2 both sides. Row 0, A = +1: min(r, clip(r)) -> 1.2 (clipped high), 1.0, 0.5 -> loss -1.2, -1.0, -0.5.
+    # Row 1, A = -2: min(-2r, -2 clip(r)) -> r=1.1: min(-2.2, -2.2) = -2.2; r=0.7: min(-1.4, -1.6) = -1.6 (clipped low).
+    # The loss is the negative: row 1 -> 2.2, 1.6; the padded slot never counts.
+    return torch.tensor([[-1.2, -1.0, -0.5], [2.2, 1.6, 0.0]])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_policy_loss_matches_hand_computation(loss_type):
+    per_token = hand_per_token()
+    expected = {
+        "grpo": ((-1.2 - 1.0 - 0.5) / 3 + (2.2 + 1.6) / 2) / 2,
+        "bnpo": (-1.2 - 1.0 - 0.5 + 2.2 + 1.6) / 5,
+        "dr_grpo": (per_token * MASK).sum().item() / (2 * 4),  # B x max_completion_length (4)
+        "dapo": (per_token * MASK).sum().item() / 10,  # 10 tokens in the global batch (num_items)
+    }[loss_type]
+    loss, stats = policy_loss(LOGPS, OLD, ADV, MASK, loss_type=loss_type, max_completion_length=4,
+                              num_items=10.0 if loss_type == "dapo" else None)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # Clipped: token (0,0) high with A>0; token (1,1) low with A<0; 5 real tokens.
+    assert stats.clip_high.item() == pytest.approx(1 / 5)
+    assert stats.clip_low.item() == pytest.approx(1 / 5)
+    assert stats.clip_region.item() == pytest.approx(2 / 5)
+
+
+def test_k3_kl_is_added_with_beta():
+    ref = LOGPS - 0.1  # log(ref/pi) = -0.1 on every token
+    k3 = math.exp(-0.1) + 0.1 - 1
+    base, _ = policy_loss(LOGPS, OLD, ADV, MASK, loss_type="bnpo")
+    with_kl, stats = policy_loss(LOGPS, OLD, ADV, MASK, loss_type="bnpo", beta=0.5, ref_logps=ref)
+    assert with_kl.item() == pytest.approx(base.item() + 0.5 * k3, abs=1e-6)
+    assert stats.kl.item() == pytest.approx(k3, abs=1e-6)
+
+
+def test_sequence_level_ratio_is_the_geometric_mean():
+    logps = torch.log(torch.tensor([[2.0, 0.5, 1.0]]))
+    loss, _ = policy_loss(logps, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3), loss_type="grpo",
+                          importance_sampling_level="sequence", epsilon_low=10, epsilon_high=10)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)  # (2 * 0.5 * 1) ** (1/3) = 1
+
+
+def test_zero_advantages_give_zero_policy_gradient():
+    logps = LOGPS.clone().requires_grad_(True)
+    loss, _ = policy_loss(logps, OLD, torch.zeros(2), MASK, loss_type="grpo")
+    loss.backward()
+    assert torch.count_nonzero(logps.grad) == 0
+
+
+def test_gradient_never_reaches_padding():
+    logps = LOGPS.clone().requires_grad_(True)
+    loss, _ = policy_loss(logps, OLD, ADV, MASK, loss_type="bnpo", beta=0.1, ref_logps=LOGPS.detach() - 0.3)
+    loss.backward()
+    assert logps.grad[1, 2] == 0 and logps.grad[0, 1] != 0
+
+
+def test_completion_mask_stops_at_first_eos_and_flags_truncation():
+    eos = 9
+    ids = torch.tensor([[4, 9, 5, 9], [4, 5, 6, 7], [9, 0, 0, 0]])
+    mask, truncated = completion_mask(ids, eos)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]
+
+
+def test_group_advantages_scalings():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv, zero = group_advantages(rewards, 4, "group", eps=0.0)
+    std = torch.tensor([1.0, 0.0, 1.0, 0.0]).std().item()
+    assert adv[:4].tolist() == pytest.approx([0.5 / std, -0.5 / std, 0.5 / std, -0.5 / std])
+    assert adv[4:].tolist() == [0, 0, 0, 0]
+    assert zero.tolist() == [False, True]
+    adv_none, _ = group_advantages(rewards, 4, "none")
+    assert adv_none.tolist() == [0.5, -0.5, 0.5, -0.5, 0, 0, 0, 0]
+    adv_batch, _ = group_advantages(rewards, 4, "batch", eps=0.0)
+    assert adv_batch.tolist() == pytest.approx((adv_none / rewards.std()).tolist())
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(rewards, 4, "global")

@@ -1,0 +1,262 @@
+"""GRPO: group-relative policy optimisation for video VLMs.
+
+One training step reads as four parts:
+
+    rollout    G sampled completions per prompt, masked after the first EOS
+    rewards    the configured reward plugins score every completion (weighted sum)
+    advantages rewards normalised within each prompt's group
+    loss       clipped policy-gradient loss (+ k3 KL to the reference), ``num_iterations`` updates per rollout
+
+The reference policy is the same model with its LoRA/QLoRA adapters disabled (no second copy), or, for full
+fine-tuning, a frozen copy made only when ``beta > 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vau.modules.base import VAUModule
+from vau.modules.grpo_loss import IS_LEVELS, LOSS_TYPES, completion_mask, group_advantages, policy_loss
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "num_generations": 4, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1024,
+    "mask_truncated_completions": False, "loss_type": "grpo", "importance_sampling_level": "token",
+    "epsilon_low": 0.2, "epsilon_high": 0.2, "beta": 0.04, "num_iterations": 1, "scale_rewards": "group",
+    "drop_zero_std_groups": False, "log_completions_every_n_steps": 50,
+}
+
+
+@dataclass
+class Rollout:
+    inputs: dict[str, torch.Tensor]  # prompt inputs repeated G times (B*G rows)
+    completion_ids: torch.Tensor  # (B*G, T)
+    mask: torch.Tensor  # (B*G, T) float, tokens up to and including the first EOS
+    truncated: torch.Tensor  # (B*G,) bool
+    texts: list[str]
+    samples: list  # the Sample of every completion
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+
+
+def repeat_batch(inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+    """Repeat every example of a model-input dict ``times`` times (consecutively), vision tensors included.
+
+    Pixel tensors hold all patches of all videos/images in one (N, D) block; each video's block of
+    ``prod(grid_thw)`` rows is repeated as a whole.
+    """
+    out = {k: v.repeat_interleave(times, dim=0) for k, v in inputs.items()
+           if k not in ("pixel_values_videos", "pixel_values")}
+    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
+        if pixels in inputs:
+            blocks = torch.split(inputs[pixels], inputs[grid].prod(dim=1).tolist())
+            out[pixels] = torch.cat([b for b in blocks for _ in range(times)])
+    return out
+
+
+class GRPOModule(VAUModule):
+    """GRPO over one task with the configured rewards.
+
+    Args:
+        rewards: a :class:`vau.rewards.RewardSet` (required).
+        grpo: config node, see ``conf/module/grpo.yaml`` for every key and its meaning.
+        max_grad_norm: gradient clipping (this module steps its optimiser itself; the CLI passes
+            ``trainer.gradient_clip_val`` here).
+        Others: see :class:`VAUModule`.
+    """
+
+    def __init__(self, backbone, optim, task: str, rewards, grpo=None, generation=None,
+                 predictions_dir: str | None = None, max_grad_norm: float | None = 1.0) -> None:
+        super().__init__(backbone, optim, task, generation, predictions_dir, rewards=rewards)
+        self.automatic_optimization = False  # several updates per rollout (num_iterations)
+        cfg = {**DEFAULTS, **dict(grpo or {})}
+        unknown = set(cfg) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown module.grpo key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.cfg = cfg
+        self.G = int(cfg["num_generations"])
+        if self.G < 2:
+            raise ValueError(f"module.grpo.num_generations={self.G}: GRPO compares completions within a group, "
+                             f"so it needs at least 2 (the VAU-R1 setting is 4)")
+        if rewards is None or not len(rewards):
+            raise ValueError("GRPO needs at least one reward: set the `reward` config group (e.g. reward=qa)")
+        if cfg["loss_type"] not in LOSS_TYPES or cfg["importance_sampling_level"] not in IS_LEVELS:
+            raise ValueError(f"module.grpo.loss_type must be one of {LOSS_TYPES} and importance_sampling_level "
+                             f"one of {IS_LEVELS}")
+        self.beta = float(cfg["beta"])
+        self.num_iterations = int(cfg["num_iterations"])
+        self.max_grad_norm = max_grad_norm
+        self.ref_model: torch.nn.Module | None = None
+        self.eos_id = backbone.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    # -- reference policy -----------------------------------------------------------------------------------------
+    def _uses_adapters(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and bool(getattr(self.model, "peft_config", None))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.beta != 0.0 and not self._uses_adapters() and self.ref_model is None:
+            # Full fine-tuning: a frozen copy of the starting weights. Kept out of the state dict (not a submodule).
+            ref = copy.deepcopy(self.model).eval()
+            ref.requires_grad_(False)
+            object.__setattr__(self, "ref_model", ref)
+
+    @contextmanager
+    def reference_policy(self):
+        """Yields the model to score the reference log-probs with."""
+        if self._uses_adapters():
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.ref_model
+
+    # -- 1. rollout -----------------------------------------------------------------------------------------------
+    def rollout(self, batch: dict[str, Any]) -> Rollout:
+        from vau.datamodules.encoding import model_inputs
+
+        inputs = repeat_batch(model_inputs(batch, prompt_only=True), self.G)
+        sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
+                    "top_k": int(self.cfg["top_k"]) or None}
+        with self._sync_generation():
+            ids = self.generate_ids(inputs, int(self.cfg["max_new_tokens"]), **sampling)
+        mask, truncated = completion_mask(ids, self.eos_id)
+        if self.cfg["mask_truncated_completions"]:
+            mask = mask * (~truncated).float().unsqueeze(1)
+        samples = [s for s in batch["samples"] for _ in range(self.G)]
+        return Rollout(inputs, ids, mask, truncated, self.decode(ids), samples)
+
+    @contextmanager
+    def _sync_generation(self):
+        # Under FSDP every rank must keep calling forward until all ranks are done (see vau.modules.parallel).
+        sync = getattr(self, "generation_context", None)
+        with sync() if sync else nullcontext():
+            yield
+
+    # -- 2. rewards -----------------------------------------------------------------------------------------------
+    def score(self, rollout: Rollout):
+        lengths = rollout.mask.sum(dim=1).long().tolist()
+        return self.rewards(rollout.texts, rollout.samples, completion_lengths=lengths,
+                            max_new_tokens=int(self.cfg["max_new_tokens"]))
+
+    # -- 3. advantages --------------------------------------------------------------------------------------------
+    def advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        adv, zero_std = group_advantages(rewards, self.G, str(self.cfg["scale_rewards"]))
+        if self.cfg["drop_zero_std_groups"]:
+            # Groups with identical rewards carry no signal; drop them from the loss (and its normalisation).
+            rollout.mask = rollout.mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1)
+        return adv.to(self.device), zero_std
+
+    # -- 4. loss --------------------------------------------------------------------------------------------------
+    def token_logps(self, model: torch.nn.Module, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs (and entropies) of the completions under ``model``, at the sampling temperature."""
+        prompt = rollout.inputs
+        T = rollout.completion_ids.shape[1]
+        inputs = dict(prompt)
+        inputs["input_ids"] = torch.cat([prompt["input_ids"], rollout.completion_ids], dim=1)
+        inputs["attention_mask"] = torch.cat([prompt["attention_mask"], rollout.mask.long()], dim=1)
+        if "mm_token_type_ids" in prompt:
+            inputs["mm_token_type_ids"] = torch.cat(
+                [prompt["mm_token_type_ids"], torch.zeros_like(rollout.completion_ids)], dim=1)
+        logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
+        logits = logits / float(self.cfg["temperature"])
+        logprobs = torch.log_softmax(logits, dim=-1)
+        logps = logprobs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        return logps, entropy.detach()
+
+    def loss(self, rollout: Rollout, advantages: torch.Tensor):
+        logps, entropy = self.token_logps(self.model, rollout)
+        if rollout.old_logps is None:
+            # First update on this rollout: the policy that sampled it is the current one.
+            rollout.old_logps = logps.detach()
+        num_items = None
+        if self.cfg["loss_type"] == "dapo":
+            num_items = rollout.mask.sum()
+            if dist.is_available() and dist.is_initialized():
+                num_items = num_items.clone()
+                dist.all_reduce(num_items)
+                num_items = num_items / dist.get_world_size()  # DDP averages gradients across ranks
+        loss, stats = policy_loss(
+            logps, rollout.old_logps, advantages, rollout.mask, loss_type=self.cfg["loss_type"],
+            epsilon_low=float(self.cfg["epsilon_low"]), epsilon_high=float(self.cfg["epsilon_high"]),
+            beta=self.beta, ref_logps=rollout.ref_logps,
+            importance_sampling_level=self.cfg["importance_sampling_level"],
+            max_completion_length=int(self.cfg["max_new_tokens"]), num_items=num_items,
+        )
+        entropy_mean = (entropy * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)
+        return loss, stats, entropy_mean
+
+    # -- the step -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["size"]:
+            return None  # every video in the batch was unusable (counted by BadVideoMonitor)
+        rollout = self.rollout(batch)
+        rewards = self.score(rollout)
+        advantages, zero_std = self.advantages(rewards.total.to(self.device), rollout)
+        if self.beta != 0.0:
+            with torch.no_grad(), self.reference_policy() as ref:
+                rollout.ref_logps, _ = self.token_logps(ref, rollout)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        for _ in range(self.num_iterations):
+            loss, stats, entropy = self.loss(rollout, advantages)
+            self.manual_backward(loss)
+            if self.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=float(self.max_grad_norm),
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        self._log_step(batch, rollout, rewards, zero_std, loss, stats, entropy)
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        # One optimiser step per iteration over each rollout: the schedule counts those.
+        total = self.trainer.estimated_stepping_batches * self.num_iterations
+        from vau.modules.optim import warmup_schedule
+
+        config["lr_scheduler"]["scheduler"] = warmup_schedule(
+            config["optimizer"], total, warmup_ratio=float(self.optim_cfg.get("warmup_ratio", 0.0)),
+            decay=str(self.optim_cfg.get("decay", "constant")),
+            min_lr_ratio=float(self.optim_cfg.get("min_lr_ratio", 0.0)))
+        return config
+
+    # -- logging --------------------------------------------------------------------------------------------------
+    def _log_step(self, batch, rollout: Rollout, rewards, zero_std, loss, stats, entropy) -> None:
+        n = batch["size"]
+        lengths = rollout.mask.sum(dim=1)
+        values = {
+            "train/loss": loss.detach(), "train/kl": stats.kl, "train/clip_ratio/low": stats.clip_low,
+            "train/clip_ratio/high": stats.clip_high, "train/clip_ratio/region": stats.clip_region,
+            "train/entropy": entropy, "train/zero_std_fraction": zero_std.float().mean(),
+            "train/completion_length/mean": lengths.mean(), "train/completion_length/min": lengths.min(),
+            "train/completion_length/max": lengths.max(), "train/truncated_fraction": rollout.truncated.float().mean(),
+        }
+        for name, value in rewards.means().items():
+            values[f"train/reward/{name}"] = value
+        for name, value in rewards.stds().items():
+            values[f"train/reward_std/{name}"] = value
+        self.log_dict(values, batch_size=n)
+        self.log("train/reward", rewards.total.mean(), prog_bar=True, batch_size=n)
+        self.log_lr(n)
+        every = int(self.cfg["log_completions_every_n_steps"] or 0)
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            self._log_completions(rollout, rewards)
+
+    def _log_completions(self, rollout: Rollout, rewards) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return
+        rows = ["| video | completion | " + " | ".join(rewards.per_reward) + " | total |",
+                "|---|---|" + "---|" * (len(rewards.per_reward) + 1)]
+        for i, (sample, text) in enumerate(zip(rollout.samples, rollout.texts)):
+            cells = ["-" if v[i] is None else f"{v[i]:.3f}" for v in rewards.per_reward.values()]
+            clean = text.replace("|", "\\|").replace("\n", " ")[:300]
+            rows.append(f"| {sample.video} | {clean} | " + " | ".join(cells) + f" | {float(rewards.total[i]):.3f} |")
+        experiment.add_text("train/completions", "\n".join(rows), self.global_step)

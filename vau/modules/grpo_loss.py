@@ -1,0 +1,120 @@
+"""GRPO's pieces as pure tensor functions: completion masks, group advantages, the clipped policy loss.
+
+Shapes: ``B`` completions (prompts x generations), ``T`` completion tokens. Every function is deterministic and
+independent of the model, so tests can check them against hand-computed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+IS_LEVELS = ("token", "sequence")
+
+
+def completion_mask(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask (B, T) that keeps tokens up to and including the first EOS, and a (B,) flag of truncated completions
+    (no EOS within the generated length)."""
+    is_eos = ids == eos_id
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return (positions <= first.unsqueeze(1)).float(), ~has_eos
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
+                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages of ``rewards`` (B,) ordered as consecutive groups of ``group_size`` completions per prompt.
+
+    ``scale``: ``group`` divides by each group's std (GRPO), ``batch`` by the whole batch's std, ``none`` only
+    centres (Dr. GRPO). Returns the advantages and a (B / group_size,) flag of groups whose rewards are all equal.
+    """
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards={scale!r}: use one of {SCALE_REWARDS}")
+    grouped = rewards.view(-1, group_size)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    group_std = grouped.std(dim=1, unbiased=True) if group_size > 1 else torch.zeros(grouped.shape[0])
+    zero_std = group_std < 1e-6
+    if scale == "group":
+        std = group_std.repeat_interleave(group_size)
+        # A group whose rewards are all equal has zero advantage whatever eps is (no 0/0).
+        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps) if rewards.numel() > 1 else centred
+    return centred, zero_std
+
+
+@dataclass
+class LossStats:
+    kl: torch.Tensor
+    clip_low: torch.Tensor
+    clip_high: torch.Tensor
+    clip_region: torch.Tensor
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                loss_type: str = "grpo", epsilon_low: float = 0.2, epsilon_high: float = 0.2, beta: float = 0.0,
+                ref_logps: torch.Tensor | None = None, importance_sampling_level: str = "token",
+                max_completion_length: int | None = None, num_items: torch.Tensor | float | None = None
+                ) -> tuple[torch.Tensor, LossStats]:
+    """Clipped surrogate loss with an optional k3 KL penalty to a reference policy.
+
+    Args:
+        logps, old_logps, ref_logps: (B, T) per-token log-probs under the current, rollout and reference policy.
+        advantages: (B,) one advantage per completion.
+        mask: (B, T) 1 for completion tokens that count.
+        loss_type: how per-token losses are averaged:
+            ``grpo`` mean over each sequence's tokens, then over sequences;
+            ``bnpo`` mean over all tokens of the local batch;
+            ``dr_grpo`` sum over tokens / (B x max_completion_length) (no length bias);
+            ``dapo`` sum over tokens / tokens in the global batch (``num_items``, summed over processes).
+        importance_sampling_level: ``token`` (one ratio per token) or ``sequence`` (GSPO: the geometric mean
+            ratio of the sequence, shared by its tokens).
+        epsilon_low, epsilon_high: the ratio is clipped to [1 - epsilon_low, 1 + epsilon_high].
+
+    Returns:
+        The scalar loss and :class:`LossStats` (masked means of KL and of the clipped-token fractions).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}")
+    if importance_sampling_level not in IS_LEVELS:
+        raise ValueError(f"importance_sampling_level={importance_sampling_level!r}: use one of {IS_LEVELS}")
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "sequence":
+        seq = (log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        # One ratio per sequence (the geometric mean of its token ratios); gradients reach every token's logp.
+        log_ratio = seq.expand_as(logps)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = torch.zeros_like(logps)
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps")
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1  # k3 estimator: unbiased, always >= 0
+        per_token = per_token + beta * kl
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type=dr_grpo needs max_completion_length")
+        loss = (per_token * mask).sum() / (logps.shape[0] * max_completion_length)
+    else:
+        denom = torch.as_tensor(num_items if num_items is not None else mask.sum(), dtype=per_token.dtype)
+        loss = (per_token * mask).sum() / denom.clamp(min=1.0)
+    low = ((ratio < 1 - epsilon_low) & (adv < 0)).float()
+    high = ((ratio > 1 + epsilon_high) & (adv > 0)).float()
+    stats = LossStats(kl=_masked_mean(kl.detach(), mask), clip_low=_masked_mean(low, mask),
+                      clip_high=_masked_mean(high, mask), clip_region=_masked_mean(((low + high) > 0).float(), mask))
+    return loss, stats
