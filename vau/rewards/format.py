@@ -1,0 +1,47 @@
+"""Format rewards: does a reply use its task's tags (``vau.tasks.TaskSpec.format_tags``)?
+
+A task without format tags (``describe``) gets None. Tag content must be non-blank, so an empty
+``<answer></answer>`` earns nothing here either.
+"""
+
+from __future__ import annotations
+
+from vau.parsing import extract_tag, has_strict_format
+from vau.registry import REWARDS
+from vau.tasks import Sample, get_task
+
+
+def task_tags(sample: Sample) -> tuple[str, ...]:
+    """The sample's format tags; () for a task without tags or an unknown task."""
+    try:
+        return tuple(get_task(sample.task).format_tags)
+    except (KeyError, AttributeError):
+        return ()
+
+
+@REWARDS.register("format")
+def format_reward(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """1 when the reply is exactly the task's tags in order with non-blank content, else 0; range [0, 1].
+
+    Example:
+        >>> format_reward(["<think>smoke</think><answer>B</answer>", "B"], [qa_sample, qa_sample])  # doctest: +SKIP
+        [1.0, 0.0]
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        tags = task_tags(sample)
+        out.append(float(has_strict_format(text, tags)) if tags else None)
+    return out
+
+
+@REWARDS.register("format_lenient")
+def format_lenient(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """Fraction of the task's tags present with non-blank content, anywhere and in any order; range [0, 1].
+
+    Partial credit for a model that is still learning the format; text around the tags is not penalised.
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        tags = task_tags(sample)
+        out.append(sum(bool(extract_tag(text, t)) for t in tags) / len(tags) if tags else None)
+    return out
