@@ -51,3 +51,19 @@ def test_test_stage_loads_last_checkpoint(overrides, tmp_path):
     cfg = compose("demo", [*overrides, f"run_dir={tmp_path / 'eval'}", "ckpt_path=last"])
     metrics = run("test", cfg)
     assert "test/qa_accuracy" in metrics
+
+
+def test_fit_with_the_example_plugin_reward(overrides, tmp_path):
+    from pathlib import Path
+
+    from vau.registry import REWARDS, load_plugins
+
+    conf = Path(__file__).resolve().parent.parent / "plugins" / "brevity.yaml"
+    run_dir = tmp_path / "run"
+    cfg = compose(str(conf), [*overrides, f"run_dir={run_dir}"])
+    assert "plugins.brevity" in cfg.plugins and "brevity" in cfg.reward
+    load_plugins(cfg.plugins)  # what the CLI does before run()
+    assert "brevity" in REWARDS
+    metrics = run("fit", cfg)
+    assert 0.0 <= metrics["test/reward/brevity"] <= 1.0
+    assert _scalars(run_dir, "test/reward/brevity")

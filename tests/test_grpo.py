@@ -132,3 +132,14 @@ def test_short_grpo_fit_with_two_prompts_per_batch(overrides, tmp_path):
 
     assert len(_scalars(run_dir, "train/reward/format")) == 2
     assert len(_scalars(run_dir, "train/completion_length/mean")) == 2
+
+
+def test_rollouts_never_contain_vision_placeholder_tokens(tiny_backbone, demo_root):
+    # Make <|video_pad|> the model's favourite token: a sampled one would break the loss forward.
+    video_pad = tiny_backbone.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    with torch.no_grad():
+        tiny_backbone.model.lm_head.weight[video_pad] = tiny_backbone.model.lm_head.weight.abs().max() * 50
+    grpo = module(tiny_backbone)
+    rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
+    assert not (rollout.completion_ids == video_pad).any()
+    grpo.token_logps(grpo.model, rollout)  # and the loss forward accepts the rollout
