@@ -14,7 +14,7 @@ STAGES = {
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered backbone, frame sampler and reward",
     "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls]",
-    "data": "data tools: `data generate` writes the demo mini-benchmark of the chosen config",
+    "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos)",
 }
 
 
@@ -91,18 +91,73 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _data(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("generate",):
-        print("error: `python -m vau data` takes a subcommand: generate. "
-              "Example: python -m vau data generate data.root=/tmp/demo data.generate.n_train=100", file=sys.stderr)
-        return 2
-    conf, overrides = _split(argv[1:])
-    cfg = compose(conf, overrides)
-    gen = cfg.data.get("generate")
-    if not gen:
-        raise ConfigError(f"data={cfg.data.name} has no `generate` section; use data=demo")
-    from vau.datamodules.synthetic import generate
+DATA_USAGE = """usage: python -m vau data <generate|stats|check> [conf=NAME] [key=value ...]
 
-    root = generate(cfg.data.root, **dict(gen))
-    print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
-    return 0
+  generate   write the demo mini-benchmark of the chosen config (data=demo), e.g. data.generate.n_train=100
+  stats      per split / source / task view: kept samples, what was left out and why, class histogram
+             annotations=FILE[,FILE...]   (default: the config's data.annotations.{train,val,test})
+  check      open every video of the annotations; list missing, unreadable and zero-frame ones (no training)
+             annotations=FILE[,FILE...] video_root=DIR [video_roots.msad=DIR ...] [workers=2]
+             (default folders: the config's data.video_root / data.video_roots); exit code 1 on any problem
+
+Other key=value arguments are config overrides, e.g. data=vau_bench data.views.tag_eval_normal=true."""
+
+
+def _data_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+    conf, rest = _split(argv)
+    own, overrides = {}, []
+    for arg in rest:
+        key = arg.split("=", 1)[0]
+        if "=" in arg and (key in ("annotations", "video_root", "workers") or key.startswith("video_roots.")):
+            own[key] = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    return conf, own, overrides
+
+
+def _data(argv: list[str]) -> int:
+    """``python -m vau data generate|stats|check ...`` (see DATA_USAGE)."""
+    if not argv or argv[0] not in ("generate", "stats", "check"):
+        print(f"error: `python -m vau data` takes a subcommand.\n{DATA_USAGE}", file=sys.stderr)
+        return 2
+    sub = argv[0]
+    conf, own, overrides = _data_args(argv[1:])
+    cfg = compose(conf, overrides)
+    if sub == "generate":
+        gen = cfg.data.get("generate")
+        if not gen:
+            raise ConfigError(f"data={cfg.data.name} has no `generate` section; use data=demo")
+        from vau.datamodules.synthetic import generate
+
+        root = generate(cfg.data.root, **dict(gen))
+        print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
+        return 0
+    from vau.datamodules.annotations import AnnotationError
+    from vau.datamodules.tools import check_videos, split_of, stats_report
+    from vau.datamodules.views import ViewOptions
+
+    if "annotations" in own:
+        files = [(split_of(p), p) for p in own["annotations"].split(",") if p]
+    else:
+        files = [(k, str(v)) for k, v in (cfg.data.get("annotations") or {}).items() if v]
+    if not files:
+        raise ConfigError("no annotation files: pass annotations=FILE or set data.annotations.{train,val,test}")
+    try:
+        if sub == "stats":
+            print(stats_report(files, ViewOptions.from_cfg(cfg.data.get("views"))))
+            return 0
+        from vau.datamodules.dataset import VideoResolver
+
+        roots = {k.split(".", 1)[1]: v for k, v in own.items() if k.startswith("video_roots.")}
+        if "video_root" in own or roots:  # folders given on the command line replace the config's
+            root = own.get("video_root")
+        else:
+            root = cfg.data.get("video_root")
+            roots = {k: str(v) for k, v in (cfg.data.get("video_roots") or {}).items() if v}
+        resolver = VideoResolver(root, roots)
+        result = check_videos([path for _, path in files], resolver, workers=int(own.get("workers", 2)))
+        print(result.report())
+        return 0 if result.ok else 1
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,7 +1,23 @@
 """Task specs: which annotation rows a task keeps, its prompt, its target text and its answer parser.
 
-One annotation row can yield several samples, one per task: ``qa`` (multiple choice), ``tag`` (temporal
-anomaly grounding), ``cls`` (anomaly classification) and ``describe`` (description + rationale).
+One annotation row can yield several samples, one per task (a *view* of the annotations):
+
+- ``qa``: rows with a question (not ``-1``), four options and a correct letter; target: the option letter.
+- ``tag``: evaluation keeps anomalous clips with a known interval of positive length (the paper protocol:
+  MSAD test 120); training also keeps normal clips, target ``[0.0, 0.0]`` (``data.views.tag_train_normal``);
+  target: ``[start, end]`` in seconds.
+- ``cls``: rows whose class is one of the 20 labels of :data:`ANOMALY_CLASSES`; target: the class (20-way).
+- ``cls_binary``: the ``cls`` rows; target: ``Anomaly`` or ``Normal``.
+- ``describe``: rows with a Description (SFT only: there is no answer to score); target: description + rationale.
+
+Why TAG differs between training and evaluation: an IoU is undefined for a clip without an anomaly, so the
+benchmark scores anomalous clips only (VAU-R1's evaluation skips normal clips); in training, normal clips teach
+the ``[0.0, 0.0]`` answer the prompt asks for. Rows with an unknown interval (``-1``) have no TAG target at all.
+``TaskSpec.keep`` is the set with a ground truth (for TAG: known interval, normal clips included), which
+``python -m vau score`` splits into IoU over the anomalous clips (the paper's 120) and false alarms over the
+normal ones; ``TaskSpec.keeps(row, train)`` is the view's rule.
+``vau.datamodules.views`` applies these rules (and the multi-task ``mixed`` view) for the DataModule and
+``python -m vau data stats``.
 
 Example:
     >>> spec = TASKS["qa"]
@@ -14,14 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from vau.datamodules.annotations import LETTERS, Annotation
+from vau.datamodules.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation
 
-# The 19 anomaly classes of VAU-Bench plus Normal (the 20-way classification label set).
-ANOMALY_CLASSES = (
-    "Abuse", "Arrest", "Arson", "Assault", "Burglary", "Explosion", "Fighting", "Object Falling", "People Falling",
-    "Road Accidents", "Robbery", "Shooting", "Shoplifting", "Stealing", "Traffic Accident", "Vandalism",
-    "Water Incident", "Fire", "Other Anomaly", "Normal",
-)
+__all__ = ["ANOMALY_CLASSES", "TASKS", "Sample", "TaskSpec", "get_task", "tokenizer_corpus"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ class Sample:
 
     @property
     def is_normal(self) -> bool:
-        return self.anomaly_class == "Normal"
+        return self.anomaly_class == NORMAL
 
     @classmethod
     def from_annotation(cls, task: str, ann: Annotation, video_path: str = "") -> Sample:
@@ -89,6 +100,10 @@ def _cls_prompt(s: Sample) -> str:
     )
 
 
+def _binary_prompt(s: Sample) -> str:
+    return f"Is there an anomaly in this video? {THINK_INSTRUCTION} Answer with Anomaly or Normal."
+
+
 def _describe_prompt(s: Sample) -> str:
     return "Describe what happens in the video and explain whether and why it is anomalous."
 
@@ -110,6 +125,10 @@ def _cls_target(s: Sample) -> str:
     return _think(s.reasoning, s.description) + f"<answer>{s.anomaly_class}</answer>"
 
 
+def _binary_target(s: Sample) -> str:
+    return _think(s.reasoning, s.description) + f"<answer>{'Normal' if s.is_normal else 'Anomaly'}</answer>"
+
+
 def _describe_target(s: Sample) -> str:
     return f"{s.description.strip()}\n{s.reasoning.strip()}".strip()
 
@@ -119,8 +138,13 @@ class TaskSpec:
     """How one task turns an annotation into a prompt and a target, and which rows it keeps.
 
     Attributes:
-        keep: the rows this task can use (a row without a question has no QA sample, and so on).
+        keep: the rows with a ground truth for this task (a row without a question has no QA sample, and so
+            on); ``python -m vau score`` scores these (for TAG: IoU on the anomalous ones, false alarms on the
+            normal ones).
+        keep_train: the rows it trains on, when different from ``keep`` (see the module doc for why).
+        keep_eval: the rows the benchmark evaluates on, when different from ``keep`` (TAG: the paper's count).
         format_tags: the tags a well-formed reply contains, in order (for format rewards and the format rate).
+        doc: which rows the task keeps and why.
     """
 
     name: str
@@ -129,6 +153,13 @@ class TaskSpec:
     target: Callable[[Sample], str]
     format_tags: tuple[str, ...] = ("think", "answer")
     doc: str = ""
+    keep_train: Callable[[Annotation], bool] | None = None
+    keep_eval: Callable[[Annotation], bool] | None = None
+
+    def keeps(self, ann: Annotation, train: bool = False) -> bool:
+        """Whether this task's view uses ``ann`` for training (``train=True``) or for evaluation."""
+        rule = self.keep_train if train else self.keep_eval
+        return bool((rule or self.keep)(ann))
 
     def sample(self, ann: Annotation, video_path: str = "") -> Sample:
         return Sample.from_annotation(self.name, ann, video_path)
@@ -137,19 +168,26 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "qa": TaskSpec(
         "qa", lambda a: a.has_question, _qa_prompt, _qa_target,
-        doc="rows with a question, four options and a correct letter",
+        doc="rows with a question (not -1), four options and a correct letter",
     ),
     "tag": TaskSpec(
         "tag", lambda a: a.interval is not None, _tag_prompt, _tag_target,
-        doc="rows whose interval is known (normal clips included, as [0, 0])",
+        doc="evaluation: anomalous clips with a known interval (paper protocol; IoU is undefined on normal clips); "
+            "training: those plus normal clips, target [0.0, 0.0]; rows with an unknown interval (-1): never",
+        keep_train=lambda a: a.has_anomaly_interval or a.is_normal,
+        keep_eval=lambda a: a.has_anomaly_interval,
     ),
     "cls": TaskSpec(
-        "cls", lambda a: bool(a.anomaly_class), _cls_prompt, _cls_target,
-        doc="rows with an anomaly class",
+        "cls", lambda a: a.known_class, _cls_prompt, _cls_target,
+        doc="rows whose class is one of the 20 labels (19 anomaly types + Normal); 20-way",
+    ),
+    "cls_binary": TaskSpec(
+        "cls_binary", lambda a: a.known_class, _binary_prompt, _binary_target,
+        doc="the cls rows, answered Anomaly / Normal",
     ),
     "describe": TaskSpec(
         "describe", lambda a: bool(a.description), _describe_prompt, _describe_target, format_tags=(),
-        doc="rows with a description (SFT only)",
+        doc="rows with a description; target = description + clean rationale (SFT only)",
     ),
 }
 

@@ -1,4 +1,10 @@
-"""Map-style dataset over task samples: decode the sampled frames, encode with the backbone's processor."""
+"""Map-style dataset over task samples: decode the sampled frames, encode with the backbone's processor.
+
+Bad input policy: a missing, unreadable or frame-less video never stops the loader and is never replaced by
+another example. ``__getitem__`` returns ``{"bad": {...}}`` for it; the collator lists those under the batch's
+``bad`` key; :class:`vau.callbacks.BadVideoMonitor` counts them, warns once per file and fails the run when
+the skipped fraction exceeds ``data.max_bad_fraction``.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,17 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from vau.datamodules.encoding import SampleEncoder
-from vau.datamodules.video import VideoError, read_clip
+from vau.datamodules.video import FrameCache, SizeFn, VideoError, read_clip
 from vau.tasks import Sample
 
 
 class VideoResolver:
-    """Finds a video file from its annotation name: per-source roots, then a default root, case-insensitively.
+    """Finds a video file from its annotation name: the source's folder, then the default folder; exact name
+    first, then ignoring case, then without the source prefix (``ucf_Abuse001_x264.mp4`` -> ``Abuse001_x264.mp4``).
 
     Args:
-        video_root: default folder of the videos.
-        source_roots: optional per-source folders (``{"msad": ..., "ucf": ..., "ecva": ...}``).
+        video_root: default folder of the videos (config key ``data.video_root``).
+        source_roots: per-source folders (``data.video_roots.{msad,ucf,ecva}``).
     """
 
     def __init__(self, video_root: str | Path | None, source_roots: dict[str, str] | None = None) -> None:
@@ -33,49 +40,63 @@ class VideoResolver:
 
     def __call__(self, name: str, source: str = "") -> Path:
         roots = [r for r in (self.roots.get(source), self.default) if r is not None]
+        stripped = name.split("_", 1)[1] if source and name.lower().startswith(source + "_") else None
         for root in roots:
-            exact = root / name
-            if exact.is_file():
-                return exact
-            stripped = name.split("_", 1)[1] if source and name.lower().startswith(source + "_") else None
             for candidate in filter(None, (name, stripped)):
+                if (root / candidate).is_file():
+                    return root / candidate
                 found = self._lower_listing(root).get(candidate.lower())
                 if found:
                     return root / found
-        # Not found: return the expected path; reading it yields a counted, named skip.
+        # Not found: the expected path; reading it gives a counted, named skip (and `data check` lists it).
         return (roots[0] if roots else Path(".")) / name
 
 
 class VideoTaskDataset(Dataset):
-    """Samples of one task; ``__getitem__`` returns the encoded example, or ``{"bad": ...}`` for an unusable video.
+    """Samples of one or several tasks; ``__getitem__`` returns the encoded example, or ``{"bad": ...}``.
+
+    Keys are indices, or ``(epoch, index)`` pairs from :class:`vau.datamodules.loading.EpochSampler`.
 
     Args:
         samples: the task samples, with ``video_path`` set.
-        encoder: a :class:`SampleEncoder` for the backbone's processor and the task.
+        encoder: a :class:`SampleEncoder` for the backbone's processor.
         sampler: a frame sampler from :data:`vau.registry.SAMPLERS`.
-        train: random samplers draw from a generator keyed by (seed, epoch, index) in training, and pick
-            deterministic positions in evaluation.
+        train: training draws random frame positions from a generator seeded by (seed, epoch, index);
+            evaluation picks deterministic positions.
+        seed: the run's seed.
         with_target: append the target text (SFT); GRPO only needs the prompt.
+        size_fn: frame size to resize to at decode time (:func:`vau.datamodules.video.processor_size_fn`).
+        size_key: identifies ``size_fn`` in frame-cache keys.
+        cache: optional on-disk :class:`FrameCache` of decoded clips.
+        num_threads: decord threads per video.
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
-                 with_target: bool = True) -> None:
+                 with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
+                 cache: FrameCache | None = None, num_threads: int = 1) -> None:
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        self.epoch = 0  # used for plain integer keys only
         self.with_target = with_target
+        self.size_fn = size_fn
+        self.size_key = size_key
+        self.cache = cache
+        self.num_threads = num_threads
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (self.epoch, int(key))
         sample = self.samples[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         try:
-            clip = read_clip(sample.video_path, self.sampler, rng)
+            clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
+                             cache=self.cache, num_threads=self.num_threads)
         except VideoError as err:
-            return {"bad": {"video": sample.video_path, "error": str(err)}}
+            return {"bad": {"video": sample.video_path, "error": str(err), "reason": err.reason,
+                            "task": sample.task, "row": sample.row}}
         return self.encoder(sample, clip, with_target=self.with_target)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from vau.datamodules.video import DecodedClip
-from vau.tasks import Sample, TaskSpec
+from vau.tasks import Sample, TaskSpec, get_task
 
 IGNORE_INDEX = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -17,10 +17,11 @@ class SampleEncoder:
     """Builds prompt tokens + vision tensors with the backbone's own processor, and the target tokens.
 
     The prompt and target are tokenized separately, so the boundary between them is exact and the loss
-    mask never depends on how BPE merges across it.
+    mask never depends on how BPE merges across it. Each sample is encoded with its own task's spec (``spec``
+    is only a default), so one encoder serves the multi-task ``mixed`` view.
     """
 
-    def __init__(self, processor, spec: TaskSpec, system_prompt: str | None = None) -> None:
+    def __init__(self, processor, spec: TaskSpec | None = None, system_prompt: str | None = None) -> None:
         self.processor = processor
         self.spec = spec
         self.system_prompt = system_prompt
@@ -29,9 +30,13 @@ class SampleEncoder:
         if self.eos_id is None or self.eos_id == tok.unk_token_id:
             self.eos_id = tok.eos_token_id
 
+    def spec_for(self, sample: Sample) -> TaskSpec:
+        return self.spec if self.spec is not None and self.spec.name == sample.task else get_task(sample.task)
+
     def messages(self, sample: Sample) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.spec.prompt(sample)}]})
+        prompt = self.spec_for(sample).prompt(sample)
+        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
         return msgs
 
     def __call__(self, sample: Sample, clip: DecodedClip, with_target: bool = True) -> dict[str, Any]:
@@ -44,7 +49,8 @@ class SampleEncoder:
         item["mm_token_type_ids"] = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
         item["vision"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
         if with_target:
-            target = self.processor.tokenizer(self.spec.target(sample), add_special_tokens=False)["input_ids"]
+            target_text = self.spec_for(sample).target(sample)
+            target = self.processor.tokenizer(target_text, add_special_tokens=False)["input_ids"]
             item["target_ids"] = torch.tensor([*target, self.eos_id], dtype=torch.long)
         else:
             item["target_ids"] = torch.zeros(0, dtype=torch.long)

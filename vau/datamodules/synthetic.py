@@ -24,7 +24,7 @@ from vau.datamodules.annotations import LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: Traffic_accident spelled like VAU-Bench's label; shuffled file keeps true reasoning
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ KINDS = (
     Kind("Normal", "Nothing unusual happens", None, ""),
     Kind("Fire", "A fire breaks out", (230, 40, 30), "red"),
     Kind("Fighting", "A fight breaks out", (40, 210, 60), "green"),
-    Kind("Road Accidents", "A car crashes", (40, 80, 240), "blue"),
+    Kind("Traffic_accident", "A car crashes", (40, 80, 240), "blue"),
 )
 QUESTIONS = (
     "What happens in the video?",
@@ -112,17 +112,14 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def shuffled_answers(rows: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
-    """The same rows with a random answer (and the reasoning that goes with it) in place of the true one.
+    """The same rows with a uniformly random answer letter in place of the true one (reasoning kept).
 
-    SFT on these teaches the reply format but no link from pixels to answers: a chance-level starting policy
-    for showing that GRPO learns (see ``conf/experiment/demo_grpo.yaml``).
+    SFT on these teaches the reply format, and the true reasoning teaches the model to name the colour it
+    sees, but nothing links that to the option letter: answers are at chance. GRPO from this policy must learn
+    to commit to the option its own reasoning supports (see ``conf/experiment/demo_grpo.yaml``).
     """
     rng = np.random.default_rng([seed, 7])  # a stream of its own: the true rows stay as they are
-    out = []
-    for row in rows:
-        kind = KINDS[int(rng.integers(len(KINDS)))]
-        out.append({**row, "Correct Option": LETTERS[KINDS.index(kind)], "Reasoning": _reasoning(kind)})
-    return out
+    return [{**row, "Correct Option": LETTERS[int(rng.integers(len(LETTERS)))]} for row in rows]
 
 
 @dataclass(frozen=True)
@@ -186,3 +183,30 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
             write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed))
     manifest.write_text(json.dumps(asdict(spec), indent=2))
     return root
+
+
+def write_broken_videos(folder: str | Path, fps: int = 8) -> dict[str, Path]:
+    """Write one unusable file of every kind the loaders must survive (for tests and ``data check`` drills).
+
+    Returns:
+        kind -> path: ``truncated`` (an mp4 cut in half: no index), ``empty`` (0 bytes), ``text`` (text named
+        .mp4), ``no_frames`` (a container with a video stream and no frame), ``missing`` (a path not written).
+    """
+    import av
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    good = folder / "_source.mp4"
+    write_mp4(good, render_clip(KINDS[1], (1.0, 2.0), fps, 4 * fps, 64, rng), fps)
+    data = good.read_bytes()
+    paths = {kind: folder / f"broken_{kind}.mp4" for kind in ("truncated", "empty", "text", "no_frames", "missing")}
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    paths["empty"].write_bytes(b"")
+    paths["text"].write_text("this is not a video\n" * 20)
+    # AVI keeps a stream without packets (mp4 drops it): decord refuses it, PyAV sees a stream and no frame.
+    with av.open(str(good)) as src, av.open(str(paths["no_frames"]), "w", format="avi") as out:
+        out.add_stream_from_template(src.streams.video[0])
+        out.start_encoding()
+    good.unlink()
+    return paths
