@@ -142,4 +142,6 @@ def test_rollouts_never_contain_vision_placeholder_tokens(tiny_backbone, demo_ro
     grpo = module(tiny_backbone)
     rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
     assert not (rollout.completion_ids == video_pad).any()
+    # Every completion carries its clip's length, for duration-aware rewards (2-3 s demo clips).
+    assert len(rollout.durations) == 4 and all(1.5 < d < 3.5 for d in rollout.durations)
     grpo.token_logps(grpo.model, rollout)  # and the loss forward accepts the rollout

@@ -71,7 +71,12 @@ class Registry:
         return add
 
     def get(self, name: str) -> Any:
-        """The entry named ``name``; an unknown name fails listing the known ones."""
+        """The entry named ``name``; an unknown name fails listing the known ones.
+
+        vau's built-in entries are imported on first need, so ``BACKBONES.get("qwen2_5_vl")`` works alone.
+        """
+        if name not in self._entries:
+            load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -84,6 +89,7 @@ class Registry:
             ) from None
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, Any]]:
@@ -109,8 +115,15 @@ class PluginImportError(ImportError):
     pass
 
 
+_BUILTINS_LOADED = False
+
+
 def load_builtins() -> None:
-    """Import vau's own plugin modules so their entries are registered."""
+    """Import vau's own plugin modules so their entries are registered (once)."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
     importlib.import_module("vau.modules.backbones")
     importlib.import_module("vau.datamodules.samplers")
     importlib.import_module("vau.rewards")

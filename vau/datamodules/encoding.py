@@ -48,6 +48,7 @@ class SampleEncoder:
         item: dict[str, Any] = {"sample": sample, "prompt_ids": enc["input_ids"][0]}
         item["mm_token_type_ids"] = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
         item["vision"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
+        item["duration"] = clip.total_frames / clip.fps  # seconds; duration-aware rewards need it
         if with_target:
             target_text = self.spec_for(sample).target(sample)
             target = self.processor.tokenizer(target_text, add_special_tokens=False)["input_ids"]
@@ -122,6 +123,7 @@ class Collator:
             batch["prompt_mm_token_type_ids"] = _left_pad(mm, 0)
         batch["vision"] = {key: torch.cat([torch.as_tensor(it["vision"][key]) for it in good]) for key in good[0]["vision"]}
         batch["samples"] = SampleList([it["sample"] for it in good])
+        batch["durations"] = [float(it.get("duration", float("nan"))) for it in good]
         return batch
 
 

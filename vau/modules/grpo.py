@@ -43,6 +43,7 @@ class Rollout:
     truncated: torch.Tensor  # (B*G,) bool
     texts: list[str]
     samples: list  # the Sample of every completion
+    durations: list  # video length in seconds of every completion's clip
     old_logps: torch.Tensor | None = None
     ref_logps: torch.Tensor | None = None
 
@@ -130,7 +131,8 @@ class GRPOModule(VAUModule):
         if self.cfg["mask_truncated_completions"]:
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]
-        return Rollout(inputs, ids, mask, truncated, self.decode(ids), samples)
+        durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
+        return Rollout(inputs, ids, mask, truncated, self.decode(ids), samples, durations)
 
     @contextmanager
     def _sync_generation(self):
@@ -143,7 +145,7 @@ class GRPOModule(VAUModule):
     def score(self, rollout: Rollout):
         lengths = rollout.mask.sum(dim=1).long().tolist()
         return self.rewards(rollout.texts, rollout.samples, completion_lengths=lengths,
-                            max_new_tokens=int(self.cfg["max_new_tokens"]))
+                            max_new_tokens=int(self.cfg["max_new_tokens"]), durations=rollout.durations)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
     def advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ CHAT_TEMPLATE = (
 )
 
 # Sizes are multiples of 64: bitsandbytes' CPU 4-bit kernels crash on smaller in_features.
-TINY_VERSION = 1  # bump when the tokenizer corpus or architecture changes: invalidates cached checkpoints
+TINY_VERSION = 2  # bump when the tokenizer corpus or architecture changes: invalidates cached checkpoints
 
 DEFAULT_SIZES = {
     "vocab_size": 1024,
