@@ -14,6 +14,7 @@ STAGES = {
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered backbone, frame sampler and reward",
     "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls]",
+    "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos)",
 }
 
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             from vau.score import main as score_main
 
             return score_main(rest)
+        if stage == "export":
+            from vau.export import main as export_main
+
+            return export_main(rest)
         conf, overrides = _split(rest)
         cfg = compose(conf, overrides)
         from vau.registry import load_plugins

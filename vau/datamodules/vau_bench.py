@@ -1,4 +1,16 @@
-"""LightningDataModule over VAU-Bench-format annotation files (the real benchmark or the generated demo)."""
+"""LightningDataModule over VAU-Bench-format annotation files (the real benchmark or the generated demo).
+
+Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
+
+- ``annotations.{train,val,test}``: CSV files; ``video_root`` / ``video_roots.{msad,ucf,ecva}``: video folders.
+- ``task``: ``qa`` | ``tag`` | ``cls`` | ``cls_binary`` | ``describe`` | ``mixed`` (with ``mix.weights``,
+  ``mix.epoch_size``); ``views``: the TAG normal-clip switches (:mod:`vau.datamodules.views`).
+- ``batch_size``, ``eval_batch_size``, ``num_workers``, ``limit.{split}`` (first N samples of each task).
+- ``decode_resize`` (default true): resize frames to the backbone's pixel budget at decode time;
+  ``decode_threads`` (default 1): decord threads per video; ``frame_cache_dir``: on-disk cache of decoded
+  evaluation clips (null = off).
+- ``max_bad_fraction``: read by :class:`vau.callbacks.BadVideoMonitor` (see :mod:`vau.datamodules.dataset`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +22,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from vau.datamodules.annotations import read_annotations
+from vau.datamodules.annotations import read_annotations, summarize
 from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.encoding import Collator, SampleEncoder
+from vau.datamodules.loading import EpochSampler
+from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
+from vau.datamodules.video import FrameCache, processor_size_fn
+from vau.datamodules.views import MIXED, ViewOptions, build_samples, drop_counts, mix_weights, view_tasks
 from vau.tasks import Sample, get_task
 
 log = logging.getLogger(__name__)
@@ -21,39 +37,55 @@ SPLITS = ("train", "val", "test")
 
 
 def load_samples(annotations: str | Path, task: str, resolver: VideoResolver | None = None,
-                 limit: int | None = None) -> list[Sample]:
-    """The samples ``task`` keeps from one annotation file, with resolved video paths."""
-    spec = get_task(task)
-    rows = [a for a in read_annotations(annotations) if spec.keep(a)]
-    if limit is not None:
-        rows = rows[: int(limit)]
-    return [spec.sample(a, str(resolver(a.video, a.source)) if resolver else "") for a in rows]
+                 limit: int | None = None, train: bool = False, options: ViewOptions | None = None,
+                 mix=None) -> list[Sample]:
+    """The samples ``task`` keeps from one annotation file (evaluation rules unless ``train``), with resolved
+    video paths; ``limit`` keeps the first N samples of each task."""
+    rows = read_annotations(annotations)
+    resolve = (lambda a: str(resolver(a.video, a.source))) if resolver else None
+    samples: list[Sample] = []
+    for name in view_tasks(task, mix):
+        kept = build_samples(rows, name, train, options or ViewOptions(), resolve)
+        samples += kept[: int(limit)] if limit is not None else kept
+    return samples
 
 
 class VAUBenchDataModule(L.LightningDataModule):
-    """Train/val/test loaders for one task over VAU-Bench-format CSVs.
+    """Train/val/test loaders for one task view (or the ``mixed`` view) over VAU-Bench-format CSVs.
 
     Args:
-        cfg: the ``data`` config node: ``annotations.{train,val,test}``, ``video_root``, ``video_roots``,
-            ``task``, ``batch_size``, ``eval_batch_size``, ``num_workers``, ``limit``, and optionally ``generate``.
+        cfg: the ``data`` config node (see the module doc).
         sampler_cfg: the ``sampler`` config node (name + kwargs); ``eval_sampler_cfg`` overrides it for val/test.
-        processor: the backbone's processor.
+        processor: the backbone's processor (its pixel budget drives the decode-time resize).
         pad_id: the tokenizer's padding id.
-        seed: seeds the shuffling order and random frame samplers.
+        seed: seeds the training order and random frame samplers (per epoch, independent of workers).
         with_target: include target text (SFT) or prompts only (GRPO).
+        system_prompt: optional system message for every prompt.
     """
 
     def __init__(self, cfg, sampler_cfg, processor, pad_id: int, seed: int = 0, with_target: bool = True,
                  system_prompt: str | None = None, eval_sampler_cfg=None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.task = str(cfg.task)
+        self.mix = cfg.get("mix") if self.task == MIXED else None
+        self.weights = mix_weights(self.mix) if self.task == MIXED else None
+        view_tasks(self.task, self.mix)  # unknown task names fail here, before any file is read
+        self.views = ViewOptions.from_cfg(cfg.get("views"))
         self.sampler = build_sampler(sampler_cfg)
         self.eval_sampler = build_sampler(eval_sampler_cfg) if eval_sampler_cfg else self.sampler
-        self.encoder = SampleEncoder(processor, get_task(cfg.task), system_prompt=system_prompt)
+        self.encoder = SampleEncoder(processor, None if self.task == MIXED else get_task(self.task),
+                                     system_prompt=system_prompt)
         self.collate = Collator(pad_id)
-        self.seed = seed
+        self.seed = int(seed)
         self.with_target = with_target
+        self.size_fn = processor_size_fn(processor) if cfg.get("decode_resize", True) else None
+        vp = getattr(processor, "video_processor", None)
+        self.size_key = f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if self.size_fn else ""
+        cache_dir = cfg.get("frame_cache_dir")
+        self.cache = FrameCache(cache_dir) if cache_dir else None
         self.datasets: dict[str, VideoTaskDataset] = {}
+        self._resume_position: dict[str, Any] | None = None  # set from a checkpoint by load_state_dict
 
     def prepare_data(self) -> None:
         gen = self.cfg.get("generate")
@@ -62,21 +94,39 @@ class VAUBenchDataModule(L.LightningDataModule):
 
             generate(self.cfg.root, **dict(gen))
 
+    def _samples(self, split: str, path: str) -> list[Sample]:
+        train = split == "train"
+        rows = read_annotations(path)
+        resolver = VideoResolver(self.cfg.get("video_root"), dict(self.cfg.get("video_roots") or {}))
+        limit = (self.cfg.get("limit") or {}).get(split)
+        samples: list[Sample] = []
+        for name in view_tasks(self.task, self.mix):
+            kept = build_samples(rows, name, train, self.views, lambda a: str(resolver(a.video, a.source)))
+            kept = kept[: int(limit)] if limit is not None else kept
+            dropped = drop_counts(rows, name, train, self.views)
+            log.info("%s: %d %s samples from %s (%s rules)%s", split, len(kept), name, path,
+                     "training" if train else "evaluation",
+                     "; left out: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "")
+            samples += kept
+        notes = summarize(rows)
+        if notes:
+            log.info("%s: normalised rows in %s: %s", split, path, ", ".join(f"{k}={v}" for k, v in notes.items()))
+        return samples
+
     def _dataset(self, split: str) -> VideoTaskDataset | None:
         path = (self.cfg.get("annotations") or {}).get(split)
         if not path:
             return None
         if split not in self.datasets:
-            resolver = VideoResolver(self.cfg.get("video_root"), dict(self.cfg.get("video_roots") or {}))
-            limit = (self.cfg.get("limit") or {}).get(split)
-            samples = load_samples(path, self.cfg.task, resolver, limit)
+            samples = self._samples(split, str(path))
             if not samples:
-                raise ValueError(f"{path}: no rows usable for task {self.cfg.task!r} (config key data.annotations.{split})")
-            log.info("%s: %d %s samples from %s", split, len(samples), self.cfg.task, path)
+                raise ValueError(f"{path}: no rows usable for task {self.task!r} (config key data.annotations.{split}); "
+                                 f"`python -m vau data stats annotations={path}` shows what each task keeps")
             train = split == "train"
             self.datasets[split] = VideoTaskDataset(
                 samples, self.encoder, self.sampler if train else self.eval_sampler, train=train, seed=self.seed,
-                with_target=self.with_target,
+                with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
+                num_threads=int(self.cfg.get("decode_threads", 1)),
             )
         return self.datasets[split]
 
@@ -84,25 +134,39 @@ class VAUBenchDataModule(L.LightningDataModule):
         for split in SPLITS:
             self._dataset(split)
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
         dataset = self._dataset(split)
         if dataset is None:
             raise ValueError(f"no {split} annotations: set data.annotations.{split}")
-        generator = torch.Generator().manual_seed(self.seed)
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size / data.eval_batch_size must be >= 1, got {batch_size}")
         workers = int(self.cfg.get("num_workers", 0))
+        sampler = None
+        if split == "train":
+            epoch_size = (self.mix or {}).get("epoch_size") if self.weights else None
+            sampler = EpochSampler([s.task for s in dataset.samples], self.weights, epoch_size,
+                                   shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed)
+            # Rank split + exact mid-epoch resume (vau.datamodules.resume); consumes a pending resume position.
+            sampler = resumable_train_sampler(sampler, self.trainer, self._resume_position, batch_size)
+            self._resume_position = None
+        # A generator of its own: building the iterator must not draw from the global RNG (exact resume).
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
-            collate_fn=self.collate, persistent_workers=workers > 0, drop_last=False,
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+            collate_fn=self.collate, persistent_workers=workers > 0, drop_last=False, generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, int(self.cfg.batch_size))
+        return self._loader("train", int(self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, int(self.cfg.get("eval_batch_size") or self.cfg.batch_size))
+        return self._loader("val", int(self.cfg.get("eval_batch_size") or self.cfg.batch_size))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, int(self.cfg.get("eval_batch_size") or self.cfg.batch_size))
+        return self._loader("test", int(self.cfg.get("eval_batch_size") or self.cfg.batch_size))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        return {"seed": self.seed, **train_position(self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = dict(state_dict)

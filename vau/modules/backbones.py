@@ -67,6 +67,13 @@ def configure_processor(processor, cfg) -> None:
     if "cap_pixels_per_frame" in getattr(getattr(vp, "valid_kwargs", None), "__annotations__", {}):
         # Bound the whole clip's pixel cost like the Qwen reference loader does.
         vp.cap_pixels_per_frame = True
+        total = _get(cfg, "total_pixels")
+        if total:
+            # The processor budgets a clip as 0.9 x max_video_tokens merged patches (qwen-vl-utils' rule).
+            factor = int(vp.patch_size * vp.merge_size)
+            vp.max_video_tokens = max(int(int(total) / (0.9 * factor * factor)), 1)
+    elif _get(cfg, "total_pixels"):
+        raise ValueError(f"backbone.total_pixels is set but {type(vp).__name__} has no whole-clip pixel budget")
     vp.do_sample_frames = False  # vau's samplers pick the frames; the processor must not resample them
 
 
@@ -85,10 +92,12 @@ def load_pretrained(cfg, family: str, model_class: str = "AutoModelForImageTextT
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(_get(cfg, "dtype", "bfloat16"))}
     if _get(cfg, "attn_implementation"):
         kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
-    from vau.modules.quantization import quantization_kwargs
+    from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
 
     kwargs.update(quantization_kwargs(cfg))
     model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True, **kwargs)
+    if "quantization_config" in kwargs:
+        prepare_4bit_model(model)  # bitsandbytes CPU workaround, right after loading (see its docstring)
     got = getattr(model.config, "model_type", "")
     if got != family:
         log.warning("backbone %s expects model_type %r but %s holds %r", family, family, path, got)
@@ -122,12 +131,23 @@ def tiny_qwen2_5_vl(cfg) -> Backbone:
 
     cache = _get(cfg, "cache_dir") or "~/.cache/vau"
     path = ensure_tiny_checkpoint(cache, seed=int(_get(cfg, "seed", 0)), sizes=dict(_get(cfg, "sizes") or {}))
-    merged = {k: _get(cfg, k) for k in ("dtype", "attn_implementation", "min_pixels", "max_pixels", "quantization",
+    merged = {k: _get(cfg, k) for k in ("dtype", "attn_implementation", "min_pixels", "max_pixels", "total_pixels",
+                                        "quantization",
                                         "compute_dtype", "double_quant", "quantize_vision")}
     merged["path"] = str(path)
     merged["dtype"] = merged["dtype"] or "float32"
     return load_pretrained(merged, "qwen2_5_vl")
 
 
-def build_backbone(cfg) -> Backbone:
-    return BACKBONES.get(_get(cfg, "name"))(cfg)
+def build_backbone(cfg, lora=None) -> Backbone:
+    """Load the backbone named by ``cfg.name``; then LoRA/QLoRA adapters and gradient checkpointing.
+
+    Args:
+        cfg: the ``backbone`` config node.
+        lora: the root ``lora`` config node; adapters are added when ``lora.enabled`` is true.
+    """
+    backbone = BACKBONES.get(_get(cfg, "name"))(cfg)
+    from vau.modules.adapters import setup_training_memory
+
+    backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=bool(_get(cfg, "quantization")))
+    return backbone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,37 @@ from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
 
 log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch / CUDA / numpy / Python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), py_gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = state["python"]
+    random.setstate((version, tuple(internal), py_gauss))
 
 
 class VAUModule(L.LightningModule):
@@ -46,6 +79,27 @@ class VAUModule(L.LightningModule):
         self._predictions: list[dict] = []
 
     # -- generation -------------------------------------------------------------------------------------------
+    @contextmanager
+    def generation_context(self) -> Iterator[dict[str, Any]]:
+        """Wrap every ``generate`` call; yields the extra ``generate`` kwargs it needs (re-entrant).
+
+        Under FSDP2 this keeps all ranks stepping until the longest completion is done (``synced_gpus``) and
+        keeps the sharded layers gathered for the whole call; elsewhere it does nothing
+        (see :func:`vau.modules.parallel.synced_generation`).
+        """
+        if getattr(self, "_generation_kwargs", None) is not None:
+            yield self._generation_kwargs
+            return
+        from vau.modules.parallel import synced_generation
+
+        unshard = getattr(getattr(self._trainer, "strategy", None), "unshard_for_generation", True)
+        with synced_generation(self.model, unshard=unshard) as kwargs:
+            self._generation_kwargs = kwargs
+            try:
+                yield kwargs
+            finally:
+                self._generation_kwargs = None
+
     @torch.no_grad()
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **sampling) -> torch.Tensor:
         """Completion token ids (B, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS."""
@@ -54,8 +108,9 @@ class VAUModule(L.LightningModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=self.backbone.pad_id,
-                                      **sampling)
+            with self.generation_context() as sync:
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                          pad_token_id=self.backbone.pad_id, **sync, **sampling)
         finally:
             self.model.train(was_training)
         return out[:, prompt_len:]
@@ -89,7 +144,8 @@ class VAUModule(L.LightningModule):
         for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, batch_size=batch["size"])
         if self.rewards is not None:
-            result = self.rewards(replies, list(batch["samples"]))
+            result = self.rewards(replies, list(batch["samples"]), durations=batch.get("durations"),
+                                  max_new_tokens=self.max_new_tokens)
             for name, value in result.means().items():
                 self.log(f"{stage}/reward/{name}", value, batch_size=batch["size"], sync_dist=True)
         if stage == "test":
@@ -109,6 +165,90 @@ class VAUModule(L.LightningModule):
             path.write_text("".join(json.dumps(p) + "\n" for p in self._predictions))
             log.info("wrote %d test predictions to %s", len(self._predictions), path)
         self._predictions = []
+
+    # -- multi-device -----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under FSDP2 (Lightning's ``ModelParallelStrategy``): shard each decoder layer / vision block, then the root.
+
+        Lightning calls this on every ``fit``/``validate``/``test``; sharding an already sharded model is a no-op.
+        """
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = getattr(self._trainer, "strategy", None)
+        if not isinstance(strategy, ModelParallelStrategy):
+            return
+        if hasattr(strategy, "shard_module"):
+            strategy.shard_module(self)
+        else:  # a plain ModelParallelStrategy: FSDP2 with default settings over its data-parallel mesh
+            from vau.modules.parallel import shard_model
+
+            shard_model(self.model, self.device_mesh["data_parallel"])
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    #: With LoRA/QLoRA, keep only the trainable (adapter) weights in checkpoints (config ``checkpoint.adapter_only``).
+    adapter_only_checkpoint: bool = True
+
+    def adapter_only_state(self) -> bool:
+        """Whether checkpoints of this module hold only its trainable parameters."""
+        from vau.modules.adapters import uses_adapters
+
+        return bool(self.adapter_only_checkpoint) and uses_adapters(self.model)
+
+    @property
+    def strict_loading(self) -> bool:
+        # An adapter-only checkpoint lacks the frozen base weights, which come from backbone.path instead;
+        # on_load_checkpoint checks the adapter keys itself.
+        if self._strict_loading is not None:
+            return bool(self._strict_loading)
+        return not self.adapter_only_state()
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self._strict_loading = value
+
+    def _trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adapter-only state dict (LoRA/QLoRA), plus every rank's RNG state so a resumed run samples the same."""
+        adapter_only = self.adapter_only_state()
+        if adapter_only:
+            keep = self._trainable_keys()
+            state = checkpoint.get("state_dict") or {}
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        rng = [rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning calls this hook on every rank (FSDP needs them all to gather the weights), so this is safe.
+            rng = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng, rng_state())
+        checkpoint["vau"] = {"adapter_only": adapter_only, "rng_states": rng}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check an adapter-only checkpoint matches this model's adapters; restore this rank's RNG state."""
+        meta = checkpoint.get("vau") or {}
+        state = checkpoint.get("state_dict")
+        if meta.get("adapter_only") and state is not None:
+            expected = self._trainable_keys()
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                raise RuntimeError(
+                    f"adapter-only checkpoint does not match this model's trainable weights ({len(missing)} missing, "
+                    f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[:2]}): use the same lora.* and "
+                    f"backbone settings as the run that wrote it")
+            # Fill in the frozen base from the freshly loaded backbone, so strict loading code paths work too.
+            current = self.state_dict()
+            checkpoint["state_dict"] = {**{k: v for k, v in current.items() if k not in state}, **state}
+        states = meta.get("rng_states")
+        if states:
+            # Applied in on_train_start: between here and there Lightning builds the training DataLoader iterator,
+            # which draws its base seed from the global RNG (the uninterrupted run drew it before its first step).
+            self._pending_rng_state = states[self.global_rank] if self.global_rank < len(states) else states[0]
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_pending_rng_state", None)
+        if state is not None:
+            set_rng_state(state)
+            self._pending_rng_state = None
 
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -1,0 +1,386 @@
+"""DDP and FSDP2 on 2 CPU processes (gloo) against single-process runs of the same global batch.
+
+Two launch paths are exercised, both real:
+
+* ``python -m vau fit trainer=ddp trainer.devices=2`` - Lightning starts the second process itself;
+* ``torchrun --nproc-per-node 2 tests/test_distributed.py worker ...`` - processes started outside Lightning (the
+  multi-node path), which runs several fits in one process group: SFT under FSDP2, GRPO under DDP and FSDP2, and
+  GRPO under FSDP2 with ranks forced to generate different numbers of tokens.
+
+Tolerances (measured values in docs/scaling.md):
+
+* SFT, different examples per rank: DDP averages the per-rank mean losses while one process averages over all
+  target tokens, so the gradients differ slightly. After 2 AdamW steps the mean |weight difference| to the
+  single-process run must stay below 3% of the mean |update| (measured ~0.5%; a run with a different global
+  batch is ~20%). DDP and FSDP2 compute the same thing: max |difference| < 1e-5.
+* GRPO (LoRA), the same prompt on every rank (``data.limit.train=1``): every rank samples the same rollouts as
+  the single process (same seed), so the averaged gradient is the single-process one: max |difference| below
+  0.1% of the largest adapter update (measured: DDP 0, FSDP2 ~0.04%: FSDP2 sums the gradient norm for clipping
+  from shards, in another float order, and AdamW magnifies that for near-zero gradients).
+* GRPO, different prompts per rank: DDP and FSDP2 must agree to 0.1% of the largest update (measured 4e-7 to 4e-4 of it);
+  a rank that skipped gradient averaging would be off by about the whole update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vau.registry import REWARDS
+
+ROOT = Path(__file__).resolve().parent.parent
+REWARD = "test_char_spread"
+
+
+def char_spread(completions: list[str], samples: list, **ctx) -> list[float | None]:
+    """Distinct characters / 40, capped at 1: random text from the tiny model gets varied scores; range [0, 1]."""
+    return [min(1.0, len(set(t)) / 40.0) if isinstance(t, str) else 0.0 for t in completions]
+
+
+if REWARD not in REWARDS:  # this file is imported by pytest and run as __main__ by the workers
+    REWARDS.register(REWARD)(char_spread)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_overrides(cache_dir, demo_root, out: Path) -> list[str]:
+    return [
+        f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+        f"paths.output_dir={out / 'outputs'}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", "data.eval_batch_size=2", "module.generation.max_new_tokens=8",
+        "backbone.max_pixels=3136", "trainer.accelerator=cpu", "trainer.precision=32-true", "test_after_fit=false",
+        "+trainer.limit_val_batches=0",
+    ]
+
+
+# Global batch 4 = one process x 4 or two processes x 2; full fine-tuning so every gradient is all-reduced.
+SFT = ["trainer.max_steps=2"]
+# GRPO with LoRA, KL to the adapter-disabled reference, a reward random text scores differently.
+GRPO = ["module=grpo", "lora.enabled=true", "lora.dropout=0.0", "module.grpo.num_generations=4",
+        "module.grpo.max_new_tokens=6", "module.grpo.beta=0.1", "module.optim.lr=1e-2", "trainer.max_steps=2",
+        "trainer.max_epochs=-1",
+        f"+reward.{REWARD}={{weight:1.0}}"]
+GRPO_SAME = [*GRPO, "data.limit.train=1", "data.batch_size=1"]  # every rank gets the one prompt
+GRPO_DIFF = [*GRPO, "data.limit.train=2", "data.batch_size=1"]  # one prompt per rank
+NO_MP = "trainer.strategy.mixed_precision=null"  # compare in fp32
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def lora_update(state: dict) -> float:
+    """The largest adapter update of a LoRA run: max |B| (PEFT starts B at zero)."""
+    return max(float(v.abs().max()) for k, v in state.items() if "lora_B" in k)
+
+
+def mean_abs(tensors) -> float:
+    tensors = list(tensors)
+    return float(sum(t.abs().sum() for t in tensors) / sum(t.numel() for t in tensors))
+
+
+def relative_mean_diff(run: dict, ref: dict, start: dict) -> float:
+    """mean |run - ref| / mean |ref - start| over the model weights."""
+    keys = [k for k in ref if k.startswith("model.") and k[len("model."):] in start]
+    assert keys
+    return (mean_abs(run[k].float() - ref[k].float() for k in keys)
+            / mean_abs(ref[k].float() - start[k[len("model."):]].float() for k in keys))
+
+
+def single_process_fit(overrides: list[str], run_dir: Path) -> dict[str, torch.Tensor]:
+    """The reference: the same config on one process, in this process (1 thread, like each worker rank)."""
+    from vau.config import compose
+    from vau.run import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run("fit", compose("demo", [*overrides, "trainer.devices=1", f"run_dir={run_dir}"]))
+    finally:
+        torch.set_num_threads(threads)
+    return weights(run_dir)
+
+
+def worker_env(port: int) -> dict[str, str]:
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "VAU_RUN_DIR"):
+        env.pop(key, None)
+    return env
+
+
+def run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (launcher and every rank it started),
+    so a hung collective never leaves processes behind."""
+    import signal
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[:6]} did not finish in {timeout} s (hung?):\n{out[-2000:]}\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def check(proc: subprocess.CompletedProcess, what: str) -> None:
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def start_weights(cache_dir, tiny_path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(tiny_path).state_dict()
+
+
+@pytest.fixture(scope="module")
+def single_sft(cache_dir, demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single_sft")
+    return single_process_fit([*base_overrides(cache_dir, demo_root, out), *SFT, "data.batch_size=4"], out / "run")
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(cache_dir, demo_root, tmp_path_factory):
+    """One torchrun launch (2 processes, gloo) running every phase of :func:`worker`; returns its output folder."""
+    out = tmp_path_factory.mktemp("two_process")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           str(Path(__file__).resolve()), "worker", str(out), str(cache_dir), str(demo_root)]
+    check(run_group(cmd, worker_env(free_port()), timeout=300), "torchrun worker")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp_sft(cache_dir, demo_root, tmp_path_factory):
+    """``python -m vau fit trainer=ddp trainer.devices=2``: Lightning launches the second process."""
+    out = tmp_path_factory.mktemp("ddp_sft")
+    args = [*base_overrides(cache_dir, demo_root, out), *SFT, "trainer=ddp", "trainer.devices=2",
+            "data.batch_size=2", f"run_dir={out / 'run'}"]
+    check(run_group([sys.executable, "-m", "vau", "fit", *args], worker_env(free_port()), timeout=300),
+          "python -m vau fit trainer=ddp")
+    return weights(out / "run")
+
+
+def test_ddp_sft_launched_by_lightning_matches_one_process(ddp_sft, single_sft, start_weights):
+    diff = relative_mean_diff(ddp_sft, single_sft, start_weights)
+    print(f"SFT DDP (Lightning-launched) vs 1 process: mean|dw| / mean|update| = {diff:.4f}")
+    assert diff < 0.03
+
+
+def test_sft_fsdp2_matches_one_process_and_ddp(two_process_runs, single_sft, ddp_sft, start_weights, cache_dir,
+                                               demo_root, tmp_path):
+    fsdp = weights(two_process_runs / "sft_fsdp2")
+    diff, vs_ddp = relative_mean_diff(fsdp, single_sft, start_weights), max_diff(fsdp, ddp_sft)
+    print(f"SFT FSDP2 vs 1 process: mean|dw| / mean|update| = {diff:.4f}; FSDP2 vs DDP: max|dw| = {vs_ddp:.3g}")
+    assert diff < 0.03 and vs_ddp < 1e-5
+    # The check can fail: a different global batch (2 instead of 4) on one process is far outside it.
+    other = single_process_fit([*base_overrides(cache_dir, demo_root, tmp_path), *SFT, "data.batch_size=2"],
+                               tmp_path / "half")
+    control = relative_mean_diff(other, single_sft, start_weights)
+    print(f"SFT 1 process, global batch 2 instead of 4 (control): {control:.4f}")
+    assert control > 0.1
+    # FSDP2 sharded every decoder layer and vision block; its greedy test-set generation ran to the end.
+    result = json.loads((two_process_runs / "result_rank0.json").read_text())
+    assert result["sft_fsdp2"]["sharded_blocks"] == 4 and result["sft_fsdp2"]["test_metrics"]
+
+
+def test_grpo_ddp_and_fsdp2_match_one_process_with_the_same_prompt_on_every_rank(two_process_runs, cache_dir,
+                                                                                 demo_root, tmp_path):
+    single = single_process_fit([*base_overrides(cache_dir, demo_root, tmp_path), *GRPO_SAME], tmp_path / "one")
+    assert all("lora_" in k for k in single)  # adapter-only checkpoints
+    assert lora_update(single) > 1e-3  # the adapters did train
+    scale = lora_update(single)
+    ddp, fsdp = (max_diff(weights(two_process_runs / f"grpo_same_{s}"), single) for s in ("ddp", "fsdp2"))
+    print(f"GRPO same prompt per rank, max|dw| vs 1 process: DDP {ddp:.3g}, FSDP2 {fsdp:.3g} (max update {scale:.3g})")
+    assert ddp < 1e-3 * scale and fsdp < 1e-3 * scale
+
+
+def test_grpo_fsdp2_matches_ddp_with_different_prompts_per_rank(two_process_runs):
+    ddp, fsdp = weights(two_process_runs / "grpo_diff_ddp"), weights(two_process_runs / "grpo_diff_fsdp2")
+    diff, scale = max_diff(ddp, fsdp), lora_update(ddp)
+    print(f"GRPO different prompts per rank, max|dw| DDP vs FSDP2: {diff:.3g} (max update {scale:.3g})")
+    assert diff < 1e-3 * scale
+    r0 = json.loads((two_process_runs / "result_rank0.json").read_text())["grpo_diff_ddp"]["prompts"]
+    r1 = json.loads((two_process_runs / "result_rank1.json").read_text())["grpo_diff_ddp"]["prompts"]
+    assert r0 != r1  # the ranks really saw different prompts
+
+
+def test_fsdp2_generation_with_different_lengths_per_rank_finishes(two_process_runs):
+    lengths = [json.loads((two_process_runs / f"result_rank{r}.json").read_text())["uneven_fsdp2"]["lengths"]
+               for r in (0, 1)]
+    # rank 0 generates 2 tokens per step, rank 1 generates 10, and both complete their 2 GRPO steps
+    assert lengths == [[2, 2], [10, 10]]
+
+
+def test_fsdp2_lora_resume_from_a_mid_epoch_checkpoint_repeats_the_losses(two_process_runs):
+    from tests.test_resume import scalars
+
+    state = torch.load(two_process_runs / "resume_a" / "checkpoints" / "step1.ckpt", weights_only=True)
+    assert all("lora_" in k for k in state["state_dict"]) and len(state["vau"]["rng_states"]) == 2
+    full, resumed = scalars(two_process_runs / "resume_a"), scalars(two_process_runs / "resume_b")
+    print(f"FSDP2 LoRA resume: uninterrupted {full}, resumed from step 1 {resumed}")
+    assert len(full) == 3 and len(resumed) == 2 and resumed == {s: v for s, v in full.items() if s in resumed}
+
+
+@pytest.mark.slow
+def test_fsdp2_generation_without_synced_gpus_breaks(cache_dir, demo_root, tmp_path):
+    """The control for the test above: with ``synced_gpus=False`` the rank that finishes first moves on to other
+    collectives while the other still all-gathers layers for its next token: gloo aborts on the size mismatch,
+    or both wait until the (here 20 s) timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           str(Path(__file__).resolve()), "deadlock", str(tmp_path), str(cache_dir), str(demo_root)]
+    proc = run_group(cmd, worker_env(free_port()), timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "finished with completion lengths" not in log
+    assert "gloo" in log and any(m in log for m in ("collective mismatch", "Timed out", "Connection")), log[-3000:]
+
+
+# -- the worker: run under torchrun -----------------------------------------------------------------------------
+def _record(out: Path, phase: str, **values) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    path = out / f"result_rank{rank}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[phase] = values
+    path.write_text(json.dumps(data, indent=1))
+
+
+def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = None):
+    """``vau.run.run("fit")`` broken into its parts so a phase can adjust the module; returns (module, trainer)."""
+    import lightning as L
+
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+    from vau.modules.backbones import build_backbone
+    from vau.run import build_module, build_trainer, make_run_dir
+
+    cfg = compose("demo", [*overrides, f"run_dir={run_dir}"])
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
+    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
+                                    with_target=cfg.module.name == "sft")
+    module = build_module(cfg, backbone, run_dir)
+    if patch is not None:
+        patch(module)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    return module, trainer, datamodule
+
+
+def _watch_prompts(module, seen: list) -> None:
+    """Record the videos of every GRPO rollout's prompts on this rank."""
+    original = module.rollout
+
+    def rollout(batch):
+        seen.append([s.video for s in batch["samples"]])
+        return original(batch)
+
+    module.rollout = rollout
+
+
+def _uneven(module, lengths: list) -> None:
+    """Rank r generates exactly 2 + 8 r tokens (EOS is held off until then) on every GRPO step."""
+    from vau.modules.parallel import base_model
+
+    original = module.rollout
+
+    def rollout(batch):
+        n = 2 + 8 * module.global_rank
+        module.cfg["max_new_tokens"] = n
+        base_model(module.model).generation_config.min_new_tokens = n
+        result = original(batch)
+        lengths.append(int(result.completion_ids.shape[1]))
+        return result
+
+    module.rollout = rollout
+
+
+def worker(out: Path, cache_dir: str, demo_root: str) -> None:
+    from vau.modules.parallel import block_classes
+
+    common = [*base_overrides(cache_dir, demo_root, out), "trainer.devices=2"]
+    fsdp2, ddp = ["trainer=fsdp", NO_MP], ["trainer=ddp"]
+
+    module, trainer, datamodule = _fit([*common, *fsdp2, *SFT, "data.batch_size=2"], out / "sft_fsdp2")
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(out / "sft_fsdp2" / "checkpoints" / "last.ckpt"),
+                 weights_only=False)  # greedy generation under FSDP2 after reloading the checkpoint
+    names = block_classes(module.model)
+    sharded = sum(type(m).__name__.startswith("FSDP") and type(m).__name__[4:] in names
+                  for m in module.model.modules())
+    _record(out, "sft_fsdp2", sharded_blocks=sharded,
+            test_metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    for name, extra in (("grpo_same_ddp", [*ddp, *GRPO_SAME]), ("grpo_same_fsdp2", [*fsdp2, *GRPO_SAME]),
+                        ("grpo_diff_ddp", [*ddp, *GRPO_DIFF]), ("grpo_diff_fsdp2", [*fsdp2, *GRPO_DIFF])):
+        seen: list = []
+        _fit([*common, *extra], out / name, patch=lambda m, seen=seen: _watch_prompts(m, seen))
+        _record(out, name, prompts=seen)
+
+    # Full fine-tuning with KL: also shards the frozen reference copy.
+    lengths: list = []
+    _fit([*common, *fsdp2, *GRPO_SAME, "lora.enabled=false", "module.grpo.num_generations=2"], out / "uneven_fsdp2",
+         patch=lambda m: _uneven(m, lengths))
+    _record(out, "uneven_fsdp2", lengths=lengths)
+
+    # Exact resume under FSDP2: adapter-only checkpoints gathered from the shards, per-rank RNG (LoRA dropout),
+    # mid-epoch data position (2 steps per epoch here).
+    resume = [*common, *fsdp2, *SFT, "data.batch_size=2", "trainer.max_steps=3", "trainer.max_epochs=-1",
+              "lora.enabled=true", "lora.dropout=0.1", "checkpoint.every_n_train_steps=1", "checkpoint.save_top_k=-1",
+              "trainer.log_every_n_steps=1"]
+    _fit(resume, out / "resume_a")
+    _fit(resume, out / "resume_b", ckpt=out / "resume_a" / "checkpoints" / "step1.ckpt")
+
+
+def deadlock(out: Path, cache_dir: str, demo_root: str) -> None:
+    """The uneven-length phase with ``synced_gpus`` off and per-token resharding: must hang (gloo timeout 20 s)."""
+    from contextlib import contextmanager
+    from datetime import timedelta
+
+    from vau.modules import parallel
+
+    synced = parallel.synced_generation
+
+    @contextmanager
+    def unsynced(model, unshard=True):
+        with synced(model, unshard=False):
+            # transformers would switch synced_gpus on by itself (torch marks fully_shard modules); force it off
+            yield {"synced_gpus": False}
+
+    parallel.synced_generation = unsynced
+    original_init = parallel.FSDP2Strategy.__init__
+
+    def short_timeout(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._timeout = timedelta(seconds=20)
+
+    parallel.FSDP2Strategy.__init__ = short_timeout
+    common = [*base_overrides(cache_dir, demo_root, out), "trainer.devices=2"]
+    lengths: list = []
+    _fit([*common, "trainer=fsdp", NO_MP, *GRPO_SAME, "lora.enabled=false", "module.grpo.num_generations=2"],
+         out / "deadlock", patch=lambda m: _uneven(m, lengths))
+    print(f"rank {os.environ.get('RANK')}: finished with completion lengths {lengths}", flush=True)
+
+
+if __name__ == "__main__":
+    mode, out_dir, cache, demo = sys.argv[1:5]
+    {"worker": worker, "deadlock": deadlock}[mode](Path(out_dir), cache, demo)
