@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.shared_data import SHARED  # noqa: E402
 from vau.cli import main
 from vau.datamodules.annotations import (
     ANOMALY_CLASSES,
@@ -25,7 +26,6 @@ from vau.datamodules.reasoning import LiteralError, clean_reasoning, parse_liter
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, select, view_counts
 from vau.tasks import TASKS, get_task, tokenizer_corpus
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "vau-bench"
 VAL, TEST_MSAD = SHARED / "val.csv", SHARED / "test_msad.csv"
 needs_real = pytest.mark.skipif(not (VAL.is_file() and TEST_MSAD.is_file()),
                                 reason=f"real VAU-Bench annotations not found in {SHARED}")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import SHARED
 from vau.datamodules.annotations import COLUMNS, read_annotations, write_annotations
 from vau.score import main
 from vau.tasks import TASKS
 
-MSAD_TEST = Path("/work/shared/vau-bench/test_msad.csv")
+MSAD_TEST = SHARED / "test_msad.csv"
 
 
 def _row(video, answer="-1", start="-1", end="-1", cls="Fire"):
