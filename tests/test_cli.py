@@ -28,6 +28,7 @@ def test_list_prints_every_registry_with_docs():
     assert "backbones:" in out.stdout and "samplers:" in out.stdout and "rewards:" in out.stdout
     assert "tiny_qwen2_5_vl" in out.stdout and "Tiny random Qwen2.5-VL" in out.stdout
     assert "random_segment" in out.stdout
+    assert "brevity" in out.stdout  # the example plugin, found through the vau.plugins entry point
 
 
 def test_unknown_stage_names_valid_stages():
