@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,21 +125,13 @@ class GRPOModule(VAUModule):
         inputs = repeat_batch(model_inputs(batch, prompt_only=True), self.G)
         sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
                     "top_k": int(self.cfg["top_k"]) or None}
-        with self._sync_generation():
-            ids = self.generate_ids(inputs, int(self.cfg["max_new_tokens"]), **sampling)
+        ids = self.generate_ids(inputs, int(self.cfg["max_new_tokens"]), **sampling)  # synced under FSDP2
         mask, truncated = completion_mask(ids, self.eos_id)
         if self.cfg["mask_truncated_completions"]:
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]
         durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
         return Rollout(inputs, ids, mask, truncated, self.decode(ids), samples, durations)
-
-    @contextmanager
-    def _sync_generation(self):
-        # Under FSDP every rank must keep calling forward until all ranks are done (see vau.modules.parallel).
-        sync = getattr(self, "generation_context", None)
-        with sync() if sync else nullcontext():
-            yield
 
     # -- 2. rewards -----------------------------------------------------------------------------------------------
     def score(self, rollout: Rollout):
