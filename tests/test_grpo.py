@@ -132,6 +132,18 @@ def test_short_grpo_fit_with_two_prompts_per_batch(overrides, tmp_path):
 
     assert len(_scalars(run_dir, "train/reward/format")) == 2
     assert len(_scalars(run_dir, "train/completion_length/mean")) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    texts = []
+    for path in (run_dir / "tensorboard").glob("events.*"):
+        acc = EventAccumulator(str(path), size_guidance={"tensors": 0})
+        acc.Reload()
+        if "train/completions/text_summary" in acc.Tags()["tensors"]:
+            texts += [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("train/completions/text_summary")]
+    assert len(texts) == 2  # one table per step (log_completions_every_n_steps=1)
+    header = texts[0].splitlines()[0]
+    assert "prompt" in header and "format" in header and "choice_accuracy" in header
+    assert texts[0].count("demo_train_") == 4  # 2 prompts x 2 generations
 
 
 def test_rollouts_never_contain_vision_placeholder_tokens(tiny_backbone, demo_root):

@@ -247,10 +247,12 @@ class GRPOModule(VAUModule):
         experiment = getattr(self.logger, "experiment", None)
         if not hasattr(experiment, "add_text"):
             return
-        rows = ["| video | completion | " + " | ".join(rewards.per_reward) + " | total |",
-                "|---|---|" + "---|" * (len(rewards.per_reward) + 1)]
+        rows = ["| video | prompt | completion | " + " | ".join(rewards.per_reward) + " | total |",
+                "|---|---|---|" + "---|" * (len(rewards.per_reward) + 1)]
         for i, (sample, text) in enumerate(zip(rollout.samples, rollout.texts)):
             cells = ["-" if v[i] is None else f"{v[i]:.3f}" for v in rewards.per_reward.values()]
             clean = text.replace("|", "\\|").replace("\n", " ")[:300]
-            rows.append(f"| {sample.video} | {clean} | " + " | ".join(cells) + f" | {float(rewards.total[i]):.3f} |")
+            prompt = (sample.question or f"({sample.task})").replace("|", "\\|").replace("\n", " ")[:120]
+            rows.append(f"| {sample.video} | {prompt} | {clean} | " + " | ".join(cells)
+                        + f" | {float(rewards.total[i]):.3f} |")
         experiment.add_text("train/completions", "\n".join(rows), self.global_step)
