@@ -251,11 +251,18 @@ class VAUModule(L.LightningModule):
             self._pending_rng_state = None
 
     # -- optimisation -----------------------------------------------------------------------------------------
+    default_decay = "cosine"  # the schedule's shape when optim.decay is not set
+
+    def total_optimizer_steps(self) -> int:
+        """Optimiser steps the schedule spans (one per training batch here)."""
+        return int(self.trainer.estimated_stepping_batches)
+
     def configure_optimizers(self):
         opt = build_optimizer(self.model.parameters(), self.optim_cfg)
         sched = warmup_schedule(
-            opt, self.trainer.estimated_stepping_batches, warmup_ratio=float(self.optim_cfg.get("warmup_ratio", 0.0)),
-            decay=str(self.optim_cfg.get("decay", "cosine")), min_lr_ratio=float(self.optim_cfg.get("min_lr_ratio", 0.0)),
+            opt, self.total_optimizer_steps(), warmup_ratio=float(self.optim_cfg.get("warmup_ratio", 0.0)),
+            decay=str(self.optim_cfg.get("decay", self.default_decay)),
+            min_lr_ratio=float(self.optim_cfg.get("min_lr_ratio", 0.0)),
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

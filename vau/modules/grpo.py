@@ -209,17 +209,11 @@ class GRPOModule(VAUModule):
             scheduler.step()
         self._log_step(batch, rollout, rewards, zero_std, loss, stats, entropy)
 
-    def configure_optimizers(self):
-        config = super().configure_optimizers()
-        # One optimiser step per iteration over each rollout: the schedule counts those.
-        total = self.trainer.estimated_stepping_batches * self.num_iterations
-        from vau.modules.optim import warmup_schedule
+    default_decay = "constant"
 
-        config["lr_scheduler"]["scheduler"] = warmup_schedule(
-            config["optimizer"], total, warmup_ratio=float(self.optim_cfg.get("warmup_ratio", 0.0)),
-            decay=str(self.optim_cfg.get("decay", "constant")),
-            min_lr_ratio=float(self.optim_cfg.get("min_lr_ratio", 0.0)))
-        return config
+    def total_optimizer_steps(self) -> int:
+        # One optimiser step per iteration over each rollout: the schedule counts those.
+        return int(self.trainer.estimated_stepping_batches) * self.num_iterations
 
     # -- logging --------------------------------------------------------------------------------------------------
     def _log_step(self, batch, rollout: Rollout, rewards, zero_std, loss, stats, entropy) -> None:
