@@ -24,7 +24,7 @@ from vau.datamodules.annotations import LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 4  # 4: Traffic_accident spelled like VAU-Bench's label; shuffled file keeps true reasoning
+GENERATOR_VERSION = 5  # 5: x264 without mbtree, so bytes no longer depend on earlier encodes in the process
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # One encoder thread: x264's threaded rate control makes the bytes depend on scheduling.
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        # One encoder thread: x264's threaded rate control makes the bytes depend on scheduling. No macroblock
+        # tree: with it, the bytes of one clip depended on which clips the process had encoded before (seen on
+        # libx264 in PyAV 18.1 wheels; ``no-asm`` also cured it, so an asm routine reads stale memory).
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}
         stream.codec_context.thread_count = 1
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
