@@ -1,4 +1,4 @@
-"""Video reading (decord), decode-time resize, the frame cache, and the bad-input policy end to end."""
+"""Video reading (read_clip with the default pyav decoder), decode-time resize, the frame cache, bad input end to end."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("media")
     rng = np.random.default_rng(0)
     good = {}
-    for i, size in enumerate((64, 80, 96)):  # not 72: decord 0.6 mis-decodes 72x72 frames (4 channels)
+    for i, size in enumerate((64, 80, 96)):
         good[f"good{i}"] = folder / f"Good_{i}.mp4"  # capitalised: annotations name them in lower case
         write_mp4(good[f"good{i}"], render_clip(KINDS[1 + i], (1.0, 2.0), 8, 24 + 8 * i, size, rng), 8)
     wide = folder / "wide.mp4"

@@ -160,7 +160,8 @@ def _data(argv: list[str]) -> int:
             root = cfg.data.get("video_root")
             roots = {k: str(v) for k, v in (cfg.data.get("video_roots") or {}).items() if v}
         resolver = VideoResolver(root, roots)
-        result = check_videos([path for _, path in files], resolver, workers=int(own.get("workers", 2)))
+        result = check_videos([path for _, path in files], resolver, workers=int(own.get("workers", 2)),
+                              decoder=str(cfg.data.get("decoder", "pyav")))
         print(result.report())
         return 0 if result.ok else 1
     except AnnotationError as err:

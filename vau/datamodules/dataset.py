@@ -68,12 +68,13 @@ class VideoTaskDataset(Dataset):
         size_fn: frame size to resize to at decode time (:func:`vau.datamodules.video.processor_size_fn`).
         size_key: identifies ``size_fn`` in frame-cache keys.
         cache: optional on-disk :class:`FrameCache` of decoded clips.
-        num_threads: decord threads per video.
+        num_threads: decoding threads per video.
+        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`).
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
-                 cache: FrameCache | None = None, num_threads: int = 1) -> None:
+                 cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav") -> None:
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
@@ -85,6 +86,7 @@ class VideoTaskDataset(Dataset):
         self.size_key = size_key
         self.cache = cache
         self.num_threads = num_threads
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -95,7 +97,7 @@ class VideoTaskDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         try:
             clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
-                             cache=self.cache, num_threads=self.num_threads)
+                             cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)
         except VideoError as err:
             return {"bad": {"video": sample.video_path, "error": str(err), "reason": err.reason,
                             "task": sample.task, "row": sample.row}}

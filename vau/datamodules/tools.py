@@ -99,8 +99,9 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_videos(files: list[str], resolver: VideoResolver, workers: int = 2) -> CheckResult:
-    """Open every distinct video named in ``files`` (first and last frame decoded); nothing is trained."""
+def check_videos(files: list[str], resolver: VideoResolver, workers: int = 2, decoder: str = "pyav") -> CheckResult:
+    """Open every distinct video named in ``files`` (first and last frame decoded with ``decoder``); nothing is
+    trained."""
     videos: dict[str, tuple[str, str]] = {}
     for path in files:
         for a in read_annotations(path):
@@ -110,7 +111,7 @@ def check_videos(files: list[str], resolver: VideoResolver, workers: int = 2) ->
     def one(item: tuple[str, tuple[str, str]]):
         path, (name, _) = item
         try:
-            return name, path, probe(path), None
+            return name, path, probe(path, decoder), None
         except VideoError as err:
             return name, path, None, err
 

@@ -1,4 +1,4 @@
-"""Decode only the sampled frames of a video with decord, resize them to the model's pixel budget, cache them.
+"""Decode the sampled frames of a video (decoders.py), resize them to the model's pixel budget, cache them.
 
 Why resize here: a 1280x720 clip of 64 frames is 177 MB of uint8 per sample; the Qwen-VL processors reduce
 it to their per-frame budget anyway. Resizing right after decoding (uint8, bicubic, antialiased: the
@@ -27,19 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from vau.datamodules.decoders import VideoError, open_video
+
+__all__ = ["DecodedClip", "FrameCache", "SizeFn", "VideoError", "probe", "processor_size_fn", "read_clip",
+           "resize_frames"]
+
 log = logging.getLogger(__name__)
 
 # (num_frames, height, width) -> (height, width) the frames should have; None keeps them as decoded.
 SizeFn = Callable[[int, int, int], tuple[int, int]]
-
-
-class VideoError(RuntimeError):
-    """A video that cannot be used. The message names the file; ``reason`` is ``missing``, ``unreadable`` or
-    ``no_frames`` (what ``python -m vau data check`` lists)."""
-
-    def __init__(self, message: str, reason: str = "unreadable") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ class DecodedClip:
         height, width = self.frames.shape[1:3]
         return VideoMetadata(
             total_num_frames=self.total_frames, fps=self.fps, width=width, height=height,
-            duration=self.total_frames / self.fps, video_backend="decord", frames_indices=self.indices.tolist(),
+            duration=self.total_frames / self.fps, frames_indices=self.indices.tolist(),
         )
 
 
@@ -159,42 +155,9 @@ class FrameCache:
                 os.unlink(tmp)
 
 
-def _has_no_frames(path: Path) -> bool:
-    """True when ``path`` is a well-formed container without any video frame (decord only says it failed)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return True
-            return next(iter(container.decode(container.streams.video[0])), None) is None
-    except Exception:  # not a container at all: unreadable, not empty
-        return False
-
-
-def _open(path: Path, num_threads: int):
-    import decord
-
-    if not path.is_file():
-        raise VideoError(f"video {path} does not exist", "missing")
-    if path.stat().st_size == 0:
-        raise VideoError(f"video {path} is an empty file", "unreadable")
-    try:
-        reader = decord.VideoReader(str(path), num_threads=num_threads)
-        total, fps = len(reader), float(reader.get_avg_fps())
-    except Exception as err:  # decord raises DECORDError / RuntimeError with ffmpeg's words
-        if _has_no_frames(path):
-            raise VideoError(f"video {path} holds no video frames", "no_frames") from err
-        raise VideoError(f"video {path} cannot be opened: {type(err).__name__}: {str(err)[:200]}") from err
-    if total <= 0:
-        raise VideoError(f"video {path} has no frames", "no_frames")
-    if not fps > 0:
-        raise VideoError(f"video {path} reports fps={fps}; frames cannot be placed in time")
-    return reader, total, fps
-
-
 def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None, *, size_fn: SizeFn | None = None,
-              size_key: str = "", cache: FrameCache | None = None, num_threads: int = 1) -> DecodedClip:
+              size_key: str = "", cache: FrameCache | None = None, num_threads: int = 1,
+              decoder: str = "pyav") -> DecodedClip:
     """Decode the frames ``sampler`` picks from ``path``.
 
     Args:
@@ -204,7 +167,8 @@ def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None,
         size_fn: target frame size (see :func:`processor_size_fn`); frames are resized to it right after decoding.
         size_key: identifies ``size_fn``'s settings in cache keys.
         cache: optional :class:`FrameCache`, used when ``rng`` is None and the sampler has ``cache_key()``.
-        num_threads: decord decoding threads (0 = ffmpeg's choice); keep 1 inside DataLoader workers.
+        num_threads: decoding threads for this one video (0 = one per core); keep 1 inside DataLoader workers.
+        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`); both return the same frames.
 
     Raises:
         VideoError: the file is missing, cannot be decoded, or has no frames.
@@ -216,39 +180,32 @@ def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None,
         hit = cache.load(key)
         if hit is not None:
             return hit
-    reader, total, fps = _open(path, num_threads)
-    try:
-        selection = sampler(total, fps, rng)
-        frames = reader.get_batch(selection.indices.tolist()).asnumpy()
-    except Exception as err:
-        raise VideoError(f"video {path} cannot be decoded: {type(err).__name__}: {str(err)[:200]}") from err
-    finally:
-        del reader  # close the file now, not at garbage collection (workers open thousands of videos)
+    source = open_video(path, decoder, num_threads)
+    total, source_fps = source.total, source.fps
+    selection = sampler(total, source_fps, rng)
+    frames = source.frames(selection.indices)
+    del source  # close the file now, not at garbage collection (workers open thousands of videos)
     if frames.ndim != 4 or frames.shape[0] != len(selection.indices) or frames.shape[-1] != 3:
         raise VideoError(f"video {path} returned frames of shape {frames.shape} for {len(selection.indices)} indices")
     if size_fn is not None:
         height, width = (int(x) for x in size_fn(len(frames), frames.shape[1], frames.shape[2]))
         if (height, width) != frames.shape[1:3]:
             frames = resize_frames(frames, height, width)
-    clip = DecodedClip(frames=frames, indices=selection.indices, fps=fps, total_frames=total)
+    clip = DecodedClip(frames=frames, indices=selection.indices, fps=source_fps, total_frames=total)
     if key is not None:
         cache.store(key, clip)
     return clip
 
 
-def probe(path: str | Path) -> dict:
+def probe(path: str | Path, decoder: str = "pyav") -> dict:
     """Open ``path`` and decode its first and last frame: ``{"frames", "fps", "width", "height", "seconds"}``.
 
     Raises:
         VideoError: as :func:`read_clip`; a truncated file usually fails on its last frame.
     """
-    path = Path(path)
-    reader, total, fps = _open(path, 1)
-    try:
-        frames = reader.get_batch(sorted({0, total - 1})).asnumpy()
-    except Exception as err:
-        raise VideoError(f"video {path} cannot be decoded: {type(err).__name__}: {str(err)[:200]}") from err
+    source = open_video(path, decoder, 1)
+    frames = source.frames(np.array(sorted({0, source.total - 1})))
     if frames.ndim != 4 or frames.shape[0] < 1:
         raise VideoError(f"video {path} decodes to no image", "no_frames")
-    return {"frames": total, "fps": fps, "width": int(frames.shape[2]), "height": int(frames.shape[1]),
-            "seconds": total / fps}
+    return {"frames": source.total, "fps": source.fps, "width": int(frames.shape[2]), "height": int(frames.shape[1]),
+            "seconds": source.total / source.fps}
