@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vau.datamodules import decoders
 from vau.datamodules.decoders import DECODERS, PyAVSource, VideoError, open_video
 from vau.datamodules.synthetic import write_broken_videos
 
@@ -39,6 +41,33 @@ def write_vp9_elsewhere(path: Path) -> Path:
               "write_video(Path(sys.argv[1]), moving_frames(50, 64, 96)[:30], 10, codec='libvpx-vp9', "
               "options={'g': '8'})")
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=Path(__file__).resolve().parents[1])
+    return path
+
+
+def shifted_copy(source: Path, path: Path, frames_before_zero: int) -> Path:
+    """A remux whose first frames lie before time 0: the mp4 muxer writes an edit list that hides them, as a
+    trimmed clip (``ffmpeg -ss X -c copy``) has."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        shift = None
+        for packet in src.demux(video=0):
+            if packet.size == 0:
+                continue
+            shift = shift if shift is not None else frames_before_zero * int(packet.duration)
+            packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, stream
+            out.mux(packet)
+    return path
+
+
+def rotated_copy(source: Path, path: Path) -> Path:
+    """The same file with a display matrix turning it by 90 degrees (as phones store portrait video)."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"tkhd")
+    assert data[at + 4] == 0  # version 0: the matrix sits 40 bytes after the box's version field
+    struct.pack_into(">9i", data, at + 44, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
     return path
 
 
@@ -80,6 +109,17 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         "mpeg4_avi": write_video(folder / "mpeg4.avi", frames[:30], 10, codec="mpeg4",
                                  options={"g": "8", "bf": "2"}),
         "square72": write_video(folder / "square72.mp4", moving_frames(16, 72, 72), 8, options=X264_GOP12),
+        "open_gop": write_video(folder / "open_gop.mp4", frames, 10, options={
+            **X264_GOP12, "x264-params": X264_GOP12["x264-params"] + ":open-gop=1"}),
+        # AVI stores no presentation times: with B-frames its timestamps come in decode order.
+        "h264_avi": write_video(folder / "h264.avi", frames[:36], 10, options=X264_GOP12),
+        # MPEG-PS: timestamps are guessed, and guessed differently after a seek.
+        "mpeg_ps": write_video(folder / "clip.mpg", moving_frames(72, 64, 96), 10, codec="mpeg2video",
+                               options={"g": "12", "bf": "2"}, format="mpeg"),
+        "edit_list": shifted_copy(write_video(folder / "base.mp4", frames[:36], 10, options=X264_GOP12),
+                                  folder / "edit_list.mp4", frames_before_zero=5),
+        "rotated": rotated_copy(write_video(folder / "upright.mp4", frames[:24], 10, options=X264_GOP12),
+                                folder / "rotated.mp4"),
         # An elementary stream: packets without timestamps.
         "raw_h264": write_video(folder / "raw.h264", frames[:20], 10, options=X264_GOP12, format="h264"),
     }
@@ -98,21 +138,26 @@ def index_sets(total: int) -> list[list[int]]:
 
 
 def every_frame(path: Path) -> np.ndarray:
-    """Ground truth: the whole stream decoded in order, no seeking, frames in display order."""
+    """Ground truth: the whole stream decoded in order, no seeking, frames in display order, turned upright."""
     import av
 
     with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        return np.stack([np.rot90(frame.to_ndarray(format="rgb24"), k=(frame.rotation // 90) % 4)
+                         for frame in container.decode(video=0)])
 
 
 CONTAINED = ["gop12_bframes", "one_gop", "all_intra", "variable_rate", "faststart", "mpegts", "matroska",
-             "vp9_webm", "mpeg4_avi"]
+             "vp9_webm", "mpeg4_avi", "open_gop", "h264_avi", "mpeg_ps", "rotated"]
 # Files where decord 0.6 returns other frames than the ones asked for after a seek; pyav is right on them.
 DECORD_WRONG_FRAMES = {"mpeg4_avi": "decord 0.6 seeks to wrong frames in an AVI with B-frames",
-                       "mpegts": "decord 0.6 seeks to wrong frames in MPEG-TS (no index)"}
+                       "h264_avi": "decord 0.6 numbers H.264-in-AVI frames in decode order",
+                       "mpegts": "decord 0.6 seeks to wrong frames in MPEG-TS (no index)",
+                       "mpeg_ps": "decord 0.6 seeks to wrong frames in MPEG-PS (guessed timestamps)",
+                       "open_gop": "decord 0.6 seeks to wrong frames in an open-GOP stream",
+                       "edit_list": "decord 0.6 counts the frames an edit list hides"}
 
 
-@pytest.mark.parametrize("name", [*CONTAINED, "raw_h264", "square72"])
+@pytest.mark.parametrize("name", [*CONTAINED, "raw_h264", "square72", "edit_list"])
 @pytest.mark.parametrize("decoder, threads", [("pyav", 1), ("pyav", 2), ("pyav", 3), ("decord", 1)])
 def test_decoders_return_exactly_the_indexed_frames(request, videos, name: str, decoder: str, threads: int) -> None:
     if decoder == "decord" and name in DECORD_WRONG_FRAMES:
@@ -138,6 +183,23 @@ def test_decoders_return_exactly_the_indexed_frames(request, videos, name: str, 
 def test_both_decoders_agree_on_count_and_rate(videos, name: str) -> None:
     pyav, decord = open_video(videos[name], "pyav"), open_video(videos[name], "decord")
     assert pyav.total == decord.total and pyav.fps == pytest.approx(decord.fps)
+
+
+@pytest.mark.parametrize("name, loosen", [
+    ("mpeg_ps", lambda m: m.setattr(decoders, "SEEKABLE_FORMATS", decoders.SEEKABLE_FORMATS | {"mpeg"})),
+    ("h264_avi", lambda m: m.setattr(decoders, "REORDERING_CODECS", set())),
+])
+def test_untrustworthy_timestamps_fall_back_to_reading_front_to_back(videos, monkeypatch, caplog, name, loosen):
+    """The safety net under the format rules: with a rule switched off, the decoder still notices that the
+    timestamps after a seek are not the index pass's and reads the file front to back instead."""
+    loosen(monkeypatch)
+    source = open_video(videos[name], "pyav", num_threads=2)
+    assert not source.sequential  # the rule no longer catches this file up front
+    truth = every_frame(videos[name])
+    indices = [30, 4, 17, len(truth) - 1, 9, 50 % len(truth)]
+    with caplog.at_level("WARNING", logger="vau.datamodules.decoders"):
+        assert np.array_equal(source.frames(np.array(indices)), truth[indices])
+    assert source.sequential and "front to back" in caplog.text
 
 
 def test_wanted_frames_are_grouped_by_their_key_frame(videos) -> None:
@@ -185,3 +247,17 @@ def test_out_of_range_indices_and_unknown_decoders_are_refused(videos) -> None:
         source.frames(np.array([0, 30]))
     with pytest.raises(ValueError, match="data.decoder='opencv'.*pyav, decord"):
         open_video(videos["one_gop"], "opencv")
+
+
+def test_a_resolution_change_mid_stream_keeps_the_first_size(tmp_path) -> None:
+    """Concatenated MPEG-TS segments (as broadcast recordings are): 96x64, then 80x48. Frames keep one size, so a
+    clip can still be stacked; the first segment's frames are exact."""
+    options = {**X264_GOP12, "x264-params": "keyint=12:min-keyint=12:scenecut=0:bframes=0:repeat-headers=1"}
+    first = write_video(tmp_path / "a.ts", moving_frames(24, 64, 96), 10, options=options)
+    second = write_video(tmp_path / "b.ts", moving_frames(24, 48, 80, seed=1), 10, options=options)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    source = open_video(joined, "pyav")
+    frames = source.frames(np.array([0, 10, source.total - 1]))
+    assert frames.shape == (3, 64, 96, 3)
+    assert np.array_equal(frames[:2], every_frame(first)[[0, 10]])
