@@ -46,6 +46,18 @@ def fit(conf: str, run_dir: Path, extra: list[str]) -> float:
     return (time.perf_counter() - started) / 60
 
 
+def distinct_answers(run_dir: Path) -> str:
+    """How many different answers the test predictions hold: a policy that answers the same for every clip
+    can still score well (a TAG interval where anomalies usually are), and only this shows it."""
+    import json
+
+    from vau.parsing import answer_body
+
+    answers = [answer_body(json.loads(line)["response"]).strip()
+               for path in sorted(run_dir.glob("predictions_rank*.jsonl")) for line in path.open()]
+    return f"{len(set(answers))} distinct answers over {len(answers)} test clips"
+
+
 def table(values: dict, reward_tag: str, metric_tag: str) -> str:
     rewards = values.get(reward_tag, [])
     evals = values.get(metric_tag, [])
@@ -72,9 +84,12 @@ def main() -> None:
     sft_ckpt = sft_dir / "checkpoints" / "last.ckpt"
     grpo_minutes = fit(grpo_conf, grpo_dir, [f"init_from={sft_ckpt}", *args.overrides])
     start = scalars(sft_dir).get(metric_tag.replace("val/", "test/"), [(0, float("nan"))])[-1][1]
-    print(f"\nstage 1 ({sft_conf}): {sft_minutes:.1f} min, held-out {metric_tag.split('/')[-1]} "
-          f"of the starting policy (test split): {start:.3f}")
-    print(f"stage 2 ({grpo_conf}): {grpo_minutes:.1f} min\n")
+    end = scalars(grpo_dir).get(metric_tag.replace("val/", "test/"), [(0, float("nan"))])[-1][1]
+    name = metric_tag.split("/")[-1]
+    print(f"\nstage 1 ({sft_conf}): {sft_minutes:.1f} min, held-out {name} of the starting policy (test split): "
+          f"{start:.3f}; {distinct_answers(sft_dir)}")
+    print(f"stage 2 ({grpo_conf}): {grpo_minutes:.1f} min, test {name} after GRPO: {end:.3f}; "
+          f"{distinct_answers(grpo_dir)}\n")
     print(table(scalars(grpo_dir), reward_tag, metric_tag))
 
 
