@@ -228,3 +228,19 @@ def test_data_check_lists_unusable_videos(media, tmp_path: Path, capsys) -> None
     assert "msad_broken_truncated.mp4 -> " in out
     write_annotations(tmp_path / "val.csv", rows[:2])
     assert main(["data", "check", f"annotations={tmp_path / 'val.csv'}", *roots]) == 0
+
+
+def test_data_decoder_key_reaches_the_dataset_and_both_decoders_give_the_same_inputs(tiny, media) -> None:
+    samples = _samples(media, ["good0", "good1", "good2"])
+    encoder = SampleEncoder(tiny.processor, get_task("qa"))
+    items = {decoder: [VideoTaskDataset(samples, encoder, UNIFORM, train=False, decoder=decoder)[i] for i in range(3)]
+             for decoder in ("pyav", "decord")}
+    for a, b in zip(items["pyav"], items["decord"]):
+        assert "bad" not in a and torch.equal(torch.as_tensor(a["vision"]["pixel_values_videos"]),
+                                              torch.as_tensor(b["vision"]["pixel_values_videos"]))
+
+
+def test_datamodule_refuses_an_unknown_decoder_before_reading_anything(tiny) -> None:
+    cfg = OmegaConf.create({"task": "qa", "annotations": {}, "decoder": "opencv"})
+    with pytest.raises(ValueError, match=r"data.decoder='opencv' is not a decoder; choose one of pyav, decord"):
+        VAUBenchDataModule(cfg, {"name": "uniform", "num_frames": 4}, tiny.processor, tiny.pad_id)

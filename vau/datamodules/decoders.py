@@ -58,6 +58,13 @@ class VideoSource(Protocol):
         """(len(indices), H, W, 3) uint8 RGB frames, in the order of ``indices``."""
 
 
+def check_decoder(name: str) -> str:
+    """``name`` if it is a decoder, else a ValueError naming the config key and the choices."""
+    if name not in DECODERS:
+        raise ValueError(f"data.decoder={name!r} is not a decoder; choose one of {', '.join(DECODERS)}")
+    return name
+
+
 def open_video(path: str | Path, decoder: str = "pyav", num_threads: int = 1) -> VideoSource:
     """Open ``path`` for reading frames.
 
@@ -70,8 +77,7 @@ def open_video(path: str | Path, decoder: str = "pyav", num_threads: int = 1) ->
         VideoError: the file is missing, cannot be opened, or has no frames.
         ValueError: an unknown decoder name.
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"data.decoder={decoder!r} is not a decoder; choose one of {', '.join(DECODERS)}")
+    check_decoder(decoder)
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video {path} does not exist", "missing")

@@ -7,8 +7,8 @@ Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
   ``mix.epoch_size``); ``views``: the TAG normal-clip switches (:mod:`vau.datamodules.views`).
 - ``batch_size``, ``eval_batch_size``, ``num_workers``, ``limit.{split}`` (first N samples of each task).
 - ``decode_resize`` (default true): resize frames to the backbone's pixel budget at decode time;
-  ``decoder`` (``pyav`` | ``decord``: the same frames, pyav is faster); ``decode_threads`` (default 1): threads
-  per video; ``frame_cache_dir``: on-disk cache of decoded evaluation clips (null = off).
+  ``decoder`` (``pyav`` | ``decord``; docs/data.md says where they differ); ``decode_threads`` (default 1):
+  threads per video; ``frame_cache_dir``: on-disk cache of decoded evaluation clips (null = off).
 - ``max_bad_fraction``: read by :class:`vau.callbacks.BadVideoMonitor` (see :mod:`vau.datamodules.dataset`).
 """
 
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from vau.datamodules.annotations import read_annotations, summarize
 from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
-from vau.datamodules.decoders import DECODERS
+from vau.datamodules.decoders import check_decoder
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.loading import EpochSampler
 from vau.datamodules.resume import resumable_train_sampler, train_position
@@ -83,9 +83,7 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.size_fn = processor_size_fn(processor) if cfg.get("decode_resize", True) else None
         vp = getattr(processor, "video_processor", None)
         self.size_key = f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if self.size_fn else ""
-        self.decoder = str(cfg.get("decoder", "pyav"))
-        if self.decoder not in DECODERS:
-            raise ValueError(f"data.decoder={self.decoder!r} is not a decoder; choose one of {', '.join(DECODERS)}")
+        self.decoder = check_decoder(str(cfg.get("decoder", "pyav")))  # fails here, not in a worker
         cache_dir = cfg.get("frame_cache_dir")
         self.cache = FrameCache(cache_dir) if cache_dir else None
         self.datasets: dict[str, VideoTaskDataset] = {}
