@@ -109,13 +109,17 @@ def test_frame_cache_hits_and_invalidation(media, tmp_path: Path) -> None:
     read_clip(path, build_sampler({"name": "uniform", "num_frames": 6}), cache=cache)  # other sampler config
     read_clip(path, UNIFORM, np.random.default_rng(0), cache=cache)  # a random draw is never cached
     assert (cache.hits, cache.misses) == (1, 2)
+    read_clip(path, UNIFORM, cache=cache, decoder="decord")  # the other decoder's frames are its own entry
+    assert (cache.hits, cache.misses) == (1, 3)
+    read_clip(path, UNIFORM, cache=cache, decoder="decord")
+    assert (cache.hits, cache.misses) == (2, 3)
     os.utime(path, ns=(0, 10**9))  # the file changed: its entry no longer matches
     read_clip(path, UNIFORM, cache=cache)
-    assert cache.misses == 3
+    assert cache.misses == 4
     for entry in (tmp_path / "cache").rglob("*.npz"):
         entry.write_bytes(b"garbage")
     again = read_clip(path, UNIFORM, cache=cache)
-    assert np.array_equal(again.frames, first.frames) and cache.misses == 4
+    assert np.array_equal(again.frames, first.frames) and cache.misses == 5
 
 
 @pytest.mark.parametrize("kind, reason", [("missing", "missing"), ("empty", "unreadable"), ("text", "unreadable"),

@@ -257,9 +257,6 @@ class PyAVSource:
         wanted, out, position = set(indices.tolist()), {}, 0
         try:
             with av.open(str(self.path)) as container:
-                if not hasattr(self, "size"):
-                    self.size = (container.streams.video[0].codec_context.width,
-                                 container.streams.video[0].codec_context.height)
                 for frame in container.decode(video=0):
                     if position in wanted:
                         out[position] = self._rgb(frame)

@@ -107,7 +107,8 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class FrameCache:
-    """Decoded clips on disk, keyed by file (path, size, mtime), sampler config and output size.
+    """Decoded clips on disk, keyed by file (path, size, mtime), sampler config, output size and decoder (the
+    decoders differ on files decord mis-seeks in, so switching ``data.decoder`` must not reuse the other's frames).
 
     Only deterministic selections are cached (evaluation, fixed samplers): a random training draw differs every
     epoch, so caching it would only fill the disk. A damaged cache file is a miss and is rewritten.
@@ -121,9 +122,9 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, path: Path, sampler_key: str, size_key: str) -> str:
+    def key(self, path: Path, sampler_key: str, size_key: str, decoder: str = "pyav") -> str:
         stat = path.stat()
-        ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sampler_key}|{size_key}"
+        ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sampler_key}|{size_key}|{decoder}"
         return hashlib.sha1(ident.encode()).hexdigest()
 
     def load(self, key: str) -> DecodedClip | None:
@@ -168,7 +169,7 @@ def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None,
         size_key: identifies ``size_fn``'s settings in cache keys.
         cache: optional :class:`FrameCache`, used when ``rng`` is None and the sampler has ``cache_key()``.
         num_threads: decoding threads for this one video (0 = one per core); keep 1 inside DataLoader workers.
-        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`); both return the same frames.
+        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`; they differ only where decord errs).
 
     Raises:
         VideoError: the file is missing, cannot be decoded, or has no frames.
@@ -176,7 +177,7 @@ def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None,
     path = Path(path)
     key = None
     if cache is not None and rng is None and hasattr(sampler, "cache_key") and path.is_file():
-        key = cache.key(path, sampler.cache_key(), size_key)
+        key = cache.key(path, sampler.cache_key(), size_key, decoder)
         hit = cache.load(key)
         if hit is not None:
             return hit
