@@ -169,7 +169,7 @@ def read_clip(path: str | Path, sampler, rng: np.random.Generator | None = None,
         size_key: identifies ``size_fn``'s settings in cache keys.
         cache: optional :class:`FrameCache`, used when ``rng`` is None and the sampler has ``cache_key()``.
         num_threads: decoding threads for this one video (0 = one per core); keep 1 inside DataLoader workers.
-        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`; they differ only where decord errs).
+        decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`; docs/data.md says where they differ).
 
     Raises:
         VideoError: the file is missing, cannot be decoded, or has no frames.
