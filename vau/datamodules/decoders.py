@@ -254,14 +254,14 @@ class PyAVSource:
     def _decode_in_order(self, indices: np.ndarray) -> np.ndarray:
         import av
 
-        wanted, out, position = set(indices.tolist()), {}, 0
+        wanted, out, position, last = set(indices.tolist()), {}, 0, int(indices.max())
         try:
             with av.open(str(self.path)) as container:
                 for frame in container.decode(video=0):
                     if position in wanted:
                         out[position] = self._rgb(frame)
                     position += 1
-                    if position > indices.max():
+                    if position > last:
                         break
         except Exception as err:
             raise _decode_error(self.path, err) from err
