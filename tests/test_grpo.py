@@ -15,14 +15,14 @@ from vau.modules.backbones import Backbone
 from vau.modules.grpo import GRPOModule, repeat_batch
 from vau.rewards import RewardSet
 from vau.run import run
-from vau.tasks import TASKS
+from vau.tasks import get_task
 
 REWARDS = {"format": {"weight": 1.0}, "choice_accuracy": {"weight": 1.0}}
 OPTIM = {"name": "adamw", "lr": 1e-3}
 
 
 def prompt_batch(backbone, demo_root, n=2):
-    spec = TASKS["qa"]
+    spec = get_task("qa")
     encoder = SampleEncoder(backbone.processor, spec)
     items = []
     for ann in read_annotations(demo_root / "train.csv")[:n]:
@@ -105,7 +105,8 @@ def test_beta_zero_makes_no_reference_forward(overrides, tmp_path, beta):
                            "module.grpo.num_generations=2", "module.grpo.num_iterations=2", f"module.grpo.beta={beta}"])
     from vau.datamodules.vau_bench import VAUBenchDataModule
     from vau.modules.backbones import build_backbone
-    from vau.run import build_module, build_trainer
+    from vau.run import build_module
+    from vau.trainer import build_trainer
 
     backbone = build_backbone(cfg.backbone)
     grpo = build_module(cfg, backbone, tmp_path)

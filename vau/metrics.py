@@ -5,15 +5,19 @@ value equals the single-process value over the union of the data. Each metric ke
 ``total`` state (score prints it as n). All parsing goes through :mod:`vau.parsing`, the same code the rewards
 use; a reply that cannot be parsed counts as wrong and stays in the denominator.
 
+Every metric is bound to a task (:mod:`vau.tasks`): it counts only that task's samples with a ground truth, and
+reads truth and prediction through the task, so a plugin task with the same answer kind reuses these metrics.
 Denominators (docs/rewards.md): QA accuracy over QA samples with a correct letter; mIoU and R@k over anomalous
 TAG samples with a known interval; the false-alarm rate over normal TAG samples (truth [0, 0]); classification
 over CLS samples with a class.
 
 Example:
-    >>> metric = ChoiceAccuracy()
-    >>> metric.update(["<answer>B</answer>"], [qa_sample])  # doctest: +SKIP
-    >>> float(metric.compute())  # doctest: +SKIP
-    1.0
+    >>> from vau.tasks import Sample
+    >>> metric = AnswerAccuracy("qa")
+    >>> qa = Sample(task="qa", video="v.mp4", options=("a", "b", "c", "d"), answer="B")
+    >>> metric.update(["<answer>B</answer>", "<answer>C</answer>"], [qa, qa])
+    >>> float(metric.compute())
+    0.5
 """
 
 from __future__ import annotations
@@ -23,33 +27,32 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from vau.parsing import (
-    canonical_class,
-    has_strict_format,
-    interval_iou,
-    is_normal_class,
-    is_normal_interval,
-    normalize_label,
-    parse_anomalous,
-    parse_choice,
-    parse_class,
-    parse_interval,
-)
-from vau.rewards.accuracy import class_candidates
-from vau.rewards.temporal import known_interval
-from vau.tasks import ANOMALY_CLASSES, Sample, get_task
+from vau.parsing import canonical_class, has_strict_format, interval_iou, is_normal_interval, normalize_label, parse_class
+from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_of
 
-RECALL_THRESHOLDS = (0.3, 0.5, 0.7)
+
+def _resolve(task: str | Task) -> Task:
+    return get_task(task) if isinstance(task, str) else task
 
 
 class _Ratio(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, task: str | Task | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self._task = task
         self.add_state("hits", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def task(self) -> Task:
+        return _resolve(self._task)
+
+    def _scored(self, completions: list[str], samples: list[Sample]):
+        """(reply, sample) pairs of this metric's task that have a ground truth."""
+        task = self.task
+        return [(c, s) for c, s in zip(completions, samples) if task.owns(s) and task.truth(s) is not None]
 
     def _add(self, hits: float, total: float) -> None:
         self.hits += hits
@@ -60,19 +63,26 @@ class _Ratio(Metric):
         return value.float()
 
 
-class ChoiceAccuracy(_Ratio):
-    """Multiple-choice accuracy: a reply counts when its single parsed letter equals the correct one.
+class AnswerAccuracy(_Ratio):
+    """Share of replies whose parsed answer equals the truth (the task's own accuracy), e.g. QA accuracy.
 
-    Only QA samples with a correct letter count; unparseable or ambiguous replies count as wrong.
+    Only the task's samples with a ground truth count; unparseable or ambiguous replies count as wrong.
     """
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        kept = [(c, s) for c, s in zip(completions, samples) if s.task == "qa" and s.answer is not None]
-        self._add(sum(parse_choice(c, s.options) == s.answer for c, s in kept), len(kept))
+        kept = self._scored(completions, samples)
+        self._add(sum(self.task.accuracy(c, s) for c, s in kept), len(kept))
+
+
+class ChoiceAccuracy(AnswerAccuracy):
+    """Multiple-choice accuracy (:class:`AnswerAccuracy` of the ``qa`` task unless another task is given)."""
+
+    def __init__(self, task: str | Task = "qa", **kwargs) -> None:
+        super().__init__(task, **kwargs)
 
 
 class FormatRate(_Ratio):
-    """Fraction of replies in the task's strict tag format (e.g. ``<think>..</think><answer>..</answer>``)."""
+    """Fraction of replies in their task's strict tag format (e.g. ``<think>..</think><answer>..</answer>``)."""
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
         tags = [_tags(s) for s in samples]
@@ -80,42 +90,44 @@ class FormatRate(_Ratio):
 
 
 def _tags(sample: Sample) -> tuple[str, ...]:
-    try:
-        return tuple(get_task(sample.task).format_tags)
-    except KeyError:
-        return ()
+    task = task_of(sample)
+    return tuple(task.format_tags) if task is not None else ()
 
 
 # ------------------------------------------------------------------------------------ temporal grounding ----
-def _tag_pairs(completions: list[str], samples: list[Sample], normal: bool):
-    """(parsed reply interval, truth) for TAG samples with a known interval, normal or anomalous ones only."""
-    for text, sample in zip(completions, samples):
-        truth = known_interval(sample)  # the rewards' test: a TAG sample with a valid known interval
-        if truth is not None and is_normal_interval(truth) == normal:
-            yield parse_interval(text), truth
+class _Temporal(_Ratio):
+    """Base of the grounding metrics: (parsed interval, truth) pairs of normal or anomalous clips."""
+
+    def __init__(self, task: str | Task = "tag", **kwargs) -> None:
+        super().__init__(task, **kwargs)
+
+    def _pairs(self, completions: list[str], samples: list[Sample], normal: bool):
+        task = self.task
+        return [(task.parse(c, s), task.truth(s)) for c, s in self._scored(completions, samples)
+                if is_normal_interval(task.truth(s)) == normal]
 
 
-class MeanIoU(_Ratio):
+class MeanIoU(_Temporal):
     """Mean temporal IoU over anomalous clips with a known interval (the paper's mIoU); no interval = IoU 0."""
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        pairs = list(_tag_pairs(completions, samples, normal=False))
+        pairs = self._pairs(completions, samples, normal=False)
         self._add(sum(0.0 if p is None else interval_iou(p, t) for p, t in pairs), len(pairs))
 
 
-class RecallAtIoU(_Ratio):
+class RecallAtIoU(_Temporal):
     """Fraction of anomalous clips with a known interval whose reply reaches IoU >= ``threshold`` (R@threshold)."""
 
-    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, threshold: float = 0.5, task: str | Task = "tag", **kwargs) -> None:
+        super().__init__(task, **kwargs)
         self.threshold = float(threshold)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        pairs = list(_tag_pairs(completions, samples, normal=False))
+        pairs = self._pairs(completions, samples, normal=False)
         self._add(sum(p is not None and interval_iou(p, t) >= self.threshold for p, t in pairs), len(pairs))
 
 
-class FalseAlarmRate(_Ratio):
+class FalseAlarmRate(_Temporal):
     """Fraction of normal clips (truth [0, 0]) whose reply is not the normal answer [0, 0]; lower is better.
 
     A reply without a parseable interval counts as a false alarm, like a missing answer counts as wrong elsewhere.
@@ -124,19 +136,25 @@ class FalseAlarmRate(_Ratio):
     higher_is_better = False
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        pairs = list(_tag_pairs(completions, samples, normal=True))
+        pairs = self._pairs(completions, samples, normal=True)
         self._add(sum(not is_normal_interval(p) for p, _ in pairs), len(pairs))
 
 
 # ---------------------------------------------------------------------------------------- classification ----
 class BinaryAnomalyAccuracy(_Ratio):
-    """Anomalous-vs-normal accuracy on CLS samples: any anomaly class counts as "anomalous" (VAU-R1's binary acc)."""
+    """Anomalous-vs-normal accuracy: any anomaly class counts as "anomalous" (VAU-R1's binary accuracy).
+
+    For the ``cls`` task (default) it reads the anomalous call out of the class reply; for ``cls_binary`` the
+    reply is the call itself.
+    """
+
+    def __init__(self, task: str | Task = "cls", **kwargs) -> None:
+        super().__init__(task, **kwargs)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        kept = [(c, s) for c, s in zip(completions, samples) if s.task == "cls" and normalize_label(s.anomaly_class)]
-        hits = sum(parse_anomalous(c, class_candidates(s.anomaly_class)) is (not is_normal_class(s.anomaly_class))
-                   for c, s in kept)
-        self._add(hits, len(kept))
+        task = self.task
+        kept = [(c, s) for c, s in zip(completions, samples) if task.owns(s) and task.anomalous_truth(s) is not None]
+        self._add(sum(task.anomalous_reply(c, s) is task.anomalous_truth(s) for c, s in kept), len(kept))
 
 
 class _Confusion(Metric):
@@ -149,9 +167,10 @@ class _Confusion(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, classes: Sequence[str] = ANOMALY_CLASSES, **kwargs) -> None:
+    def __init__(self, classes: Sequence[str] = ANOMALY_CLASSES, task: str | Task = "cls", **kwargs) -> None:
         super().__init__(**kwargs)
         self.classes = tuple(classes)
+        self._task = task
         size = len(self.classes) + 1
         self.add_state("confusion", default=torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hits", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -162,9 +181,12 @@ class _Confusion(Metric):
         return self.classes.index(listed) if listed else len(self.classes)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
+        from vau.tasks.cls import class_candidates
+
+        task = _resolve(self._task)
         for text, sample in zip(completions, samples):
-            truth = sample.anomaly_class or ""
-            if sample.task != "cls" or not normalize_label(truth):
+            truth = task.truth(sample) if task.owns(sample) else None
+            if truth is None:
                 continue
             predicted = parse_class(text, class_candidates(truth, self.classes))
             self.confusion[self._index(truth), self._index(predicted)] += 1
@@ -208,23 +230,35 @@ class PerClassAccuracy(_Confusion):
         return self.confusion.sum(1)[: len(self.classes)]
 
 
-def task_metrics(task: str, classes: Sequence[str] = ANOMALY_CLASSES) -> dict[str, Metric]:
+def task_metrics(task: str | Task, classes: Sequence[str] = ANOMALY_CLASSES) -> dict[str, Metric]:
     """The scalar metrics reported for ``task`` during validation/test, keyed by log name.
 
     Args:
-        task: qa | tag | cls (other tasks get the format rate only).
+        task: a task (or its registered name); its own metrics, plus the format rate (NaN for a task without tags).
         classes: the class list of the CLS confusion-based metrics.
     """
+    task = _resolve(task)
     metrics: dict[str, Metric] = {"format_rate": FormatRate()}
-    if task == "qa":
-        metrics["qa_accuracy"] = ChoiceAccuracy()
-    elif task == "tag":
-        metrics["tag_miou"] = MeanIoU()
-        for threshold in RECALL_THRESHOLDS:
-            metrics[f"tag_r{round(threshold * 100)}"] = RecallAtIoU(threshold)
-        metrics["tag_false_alarm"] = FalseAlarmRate()
-    elif task == "cls":
-        metrics["cls_binary_accuracy"] = BinaryAnomalyAccuracy()
-        metrics["cls_accuracy"] = ClassAccuracy(classes)
-        metrics["cls_macro_f1"] = ClassMacroF1(classes)
+    metrics.update(task.metrics(tuple(classes)))
     return metrics
+
+
+def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES) -> dict[str, Metric]:
+    """The metrics of every task of a view (one task, or those of ``data.task=mixed``), keyed by log name.
+
+    A name two tasks both report (``cls`` and ``cls_binary`` both give ``cls_binary_accuracy``) is prefixed with
+    each task's name, so the numbers of different tasks never mix; one format rate covers all replies.
+    """
+    per_task = {name: task_metrics(name, classes) for name in tasks}
+    counts: dict[str, int] = {}
+    for metrics in per_task.values():
+        for key in metrics:
+            counts[key] = counts.get(key, 0) + 1
+    out: dict[str, Metric] = {}
+    for name, metrics in per_task.items():
+        for key, metric in metrics.items():
+            if key == "format_rate":
+                out.setdefault(key, metric)
+            else:
+                out[key if counts[key] == 1 else f"{name}_{key}"] = metric
+    return out

@@ -1,4 +1,4 @@
-"""``python -m vau score annotations=FILE predictions=FILE [task=qa|tag|cls] [output=metrics.json]``.
+"""``python -m vau score annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary] [output=metrics.json]``.
 
 Scores a predictions file against a VAU-Bench annotation CSV with the metrics of :mod:`vau.metrics` and prints
 the paper's table (percent, two decimals) with the denominator n of every number.
@@ -32,14 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
-from vau.metrics import PerClassAccuracy, task_metrics
+from vau.metrics import task_metrics
 from vau.parsing import canonical_class
-from vau.tasks import ANOMALY_CLASSES, TASKS
+from vau.tasks import ANOMALY_CLASSES, get_task, task_names
 
-SCORED_TASKS = ("qa", "tag", "cls")
+
+def scored_tasks() -> list[str]:
+    """Every registered task whose replies have a ground truth to score (plugin tasks included)."""
+    return [n for n in task_names() if get_task(n).scored]
+
+
 KEYS = ("annotations", "predictions", "task", "output")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
-         "[task=qa|tag|cls] [output=metrics.json]")
+         "[task=NAME[,NAME...]] [output=metrics.json]")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
                "anomaly class": "cls"}
 LABELS = {"qa_accuracy": "Acc.", "tag_miou": "mIoU", "tag_r30": "R@0.3", "tag_r50": "R@0.5", "tag_r70": "R@0.7",
@@ -72,9 +77,9 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     if missing:
         raise ScoreError(f"missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}")
     tasks = [t.strip() for t in args.get("task", "").split(",") if t.strip()]
-    bad = [t for t in tasks if t not in SCORED_TASKS]
+    bad = [t for t in tasks if t not in scored_tasks()]
     if bad:
-        raise ScoreError(f"task={args['task']}: {bad[0]!r} is not one of {', '.join(SCORED_TASKS)}")
+        raise ScoreError(f"task={args['task']}: {bad[0]!r} is not one of {', '.join(scored_tasks())}")
     return args
 
 
@@ -120,8 +125,8 @@ def _read_jsonl(path: Path, text: str) -> list[Prediction]:
         for key in ("video", "task", "response"):
             if key not in record:
                 raise ScoreError(f"{where}: missing key {key!r}; each line needs video, task and response")
-        if record["task"] not in SCORED_TASKS:
-            raise ScoreError(f"{where}: task {record['task']!r} is not one of {', '.join(SCORED_TASKS)}")
+        if record["task"] not in scored_tasks():
+            raise ScoreError(f"{where}: task {record['task']!r} is not one of {', '.join(scored_tasks())}")
         if not isinstance(record["video"], str) or not record["video"].strip():
             raise ScoreError(f"{where}: key 'video' must be a non-empty file name string")
         if not isinstance(record["response"], str):
@@ -196,14 +201,14 @@ def score(annotations: list[Annotation], predictions: list[Prediction], tasks: l
     report: dict = {"tasks": {}, "unknown_videos": sorted(set(unknown)), "duplicates": duplicates,
                     "conflicting_duplicates": conflicting}
     for task in tasks:
-        spec = TASKS[task]
-        kept = [a for a in annotations if spec.keep(a)]
+        spec = get_task(task)
+        kept = [a for a in annotations if spec.has_truth(a)]
         samples = [spec.sample(a) for a in kept]
         completions = [replies.get((a.video, task), "") for a in kept]
         missing = [a.video for a in kept if (a.video, task) not in replies]
-        unscored = sorted(v for v, t in replies if t == task and not spec.keep(find(v)))
+        unscored = sorted(v for v, t in replies if t == task and not spec.has_truth(find(v)))
         metrics = task_metrics(task, classes)
-        per_class = PerClassAccuracy(classes) if task == "cls" else None
+        per_class = spec.per_class_metric(classes)
         entry: dict = {"metrics": {}, "rows": len(kept), "missing": missing, "no_ground_truth": unscored}
         for name, metric in metrics.items():
             metric.update(completions, samples)
@@ -266,7 +271,7 @@ def main(argv: list[str]) -> int:
         files = prediction_files(args["predictions"])
         predictions = [p for path in files for p in read_predictions(path)]
         tasks = [t.strip() for t in args.get("task", "").split(",") if t.strip()]
-        tasks = tasks or [t for t in SCORED_TASKS if any(p.task == t for p in predictions)]
+        tasks = tasks or [t for t in scored_tasks() if any(p.task == t for p in predictions)]
         report = score(annotations, predictions, tasks)
         report.update(annotations=str(args["annotations"]), predictions=[str(f) for f in files])
         title = (f"VAU-Bench scores (percent) of {', '.join(f.name for f in files)} against "

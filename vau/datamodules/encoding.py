@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from vau.datamodules.video import DecodedClip
-from vau.tasks import Sample, TaskSpec, get_task
+from vau.tasks import Sample, Task, get_task
 
 IGNORE_INDEX = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -21,7 +21,7 @@ class SampleEncoder:
     is only a default), so one encoder serves the multi-task ``mixed`` view.
     """
 
-    def __init__(self, processor, spec: TaskSpec | None = None, system_prompt: str | None = None) -> None:
+    def __init__(self, processor, spec: Task | None = None, system_prompt: str | None = None) -> None:
         self.processor = processor
         self.spec = spec
         self.system_prompt = system_prompt
@@ -30,8 +30,8 @@ class SampleEncoder:
         if self.eos_id is None or self.eos_id == tok.unk_token_id:
             self.eos_id = tok.eos_token_id
 
-    def spec_for(self, sample: Sample) -> TaskSpec:
-        return self.spec if self.spec is not None and self.spec.name == sample.task else get_task(sample.task)
+    def spec_for(self, sample: Sample) -> Task:
+        return self.spec if self.spec is not None and self.spec.owns(sample) else get_task(sample.task)
 
     def messages(self, sample: Sample) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []

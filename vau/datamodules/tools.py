@@ -17,7 +17,7 @@ from vau.datamodules.annotations import Annotation, read_annotations, summarize
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.video import VideoError, probe
 from vau.datamodules.views import ViewOptions, drop_counts, view_counts
-from vau.tasks import TASKS
+from vau.tasks import task_names
 
 
 def split_of(path: str | Path) -> str:
@@ -42,7 +42,7 @@ def stats_report(files: list[tuple[str, str]], options: ViewOptions | None = Non
     """
     options = options or ViewOptions()
     out = []
-    tasks = list(TASKS)
+    tasks = task_names()
     for split, path in files:
         rows = read_annotations(path)
         train = split == "train"

@@ -30,7 +30,7 @@ from vau.datamodules.loading import EpochSampler
 from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.video import FrameCache, processor_size_fn
-from vau.datamodules.views import MIXED, ViewOptions, build_samples, drop_counts, mix_weights, view_tasks
+from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mixed, mix_weights, view_tasks
 from vau.tasks import Sample, get_task
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,13 @@ class VAUBenchDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.task = str(cfg.task)
-        self.mix = cfg.get("mix") if self.task == MIXED else None
-        self.weights = mix_weights(self.mix) if self.task == MIXED else None
-        view_tasks(self.task, self.mix)  # unknown task names fail here, before any file is read
+        self.mix = cfg.get("mix") if is_mixed(self.task) else None
+        self.weights = mix_weights(self.mix) if self.mix is not None else None
+        self.tasks = view_tasks(self.task, self.mix)  # unknown task names fail here, before any file is read
         self.views = ViewOptions.from_cfg(cfg.get("views"))
         self.sampler = build_sampler(sampler_cfg)
         self.eval_sampler = build_sampler(eval_sampler_cfg) if eval_sampler_cfg else self.sampler
-        self.encoder = SampleEncoder(processor, None if self.task == MIXED else get_task(self.task),
+        self.encoder = SampleEncoder(processor, get_task(self.tasks[0]) if len(self.tasks) == 1 else None,
                                      system_prompt=system_prompt)
         self.collate = Collator(pad_id)
         self.seed = int(seed)
@@ -102,7 +102,7 @@ class VAUBenchDataModule(L.LightningDataModule):
         resolver = VideoResolver(self.cfg.get("video_root"), dict(self.cfg.get("video_roots") or {}))
         limit = (self.cfg.get("limit") or {}).get(split)
         samples: list[Sample] = []
-        for name in view_tasks(self.task, self.mix):
+        for name in self.tasks:
             kept = build_samples(rows, name, train, self.views, lambda a: str(resolver(a.video, a.source)))
             kept = kept[: int(limit)] if limit is not None else kept
             dropped = drop_counts(rows, name, train, self.views)

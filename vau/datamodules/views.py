@@ -1,7 +1,7 @@
 """Task views: which samples each task keeps from the annotations, in training and in evaluation.
 
 Every task reads the same :class:`~vau.datamodules.annotations.Annotation` rows; a *view* keeps the rows the
-task can use and turns each into a :class:`~vau.tasks.Sample`. The rules (and why) are in :mod:`vau.tasks`;
+task can use and turns each into a :class:`~vau.tasks.Sample`. The rules (and why) belong to each task (:mod:`vau.tasks`);
 this module adds the two config switches and the multi-task ``mixed`` view:
 
 - ``data.views.tag_train_normal`` (default true): TAG training also keeps normal clips (target [0.0, 0.0]).
@@ -22,55 +22,25 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
 
 from vau.datamodules.annotations import Annotation
-from vau.tasks import TASKS, Sample, get_task
+from vau.registry import TASKS
+from vau.tasks import Sample, ViewOptions, get_task, task_names
+
+__all__ = ["MIXED", "ViewOptions", "build_samples", "drop_counts", "drop_reason", "is_mixed", "keeps", "mix_weights",
+           "select", "view_counts", "view_tasks"]
 
 MIXED = "mixed"
 
 
-@dataclass(frozen=True)
-class ViewOptions:
-    """The ``data.views`` config node (see the module doc)."""
-
-    tag_train_normal: bool = True
-    tag_eval_normal: bool = False
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | None) -> ViewOptions:
-        values = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} under data.views; known keys: {sorted(known)}")
-        return cls(**{k: bool(v) for k, v in values.items()})
+def is_mixed(view: str) -> bool:
+    """Whether a ``data.task`` value is the multi-task ``mixed`` view rather than one task."""
+    return view == MIXED
 
 
 def drop_reason(task: str, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
     """Why ``task`` does not use ``ann`` (for ``data stats`` and the DataModule's log), or None when it does."""
-    if task == "tag":
-        if ann.has_anomaly_interval:
-            return None
-        if ann.is_normal:
-            if train and options.tag_train_normal or not train and options.tag_eval_normal:
-                return None
-            return "normal clip (evaluation: IoU undefined)" if not train else "normal clip (tag_train_normal=false)"
-        if ann.interval is None:
-            return "interval unknown (-1)"
-        if not ann.known_class:
-            return "class unknown"
-        return "empty interval on an anomalous clip"
-    spec = get_task(task)
-    if spec.keeps(ann, train):
-        return None
-    if task == "qa":
-        return "no question (-1)"
-    if task in ("cls", "cls_binary"):
-        return f"class not among the 20 labels ({ann.anomaly_class or 'empty'})"
-    if task == "describe":
-        return "no description"
-    return "not kept by the task"
+    return get_task(task).drop_reason(ann, train, options)
 
 
 def keeps(task: str, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> bool:
@@ -81,8 +51,8 @@ def keeps(task: str, ann: Annotation, train: bool, options: ViewOptions = ViewOp
 def select(rows: Iterable[Annotation], task: str, train: bool,
            options: ViewOptions = ViewOptions()) -> list[Annotation]:
     """The rows ``task`` keeps, in file order."""
-    get_task(task)  # fail early, with the known names, on a typo
-    return [a for a in rows if keeps(task, a, train, options)]
+    spec = get_task(task)  # fail early, with the known names, on a typo
+    return [a for a in rows if spec.keeps(a, train, options)]
 
 
 def mix_weights(cfg: Mapping | None) -> dict[str, float]:
@@ -92,8 +62,8 @@ def mix_weights(cfg: Mapping | None) -> dict[str, float]:
         raise ValueError("data.task=mixed needs data.mix.weights, e.g. {qa: 1.0, tag: 1.0, cls: 1.0, describe: 0.0}")
     out = {}
     for task, weight in weights.items():
-        if task not in TASKS:
-            raise ValueError(f"data.mix.weights.{task}: unknown task; known tasks: {', '.join(TASKS)}")
+        if task not in TASKS.names():
+            raise ValueError(f"data.mix.weights.{task}: unknown task; known tasks: {', '.join(TASKS.names())}")
         weight = float(weight)
         if not weight >= 0 or weight == float("inf"):
             raise ValueError(f"data.mix.weights.{task}={weight}: weights are finite numbers >= 0")
@@ -105,7 +75,7 @@ def mix_weights(cfg: Mapping | None) -> dict[str, float]:
 
 def view_tasks(task: str, mix: Mapping | None = None) -> list[str]:
     """The tasks a ``data.task`` value stands for: itself, or the positively weighted tasks of ``mixed``."""
-    if task == MIXED:
+    if is_mixed(task):
         return [t for t, w in mix_weights(mix).items() if w > 0]
     get_task(task)
     return [task]
@@ -131,8 +101,8 @@ def build_samples(rows: list[Annotation], task: str, train: bool, options: ViewO
 
 
 def view_counts(rows: list[Annotation], train: bool, options: ViewOptions = ViewOptions()) -> dict[str, int]:
-    """How many samples every task keeps from ``rows``."""
-    return {task: len(select(rows, task, train, options)) for task in TASKS}
+    """How many samples every registered task keeps from ``rows``."""
+    return {task: len(select(rows, task, train, options)) for task in task_names()}
 
 
 def drop_counts(rows: list[Annotation], task: str, train: bool, options: ViewOptions = ViewOptions()) -> Counter:

@@ -13,6 +13,7 @@ with ``**ctx``. A registered class is instantiated once with the config keys of 
 function receives those keys as keyword arguments on every call.
 
 Config (group ``reward``) maps names to entries: ``{format: {weight: 1.0}, temporal_iou: {weight: 1.0}}``.
+GRPO with an empty ``reward`` node (``reward=none``) uses its tasks' own sets (``Task.default_rewards``).
 """
 
 from __future__ import annotations

@@ -1,34 +1,38 @@
-"""Answer-accuracy rewards: the multiple-choice letter and the anomaly class, read by :mod:`vau.parsing`.
+"""Answer-accuracy rewards, read through each sample's task (:mod:`vau.tasks`) with :mod:`vau.parsing`.
 
-Both score 0 for an answer that is missing, empty or ambiguous ("A or B", every option, two classes), so listing
-several answers never pays.
+All score 0 for an answer that is missing, empty or ambiguous ("A or B", every option, two classes), so listing
+several answers never pays. Each applies to every task of the answer kind it reads (``Task.answer_kind``), plugin
+tasks included, and returns None for the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from vau.parsing import canonical_class, is_normal_class, normalize_label, parse_anomalous, parse_choice, parse_class
+from vau.parsing import normalize_label
 from vau.registry import REWARDS
-from vau.tasks import ANOMALY_CLASSES, Sample
+from vau.tasks import Sample, task_of
+
+
+@REWARDS.register("accuracy")
+def accuracy(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """The task's own accuracy of each reply (1/0; temporal IoU for grounding); None without a truth; range [0, 1].
+
+    Works for any task, a plugin task included: it calls ``Task.accuracy(reply, sample)``.
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = task_of(sample)
+        out.append(None if task is None else task.accuracy(text, sample))
+    return out
 
 
 @REWARDS.register("choice_accuracy")
 def choice_accuracy(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
-    """1 when the reply's single option letter is the correct one, else 0 (QA samples only); range [0, 1]."""
+    """1 when the reply's single option letter is the correct one, else 0 (multiple-choice tasks only); range [0, 1]."""
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
-        if sample.task != "qa" or sample.answer is None:
-            out.append(None)
-            continue
-        out.append(float(parse_choice(text, sample.options) == sample.answer))
+        task = task_of(sample)
+        out.append(task.accuracy(text, sample) if task is not None and task.answer_kind == "choice" else None)
     return out
-
-
-def class_candidates(truth: str, classes: Sequence[str] = ANOMALY_CLASSES) -> tuple[str, ...]:
-    """``classes`` plus the ground-truth class when the list does not spell it (so a correct reply can match)."""
-    classes = tuple(classes)
-    return classes if canonical_class(truth, classes) else (*classes, truth)
 
 
 @REWARDS.register("class_match")
@@ -37,18 +41,17 @@ def class_match(completions: list[str], samples: list[Sample], binary: bool = Fa
 
     Args:
         binary: score only "anomalous or normal" (any anomaly class counts as anomalous), as VAU-R1's binary
-            accuracy; otherwise the class itself must match (the 20-way accuracy).
+            accuracy; otherwise the class itself must match (the 20-way accuracy). On a task whose answer is only
+            Anomaly / Normal (``cls_binary``) that call is the class, so it is scored either way.
     """
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
-        truth = sample.anomaly_class or ""
-        if sample.task != "cls" or not normalize_label(truth):
+        task = task_of(sample)
+        kind = task.answer_kind if task is not None else None
+        if kind not in ("class", "binary") or not normalize_label(sample.anomaly_class or ""):
             out.append(None)
-            continue
-        candidates = class_candidates(truth)
-        if binary:
-            out.append(float(parse_anomalous(text, candidates) is (not is_normal_class(truth))))
+        elif binary or kind == "binary":
+            out.append(float(task.anomalous_reply(text, sample) is task.anomalous_truth(sample)))
         else:
-            predicted = parse_class(text, candidates)
-            out.append(float(predicted is not None and normalize_label(predicted) == normalize_label(truth)))
+            out.append(task.accuracy(text, sample))
     return out

@@ -1,4 +1,4 @@
-"""Format rewards: does a reply use its task's tags (``vau.tasks.TaskSpec.format_tags``)?
+"""Format rewards: does a reply use its task's tags (``vau.tasks.Task.format_tags``)?
 
 A task without format tags (``describe``) gets None. Tag content must be non-blank, so an empty
 ``<answer></answer>`` earns nothing here either.
@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from vau.parsing import extract_tag, has_strict_format
 from vau.registry import REWARDS
-from vau.tasks import Sample, get_task
+from vau.tasks import Sample, task_of
 
 
 def task_tags(sample: Sample) -> tuple[str, ...]:
     """The sample's format tags; () for a task without tags or an unknown task."""
-    try:
-        return tuple(get_task(sample.task).format_tags)
-    except (KeyError, AttributeError):
-        return ()
+    task = task_of(sample)
+    return tuple(task.format_tags) if task is not None else ()
 
 
 @REWARDS.register("format")

@@ -1,6 +1,8 @@
 """Temporal-grounding rewards (TAG samples with a known interval).
 
-Normal-clip convention (shared with the TAG prompt in vau.tasks and the metrics in vau.metrics): a normal clip's
+They apply to every task whose answer is an interval (``Task.answer_kind == "interval"``: ``tag``, plugin tasks).
+
+Normal-clip convention (shared with the TAG prompt in vau.tasks.tag and the metrics in vau.metrics): a normal clip's
 interval is [0.0, 0.0]. The reply [0, 0] on a normal clip scores 1; any other reply scores 0; the reply [0, 0] on
 an anomalous clip scores 0. An unknown ground truth (None, "-1" in the CSV, negative or reversed) gives None, so
 no reply is rewarded for it.
@@ -16,20 +18,13 @@ import math
 
 from vau.parsing import interval_iou, is_normal_interval, parse_interval
 from vau.registry import REWARDS
-from vau.tasks import Sample
+from vau.tasks import Sample, task_of
 
 
 def known_interval(sample: Sample) -> tuple[float, float] | None:
-    """The sample's ground-truth interval when it is a TAG sample with a valid known interval, else None."""
-    if sample.task != "tag" or sample.interval is None:
-        return None
-    try:
-        start, end = (float(x) for x in sample.interval)
-    except (TypeError, ValueError):
-        return None
-    if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start <= end):
-        return None
-    return start, end
+    """The sample's ground-truth interval when its task answers with an interval and it is valid, else None."""
+    task = task_of(sample)
+    return task.truth(sample) if task is not None and task.answer_kind == "interval" else None
 
 
 @REWARDS.register("temporal_iou")

@@ -1,0 +1,189 @@
+"""What every task is: a :class:`Sample` type, the :class:`Task` interface and the ``data.views`` switches.
+
+A task owns everything that depends on *which question is asked of a clip*: which annotation rows it keeps (for
+training and for evaluation, and why it leaves the others out), its prompt, its target text, its ground truth, how
+a reply is parsed into a prediction, its default rewards and its metrics. Views, rewards, metrics, ``score`` and the
+run ask the task; nothing outside ``vau/tasks/`` compares task names.
+
+A new task is one file with a registered subclass::
+
+    from vau.registry import TASKS
+    from vau.tasks import Task
+
+    @TASKS.register("count_people")
+    class CountPeople(Task):
+        "How many people the clip shows; answer a number."
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from vau.datamodules.annotations import ANOMALY_CLASSES, NORMAL, Annotation
+
+THINK_INSTRUCTION = "First reason briefly inside <think> </think>, then give the final answer inside <answer> </answer>."
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training/eval example: an annotation row seen through one task.
+
+    Rewards and metrics read the ground truth through the task (``get_task(sample.task).truth(sample)``).
+    """
+
+    task: str
+    video: str
+    video_path: str = ""
+    source: str = ""
+    question: str | None = None
+    options: tuple[str, ...] = ()
+    answer: str | None = None
+    interval: tuple[float, float] | None = None
+    anomaly_class: str = ""
+    description: str = ""
+    reasoning: str = ""
+    key_object: str = ""
+    row: int = 0
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_normal(self) -> bool:
+        return self.anomaly_class == NORMAL
+
+    @classmethod
+    def from_annotation(cls, task: str, ann: Annotation, video_path: str = "") -> Sample:
+        return cls(
+            task=task, video=ann.video, video_path=video_path, source=ann.source, question=ann.question,
+            options=ann.options, answer=ann.answer, interval=ann.interval, anomaly_class=ann.anomaly_class,
+            description=ann.description, reasoning=ann.reasoning, key_object=ann.key_object, row=ann.row,
+        )
+
+    def with_path(self, video_path: str) -> Sample:
+        return replace(self, video_path=video_path)
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """The ``data.views`` config node: the switches of the task views (docs/data.md "Task views").
+
+    Attributes:
+        tag_train_normal: TAG training also keeps normal clips (target [0.0, 0.0]).
+        tag_eval_normal: TAG evaluation also keeps normal clips (false-alarm rate; counts then differ from the paper).
+    """
+
+    tag_train_normal: bool = True
+    tag_eval_normal: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping | None) -> ViewOptions:
+        values = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} under data.views; known keys: {sorted(known)}")
+        return cls(**{k: bool(v) for k, v in values.items()})
+
+
+def think_target(sample: Sample, answer: str) -> str:
+    """``<think>rationale</think>`` (the description when there is no rationale) then ``<answer>answer</answer>``."""
+    return f"<think>{(sample.reasoning or sample.description).strip()}</think>\n<answer>{answer}</answer>"
+
+
+class Task:
+    """One task of VAU-Bench (or of a plugin): rows, prompt, target, ground truth, parsing, rewards and metrics.
+
+    Subclasses override :meth:`has_truth`, :meth:`prompt`, :meth:`target`, :meth:`truth` and :meth:`parse`, and
+    where they differ the class attributes below. The registry name becomes :attr:`name`.
+
+    Attributes:
+        answer_kind: what a reply answers with: ``choice`` (an option letter), ``interval`` ([start, end] seconds),
+            ``class`` (an anomaly class name), ``binary`` (anomalous or normal) or ``text`` (free text, not scored).
+            Rewards that read one kind of answer (``choice_accuracy``, ``temporal_iou``, ``class_match``) apply to
+            every task of that kind, plugin tasks included.
+        format_tags: the tags a well-formed reply contains, in order (format rewards and the format rate).
+        default_rewards: the reward config a GRPO run of this task starts from (``reward=task`` in config).
+        missing_truth: why a row without this task's ground truth is left out (``data stats``, the run log).
+    """
+
+    answer_kind: str = "text"
+    format_tags: tuple[str, ...] = ("think", "answer")
+    default_rewards: Mapping[str, Mapping[str, Any]] = {"format": {"weight": 1.0}, "accuracy": {"weight": 1.0}}
+    missing_truth: str = "no ground truth for this task"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    @property
+    def doc(self) -> str:
+        """Which rows the task keeps and why (the class docstring)."""
+        return (type(self).__doc__ or "").strip()
+
+    @property
+    def scored(self) -> bool:
+        """Whether replies have a ground truth to be scored against (``text`` tasks are SFT-only)."""
+        return self.answer_kind != "text"
+
+    def owns(self, sample: Sample) -> bool:
+        """Whether ``sample`` was made by this task."""
+        return sample.task == self.name
+
+    # -- rows ---------------------------------------------------------------------------------------------------
+    def has_truth(self, ann: Annotation) -> bool:
+        """Whether ``ann`` holds this task's ground truth: the rows ``python -m vau score`` scores."""
+        raise NotImplementedError
+
+    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
+        """Why this task's view leaves ``ann`` out of training (``train=True``) or evaluation; None when it keeps it."""
+        return None if self.has_truth(ann) else self.missing_truth
+
+    def keeps(self, ann: Annotation, train: bool = False, options: ViewOptions = ViewOptions()) -> bool:
+        """Whether this task's view uses ``ann`` for training (``train=True``) or for evaluation."""
+        return self.drop_reason(ann, train, options) is None
+
+    def sample(self, ann: Annotation, video_path: str = "") -> Sample:
+        return Sample.from_annotation(self.name, ann, video_path)
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    def prompt(self, sample: Sample) -> str:
+        raise NotImplementedError
+
+    def target(self, sample: Sample) -> str:
+        """The reply SFT teaches for ``sample``."""
+        raise NotImplementedError
+
+    # -- answers ------------------------------------------------------------------------------------------------
+    def truth(self, sample: Sample) -> Any | None:
+        """The ground-truth answer of ``sample`` in the form :meth:`parse` returns, or None when it has none."""
+        return None
+
+    def parse(self, reply: str, sample: Sample) -> Any | None:
+        """The prediction a reply commits to (None when absent or ambiguous); never raises on any text."""
+        return None
+
+    def accuracy(self, reply: str, sample: Sample) -> float | None:
+        """Score of one reply in [0, 1] against the truth (1/0, or IoU for intervals); None without a truth."""
+        truth = self.truth(sample)
+        if truth is None:
+            return None
+        return float(self.parse(reply, sample) == truth)
+
+    def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
+        """The torchmetrics reported for this task in validation/test and by ``score``, keyed by log name.
+
+        The format rate is added by :func:`vau.metrics.task_metrics` for every task.
+        """
+        return {}
+
+    def per_class_metric(self, classes: tuple[str, ...] = ANOMALY_CLASSES):
+        """A metric whose ``compute`` is a vector over ``classes`` (reported per class by ``score``), or None."""
+        return None
+
+    def corpus(self, sample: Sample) -> list[str]:
+        """Texts of this task for the tiny test tokenizer (its prompt and target on a placeholder sample)."""
+        return [self.prompt(sample), self.target(sample)]

@@ -1,0 +1,103 @@
+"""Anomaly classification: which of the 20 classes (19 anomaly types + Normal) the clip shows, or just whether
+it is anomalous (``cls_binary``)."""
+
+from __future__ import annotations
+
+from vau.datamodules.annotations import ANOMALY_CLASSES, Annotation
+from vau.parsing import canonical_class, is_normal_class, normalize_label, parse_anomalous, parse_class
+from vau.registry import TASKS
+from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
+
+
+def class_candidates(truth: str, classes=ANOMALY_CLASSES) -> tuple[str, ...]:
+    """``classes`` plus the ground-truth class when the list does not spell it (so a correct reply can match)."""
+    classes = tuple(classes)
+    return classes if canonical_class(truth, classes) else (*classes, truth)
+
+
+class _ClassTask(Task):
+    """What both classification tasks share: rows with a known class, and the anomalous/normal call."""
+
+    missing_truth = "class not among the 20 labels"
+
+    def has_truth(self, ann: Annotation) -> bool:
+        return ann.known_class
+
+    def drop_reason(self, ann: Annotation, train: bool, options=None) -> str | None:
+        return None if ann.known_class else f"{self.missing_truth} ({ann.anomaly_class or 'empty'})"
+
+    def anomalous_truth(self, sample: Sample) -> bool | None:
+        """True for an anomalous clip, False for a normal one, None without a class."""
+        truth = sample.anomaly_class or ""
+        return None if not normalize_label(truth) else not is_normal_class(truth)
+
+    def anomalous_reply(self, reply: str, sample: Sample) -> bool | None:
+        """Whether the reply calls the clip anomalous (any anomaly class counts), None when it does not say."""
+        return parse_anomalous(reply, class_candidates(sample.anomaly_class or ""))
+
+
+@TASKS.register("cls")
+class AnomalyClassification(_ClassTask):
+    """Rows whose class is one of the 20 labels (19 anomaly types + Normal); the reply names the class (20-way)."""
+
+    answer_kind = "class"
+    default_rewards = {"format": {"weight": 1.0}, "class_match": {"weight": 1.0}}
+
+    def prompt(self, sample: Sample) -> str:
+        return (
+            "Which anomaly class does this video show? Choose one of: " + ", ".join(ANOMALY_CLASSES) + ". "
+            f"{THINK_INSTRUCTION} Answer with the class name only."
+        )
+
+    def target(self, sample: Sample) -> str:
+        return think_target(sample, sample.anomaly_class)
+
+    def truth(self, sample: Sample) -> str | None:
+        truth = sample.anomaly_class or ""
+        return truth if normalize_label(truth) else None
+
+    def parse(self, reply: str, sample: Sample) -> str | None:
+        return parse_class(reply, class_candidates(sample.anomaly_class or ""))
+
+    def accuracy(self, reply: str, sample: Sample) -> float | None:
+        truth = self.truth(sample)
+        if truth is None:
+            return None
+        predicted = self.parse(reply, sample)
+        return float(predicted is not None and normalize_label(predicted) == normalize_label(truth))
+
+    def metrics(self, classes=ANOMALY_CLASSES) -> dict:
+        from vau.metrics import BinaryAnomalyAccuracy, ClassAccuracy, ClassMacroF1
+
+        return {"cls_binary_accuracy": BinaryAnomalyAccuracy(self), "cls_accuracy": ClassAccuracy(classes, task=self),
+                "cls_macro_f1": ClassMacroF1(classes, task=self)}
+
+    def per_class_metric(self, classes=ANOMALY_CLASSES):
+        from vau.metrics import PerClassAccuracy
+
+        return PerClassAccuracy(classes, task=self)
+
+
+@TASKS.register("cls_binary")
+class BinaryClassification(_ClassTask):
+    """The cls rows, answered Anomaly / Normal (VAU-R1's binary accuracy as a task of its own)."""
+
+    answer_kind = "binary"
+
+    def prompt(self, sample: Sample) -> str:
+        return f"Is there an anomaly in this video? {THINK_INSTRUCTION} Answer with Anomaly or Normal."
+
+    def target(self, sample: Sample) -> str:
+        return think_target(sample, "Normal" if sample.is_normal else "Anomaly")
+
+    def truth(self, sample: Sample) -> bool | None:
+        """True for an anomalous clip, False for a normal one."""
+        return self.anomalous_truth(sample)
+
+    def parse(self, reply: str, sample: Sample) -> bool | None:
+        return self.anomalous_reply(reply, sample)
+
+    def metrics(self, classes=()) -> dict:
+        from vau.metrics import BinaryAnomalyAccuracy
+
+        return {"cls_binary_accuracy": BinaryAnomalyAccuracy(self)}

@@ -1,0 +1,91 @@
+"""Temporal anomaly grounding (TAG): when the anomaly happens, as [start, end] in seconds.
+
+Why training and evaluation keep different rows: an IoU is undefined for a clip without an anomaly, so the
+benchmark scores anomalous clips only (VAU-R1's evaluation skips normal clips; MSAD test: 120); in training,
+normal clips teach the ``[0.0, 0.0]`` answer the prompt asks for (``data.views.tag_train_normal``). Rows with an
+unknown interval (``-1``) have no TAG target at all. :meth:`TemporalGrounding.has_truth` is the set with a ground
+truth (known interval, normal clips included), which ``python -m vau score`` splits into IoU over the anomalous
+clips and false alarms over the normal ones.
+
+Normal-clip convention (shared by the prompt, the rewards and the metrics): a normal clip's interval is
+[0.0, 0.0]; the reply [0, 0] on a normal clip scores 1, any other reply 0; [0, 0] on an anomalous clip scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vau.datamodules.annotations import Annotation
+from vau.parsing import interval_iou, parse_interval
+from vau.registry import TASKS
+from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
+
+RECALL_THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+@TASKS.register("tag")
+class TemporalGrounding(Task):
+    """Evaluation: anomalous clips with a known interval (paper protocol; IoU is undefined on normal clips);
+    training: those plus normal clips, target [0.0, 0.0]; rows with an unknown interval (-1): never."""
+
+    answer_kind = "interval"
+    default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}}
+
+    def has_truth(self, ann: Annotation) -> bool:
+        return ann.interval is not None
+
+    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
+        if ann.has_anomaly_interval:
+            return None
+        if ann.is_normal:
+            if train and options.tag_train_normal or not train and options.tag_eval_normal:
+                return None
+            return "normal clip (evaluation: IoU undefined)" if not train else "normal clip (tag_train_normal=false)"
+        if ann.interval is None:
+            return "interval unknown (-1)"
+        if not ann.known_class:
+            return "class unknown"
+        return "empty interval on an anomalous clip"
+
+    def prompt(self, sample: Sample) -> str:
+        return (
+            "Does an anomaly happen in this video, and when? "
+            f"{THINK_INSTRUCTION} Answer with the start and end time in seconds as [start, end], "
+            "or [0.0, 0.0] if the video is normal."
+        )
+
+    def target(self, sample: Sample) -> str:
+        start, end = sample.interval if sample.interval is not None else (0.0, 0.0)
+        return think_target(sample, f"[{start:.1f}, {end:.1f}]")
+
+    def truth(self, sample: Sample) -> tuple[float, float] | None:
+        """The valid known interval (finite, 0 <= start <= end); None for an unknown, negative or reversed one."""
+        if sample.interval is None:
+            return None
+        try:
+            start, end = (float(x) for x in sample.interval)
+        except (TypeError, ValueError):
+            return None
+        if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start <= end):
+            return None
+        return start, end
+
+    def parse(self, reply: str, sample: Sample) -> tuple[float, float] | None:
+        return parse_interval(reply)
+
+    def accuracy(self, reply: str, sample: Sample) -> float | None:
+        """Temporal IoU of the reply with the truth (0 without a parseable interval)."""
+        truth = self.truth(sample)
+        if truth is None:
+            return None
+        predicted = self.parse(reply, sample)
+        return 0.0 if predicted is None else interval_iou(predicted, truth)
+
+    def metrics(self, classes=()) -> dict:
+        from vau.metrics import FalseAlarmRate, MeanIoU, RecallAtIoU
+
+        metrics = {"tag_miou": MeanIoU(self)}
+        for threshold in RECALL_THRESHOLDS:
+            metrics[f"tag_r{round(threshold * 100)}"] = RecallAtIoU(threshold, task=self)
+        metrics["tag_false_alarm"] = FalseAlarmRate(self)
+        return metrics
