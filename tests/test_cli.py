@@ -2,10 +2,13 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vau.config import choices
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def vau(*args, cwd=None):
@@ -23,12 +26,14 @@ def test_help_lists_stages_and_config_groups():
 
 
 def test_list_prints_every_registry_with_docs():
-    out = vau("list")
+    out = vau("list", "plugins=[plugins.brevity]", cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "backbones:" in out.stdout and "samplers:" in out.stdout and "rewards:" in out.stdout
+    for kind in ("tasks:", "algorithms:", "backbones:", "samplers:", "rewards:"):
+        assert kind in out.stdout
     assert "tiny_qwen2_5_vl" in out.stdout and "Tiny random Qwen2.5-VL" in out.stdout
     assert "random_segment" in out.stdout
-    assert "brevity" in out.stdout  # the example plugin, found through the vau.plugins entry point
+    assert "cls_binary" in out.stdout and "grpo" in out.stdout
+    assert "brevity" in out.stdout  # the example plugin, imported from the config key `plugins`
 
 
 def test_unknown_stage_names_valid_stages():

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vau.registry import REWARDS
+from vau.registry import ALGORITHMS, REWARDS
 
 ROOT = Path(__file__).resolve().parent.parent
 REWARD = "test_char_spread"
@@ -271,14 +271,16 @@ def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = No
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
     from vau.modules.backbones import build_backbone
-    from vau.run import build_module, build_trainer, make_run_dir
+    from vau.run import build_module
+    from vau.run_dir import make_run_dir
+    from vau.trainer import build_trainer
 
     cfg = compose("demo", [*overrides, f"run_dir={run_dir}"])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
-                                    with_target=cfg.module.name == "sft")
+                                    with_target=ALGORITHMS.get(cfg.module.name).needs_targets)
     module = build_module(cfg, backbone, run_dir)
     if patch is not None:
         patch(module)

@@ -1,11 +1,21 @@
 """Short fits through the real Trainer, composed with Hydra exactly as the CLI does."""
 
+import json
 import math
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vau.config import compose
 from vau.run import run
+from vau.tasks import get_task
+
+
+def _test_samples(cfg):
+    from vau.datamodules.annotations import read_annotations
+    from vau.datamodules.views import build_samples
+
+    return build_samples(read_annotations(cfg.data.annotations.test), cfg.data.task, train=False)
 
 
 def _scalars(run_dir, tag):
@@ -28,9 +38,14 @@ def test_short_sft_fit_writes_logs_checkpoint_predictions_and_metrics(overrides,
     losses = _scalars(run_dir, "train/loss")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert {"test/qa_accuracy", "test/format_rate"} <= set(metrics)
-    assert 0.0 <= metrics["test/qa_accuracy"] <= 1.0
     lines = (run_dir / "predictions_rank0.jsonl").read_text().splitlines()
     assert len(lines) == 4  # every test clip gets a prediction
+    # The logged accuracy is the task's accuracy of exactly the replies written to the predictions file.
+    records = [json.loads(line) for line in lines]
+    samples = {s.video: s for s in _test_samples(cfg)}
+    task = get_task("qa")
+    expected = sum(task.accuracy(r["response"], samples[r["video"]]) for r in records) / len(records)
+    assert metrics["test/qa_accuracy"] == pytest.approx(expected)
     assert "test/qa_accuracy" in capsys.readouterr().out  # the final table
 
 
@@ -65,5 +80,7 @@ def test_fit_with_the_example_plugin_reward(overrides, tmp_path):
     load_plugins(cfg.plugins)  # what the CLI does before run()
     assert "brevity" in REWARDS
     metrics = run("fit", cfg)
-    assert 0.0 <= metrics["test/reward/brevity"] <= 1.0
+    replies = [json.loads(line)["response"] for line in (run_dir / "predictions_rank0.jsonl").read_text().splitlines()]
+    expected = REWARDS.get("brevity")(replies, [None] * len(replies))
+    assert metrics["test/reward/brevity"] == pytest.approx(sum(expected) / len(expected))
     assert _scalars(run_dir, "test/reward/brevity")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vau.config import ConfigError, compose
-from vau.registry import REWARDS
+from vau.registry import ALGORITHMS, REWARDS
 
 REWARD = "test_qlora_char_spread"
 
@@ -72,12 +72,13 @@ def test_quantize_vision_puts_the_vision_tower_in_4_bit_too(overrides):
 def _fit_and_diff(cfg, tmp_path):
     """Fit with the real Trainer; return {name: (before, after)} of every parameter, and the backbone."""
     from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.run import build_module, build_trainer
+    from vau.run import build_module
+    from vau.trainer import build_trainer
 
     backbone = _backbone(cfg)
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id,
-                            with_target=cfg.module.name == "sft")
+                            with_target=ALGORITHMS.get(cfg.module.name).needs_targets)
     module = build_module(cfg, backbone, tmp_path)
     build_trainer(cfg, tmp_path).fit(module, datamodule=dm)
     return {n: (before[n], p.detach()) for n, p in backbone.model.named_parameters()}, backbone
@@ -141,7 +142,7 @@ def test_nf4_without_lora_is_refused_with_the_key_to_set(overrides):
 
 
 def test_nf4_with_fsdp_is_refused(overrides, tmp_path):
-    from vau.run import build_trainer
+    from vau.trainer import build_trainer
 
     cfg = _cfg(overrides, [*QLORA, "trainer=fsdp", "trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match="trainer=ddp"):

@@ -51,3 +51,18 @@ class BadVideoMonitor(L.Callback):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self.observe(batch)
+
+
+class ReseedOnSetup(L.Callback):
+    """Re-seed the process from ``seed`` when a fit/validate/test sets up, before any checkpoint is restored.
+
+    Lightning already re-seeds every DDP/FSDP rank when it joins the process group, which is after the model was
+    built; doing the same on a single process makes 1- and N-process runs start from the same RNG state (GRPO
+    rollouts sample from it). A resumed run then replaces it with the checkpoint's saved RNG state.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        L.seed_everything(self.seed, workers=True, verbose=False)

@@ -13,7 +13,7 @@ STAGES = {
     "validate": "evaluate on the val split (ckpt_path=PATH|last to load weights)",
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered backbone, frame sampler and reward",
-    "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls]",
+    "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary]",
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos)",
 }
@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "data":
             return _data(rest)
         if stage == "score":
+            from vau.registry import load_plugins
             from vau.score import main as score_main
+
+            load_plugins()  # tasks of installed plugin packages can be scored too
 
             return score_main(rest)
         if stage == "export":

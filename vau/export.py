@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
     ckpt = Path(own["ckpt"])
     if own["ckpt"] == "last":
         from vau.config import compose
-        from vau.run import newest_checkpoint
+        from vau.checkpoints import newest_checkpoint
 
         composed = compose(conf, overrides)
         ckpt = Path(newest_checkpoint(composed, composed.experiment_name, "ckpt=last"))

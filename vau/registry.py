@@ -1,4 +1,5 @@
-"""One small plugin registry, shared by backbones, frame samplers and rewards.
+"""One small plugin registry, shared by every axis a researcher extends: backbones, frame samplers, rewards,
+tasks and training algorithms.
 
 Example:
     >>> from vau.registry import Registry
@@ -49,7 +50,7 @@ class Registry:
     """Maps names to builders (functions or classes) of one kind of plugin.
 
     Args:
-        kind: what the entries are ("backbone", "sampler", "reward"); used in error messages.
+        kind: what the entries are ("task", "algorithm", "backbone", "sampler", "reward"); used in error messages.
     """
 
     def __init__(self, kind: str) -> None:
@@ -108,7 +109,9 @@ class Registry:
 BACKBONES = Registry("backbone")
 SAMPLERS = Registry("sampler")
 REWARDS = Registry("reward")
-ALL = {"backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS}
+TASKS = Registry("task")
+ALGORITHMS = Registry("algorithm")
+ALL = {"task": TASKS, "algorithm": ALGORITHMS, "backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS}
 
 
 class PluginImportError(ImportError):
@@ -116,6 +119,9 @@ class PluginImportError(ImportError):
 
 
 _BUILTINS_LOADED = False
+# vau's own plugin modules: importing each registers its entries.
+BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones",
+                   "vau.datamodules.samplers", "vau.rewards")
 
 
 def load_builtins() -> None:
@@ -124,9 +130,8 @@ def load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    importlib.import_module("vau.modules.backbones")
-    importlib.import_module("vau.datamodules.samplers")
-    importlib.import_module("vau.rewards")
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def load_plugins(modules: Iterable[str] = (), use_entry_points: bool = True) -> list[str]:

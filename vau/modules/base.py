@@ -13,7 +13,8 @@ import lightning as L
 import torch
 
 from vau.datamodules.encoding import model_inputs
-from vau.metrics import task_metrics
+from vau.datamodules.views import view_tasks
+from vau.metrics import view_metrics
 from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
 
@@ -57,14 +58,21 @@ class VAUModule(L.LightningModule):
     Args:
         backbone: the loaded model + processor.
         optim: config node with ``lr``, ``weight_decay``, ``warmup_ratio``, ``decay``, ``min_lr_ratio``.
-        task: the task name (picks eval metrics).
+        task: the ``data.task`` value: a task name, or ``mixed`` with ``mix`` (its tasks pick the eval metrics).
         generation: config node for eval generation (``max_new_tokens``).
         predictions_dir: where test predictions (JSON lines usable by ``python -m vau score``) are written.
         rewards: optional :class:`vau.rewards.RewardSet`; its per-reward means are logged on eval replies too.
+        mix: the ``data.mix`` node when ``task`` is ``mixed``.
+
+    A training algorithm is a registered subclass (:data:`vau.registry.ALGORITHMS`, chosen by ``module.name``);
+    the run builds it with :meth:`from_config` and lets it adjust the Trainer with :meth:`trainer_kwargs`.
     """
 
+    #: Whether the DataModule encodes target text (teacher forcing) or prompts alone (generation-based training).
+    needs_targets: bool = True
+
     def __init__(self, backbone: Backbone, optim, task: str, generation=None, predictions_dir: str | None = None,
-                 rewards=None) -> None:
+                 rewards=None, mix=None) -> None:
         super().__init__()
         self.backbone = backbone
         self.model = backbone.model
@@ -74,9 +82,36 @@ class VAUModule(L.LightningModule):
         self.max_new_tokens = int((generation or {}).get("max_new_tokens", 64))
         self.predictions_dir = predictions_dir
         self.rewards = rewards
-        self.val_metrics = torch.nn.ModuleDict(task_metrics(task))
-        self.test_metrics = torch.nn.ModuleDict(task_metrics(task))
+        self.tasks = view_tasks(task, mix)
+        self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks))
+        self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks))
         self._predictions: list[dict] = []
+
+    # -- construction from config -----------------------------------------------------------------------------
+    @classmethod
+    def config_kwargs(cls, cfg, run_dir) -> dict[str, Any]:
+        """Constructor keyword arguments (besides the backbone) from the composed run config."""
+        from vau.rewards import build_rewards
+
+        return {"optim": cfg.module.optim, "task": cfg.data.task, "mix": cfg.data.get("mix"),
+                "generation": cfg.module.get("generation"), "predictions_dir": str(run_dir),
+                "rewards": build_rewards(cfg.get("reward"))}
+
+    @classmethod
+    def from_config(cls, cfg, backbone: Backbone, run_dir) -> VAUModule:
+        """The module of a run: ``cls(backbone, **config_kwargs(cfg, run_dir))`` plus the checkpoint settings."""
+        module = cls(backbone, **cls.config_kwargs(cfg, run_dir))
+        module.adapter_only_checkpoint = bool((cfg.get("checkpoint") or {}).get("adapter_only", True))
+        return module
+
+    @classmethod
+    def trainer_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The Lightning ``Trainer`` arguments (``trainer`` config node) this algorithm runs with; checked here."""
+        return kwargs
+
+    def modules_to_shard(self) -> list[torch.nn.Module]:
+        """The models a sharding strategy (FSDP2) must shard: the policy, and any frozen copy a subclass keeps."""
+        return [self.model]
 
     # -- generation -------------------------------------------------------------------------------------------
     @contextmanager
@@ -182,7 +217,8 @@ class VAUModule(L.LightningModule):
         else:  # a plain ModelParallelStrategy: FSDP2 with default settings over its data-parallel mesh
             from vau.modules.parallel import shard_model
 
-            shard_model(self.model, self.device_mesh["data_parallel"])
+            for model in self.modules_to_shard():
+                shard_model(model, self.device_mesh["data_parallel"])
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     #: With LoRA/QLoRA, keep only the trainable (adapter) weights in checkpoints (config ``checkpoint.adapter_only``).

@@ -22,17 +22,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vau.datamodules.views import view_tasks
 from vau.modules.base import VAUModule
 from vau.modules.grpo_loss import IS_LEVELS, LOSS_TYPES, completion_mask, group_advantages, policy_loss
+from vau.registry import ALGORITHMS
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "num_generations": 4, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 1024,
-    "mask_truncated_completions": False, "loss_type": "grpo", "importance_sampling_level": "token",
-    "epsilon_low": 0.2, "epsilon_high": 0.2, "beta": 0.04, "num_iterations": 1, "scale_rewards": "group",
-    "drop_zero_std_groups": False, "log_completions_every_n_steps": 50,
-}
+
+
+def grpo_defaults() -> dict[str, Any]:
+    """Every ``module.grpo`` key with its default, read from ``conf/module/grpo.yaml`` (the one place they live)."""
+    from omegaconf import OmegaConf
+
+    from vau.config import conf_dir
+
+    return dict(OmegaConf.to_container(OmegaConf.load(conf_dir() / "module" / "grpo.yaml").grpo))
 
 
 @dataclass
@@ -63,8 +68,9 @@ def repeat_batch(inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch
     return out
 
 
+@ALGORITHMS.register("grpo")
 class GRPOModule(VAUModule):
-    """GRPO over one task with the configured rewards.
+    """GRPO: G sampled replies per prompt, rewards, group-relative advantages, clipped policy-gradient loss.
 
     Args:
         rewards: a :class:`vau.rewards.RewardSet` (required).
@@ -74,14 +80,17 @@ class GRPOModule(VAUModule):
         Others: see :class:`VAUModule`.
     """
 
+    needs_targets = False  # rollouts generate the replies; the DataModule encodes prompts only
+
     def __init__(self, backbone, optim, task: str, rewards, grpo=None, generation=None,
-                 predictions_dir: str | None = None, max_grad_norm: float | None = 1.0) -> None:
-        super().__init__(backbone, optim, task, generation, predictions_dir, rewards=rewards)
+                 predictions_dir: str | None = None, max_grad_norm: float | None = 1.0, mix=None) -> None:
+        super().__init__(backbone, optim, task, generation, predictions_dir, rewards=rewards, mix=mix)
         self.automatic_optimization = False  # several updates per rollout (num_iterations)
-        cfg = {**DEFAULTS, **dict(grpo or {})}
-        unknown = set(cfg) - set(DEFAULTS)
+        defaults = grpo_defaults()
+        cfg = {**defaults, **dict(grpo or {})}
+        unknown = set(cfg) - set(defaults)
         if unknown:
-            raise ValueError(f"unknown module.grpo key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+            raise ValueError(f"unknown module.grpo key(s) {sorted(unknown)}; known: {sorted(defaults)}")
         self.cfg = cfg
         self.G = int(cfg["num_generations"])
         if self.G < 2:
@@ -97,6 +106,36 @@ class GRPOModule(VAUModule):
         self.max_grad_norm = max_grad_norm
         self.ref_model: torch.nn.Module | None = None
         self.eos_id = backbone.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    @classmethod
+    def config_kwargs(cls, cfg, run_dir) -> dict[str, Any]:
+        kwargs = super().config_kwargs(cfg, run_dir)
+        if kwargs["rewards"] is None:
+            # No reward set configured: each task of the view brings its own (vau.tasks.Task.default_rewards).
+            from vau.rewards import build_rewards
+            from vau.tasks import get_task
+
+            merged: dict[str, Any] = {}
+            for name in view_tasks(cfg.data.task, cfg.data.get("mix")):
+                merged.update({k: dict(v) for k, v in get_task(name).default_rewards.items()})
+            log.info("reward config is empty: using the tasks' default rewards %s", merged)
+            kwargs["rewards"] = build_rewards(merged)
+        # This module steps its optimiser itself (several updates per rollout): it clips with trainer's value.
+        return {**kwargs, "grpo": cfg.module.get("grpo"), "max_grad_norm": cfg.trainer.get("gradient_clip_val")}
+
+    @classmethod
+    def trainer_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        from vau.config import ConfigError
+
+        kwargs = dict(kwargs)
+        kwargs.pop("gradient_clip_val", None)  # clipped in training_step (manual optimisation)
+        if kwargs.get("accumulate_grad_batches", 1) != 1:
+            raise ConfigError("module=grpo: trainer.accumulate_grad_batches must be 1; raise data.batch_size or "
+                              "module.grpo.num_generations for larger rollouts")
+        return kwargs
+
+    def modules_to_shard(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.ref_model] if self.ref_model is not None else [])
 
     # -- reference policy -----------------------------------------------------------------------------------------
     def _uses_adapters(self) -> bool:

@@ -174,12 +174,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard_module(self, module) -> None:
-        """Shard ``module.model`` (and a GRPO full-fine-tuning reference copy, if any) over the data-parallel mesh."""
+        """Shard every model the module names (``module.modules_to_shard()``) over the data-parallel mesh."""
         mesh = self.device_mesh["data_parallel"]
-        shard_model(module.model, mesh, self.mp_policy, self.reshard_after_forward)
-        ref = getattr(module, "ref_model", None)
-        if ref is not None:
-            shard_model(ref, mesh, self.mp_policy, self.reshard_after_forward)
+        for model in module.modules_to_shard():
+            shard_model(model, mesh, self.mp_policy, self.reshard_after_forward)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         module = self.lightning_module

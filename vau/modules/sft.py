@@ -6,11 +6,15 @@ from typing import Any
 
 from vau.datamodules.encoding import model_inputs
 from vau.modules.base import VAUModule
+from vau.registry import ALGORITHMS
 
 
+@ALGORITHMS.register("sft")
 class SFTModule(VAUModule):
-    """SFT of a video VLM on one task. Labels are ``-100`` on prompt, video and padding positions (see
-    :class:`vau.datamodules.encoding.Collator`), so the loss is the mean over target tokens and the closing EOS.
+    """Supervised fine-tuning: teacher-forced cross-entropy on the target reply's tokens.
+
+    Labels are ``-100`` on prompt, video and padding positions (see :class:`vau.datamodules.encoding.Collator`),
+    so the loss is the mean over target tokens and the closing end-of-turn token.
     Validation/test generate replies and report the task metrics (see :class:`VAUModule`).
     """
 

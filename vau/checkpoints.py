@@ -1,0 +1,80 @@
+"""Checkpoint files: find a run's newest one, start from another run's weights, and write them atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from lightning.fabric.plugins import TorchCheckpointIO
+from omegaconf import DictConfig
+
+from vau.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def newest_checkpoint(cfg: DictConfig, experiment: str, key: str) -> str:
+    """``checkpoints/last.ckpt`` of ``experiment``'s newest run under ``paths.output_dir``; ``key`` names the asker."""
+    runs = sorted((Path(cfg.paths.output_dir) / experiment).glob("*/checkpoints/last.ckpt"))
+    if not runs:
+        raise ConfigError(f"{key}: no checkpoints/last.ckpt under {cfg.paths.output_dir}/{experiment}; "
+                          f"run that experiment first or give a checkpoint path")
+    return str(runs[-1])
+
+
+def resolve_ckpt(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a path, ``last`` (this experiment's newest run) or None."""
+    ckpt = cfg.get("ckpt_path")
+    return newest_checkpoint(cfg, cfg.experiment_name, "ckpt_path=last") if ckpt == "last" else ckpt
+
+
+def load_init_weights(module, cfg: DictConfig) -> None:
+    """``init_from``: start from the model weights of a checkpoint file, or of an experiment's newest run."""
+    import torch
+
+    source = cfg.get("init_from")
+    if not source:
+        return
+    path = source if Path(source).is_file() else newest_checkpoint(cfg, source, f"init_from={source}")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = module.model.load_state_dict(weights, strict=False)
+    if unexpected or len(missing) == len(weights):
+        raise ConfigError(f"init_from={source}: {path} does not hold weights of this backbone "
+                          f"({len(unexpected)} unexpected, {len(missing)} missing keys)")
+    log.info("initialised model weights from %s", path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file next to it, fsyncs, then renames it into place.
+
+    A run killed mid-write (SIGKILL, preemption, OOM) leaves the previous ``last.ckpt`` intact, never a torn file.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import torch
+
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass

@@ -1,0 +1,55 @@
+"""The Lightning Trainer of a run: strategy, callbacks, checkpointing and logger from the composed config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from vau.callbacks import BadVideoMonitor, ReseedOnSetup
+from vau.checkpoints import AtomicCheckpointIO
+from vau.config import ConfigError
+
+
+def build_strategy(cfg: DictConfig, spec):
+    """``trainer.strategy`` -> a Lightning strategy (see :mod:`vau.modules.parallel`), checked against the config."""
+    from vau.modules.parallel import FSDP2Strategy
+    from vau.modules.parallel import build_strategy as make
+
+    try:
+        strategy = make(spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if isinstance(strategy, FSDP2Strategy) and cfg.backbone.get("quantization"):
+        raise ConfigError(f"backbone.quantization={cfg.backbone.quantization} with trainer=fsdp: 4-bit weights are "
+                          f"not sharded by vau's FSDP2 setup; use trainer=ddp for multi-GPU QLoRA (each GPU holds "
+                          f"the 4-bit model), or backbone.quantization=null with lora.enabled=true under FSDP2")
+    return strategy
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None) -> L.Trainer:
+    """A Trainer writing to ``run_dir``; the training algorithm (default: ``module.name``'s class) adjusts the
+    ``trainer`` arguments."""
+    from vau.registry import ALGORITHMS
+
+    algorithm = algorithm or ALGORITHMS.get(cfg.module.name)
+    kwargs = algorithm.trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True))
+    strategy = build_strategy(cfg, kwargs.pop("strategy", "auto"))
+    ckpt = cfg.get("checkpoint") or {}
+    every = ckpt.get("every_n_train_steps")
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
+                        save_top_k=int(ckpt.get("save_top_k", 1)), every_n_train_steps=int(every) if every else None,
+                        auto_insert_metric_name=False),
+        BadVideoMonitor(cfg.data.get("max_bad_fraction", 0.01)),
+        ReseedOnSetup(int(cfg.seed)),
+    ]
+    plugins = list(kwargs.pop("plugins", None) or [])
+    if not getattr(strategy, "_save_distributed_checkpoint", False):  # FSDP2 folders are written by torch DCP
+        plugins.append(AtomicCheckpointIO())
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+    return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, strategy=strategy,
+                     plugins=plugins, **kwargs)
