@@ -10,7 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# A wheel or a non-editable install carries the configs as package data (vau/conf, see setup.py); a source
+# checkout (editable install, or running from the repository) reads the top-level conf/ folder.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if (_PACKAGED_CONF / "config.yaml").is_file() else Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("backbone", "data", "sampler", "module", "reward", "trainer", "experiment")
 
 
@@ -20,12 +23,12 @@ class ConfigError(ValueError):
 
 def conf_dir() -> Path:
     if not (CONF_DIR / "config.yaml").is_file():
-        raise ConfigError(f"vau's config folder {CONF_DIR} is missing; reinstall vau (pip install -e .)")
+        raise ConfigError(f"vau's config folder {CONF_DIR} is missing; reinstall vau (pip install .)")
     return CONF_DIR
 
 
 def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _unknown(kind: str, name: str, known: list[str], extra: str = "") -> ConfigError:
