@@ -4,10 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from vau.config import choices
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,16 +55,6 @@ def test_unknown_group_choice_lists_choices():
     out = vau("fit", "backbone=qwen9")
     assert out.returncode == 2
     assert "qwen9" in out.stderr and "qwen2_5_vl" in out.stderr
-
-
-@pytest.mark.parametrize("name", choices("experiment"))
-def test_every_experiment_composes(name):
-    from vau.config import compose
-
-    cfg = compose(name, [])
-    assert cfg.experiment_name
-    assert cfg.module.name in ("sft", "grpo")
-    assert cfg.data.task
 
 
 def test_conf_may_be_a_yaml_path(tmp_path):

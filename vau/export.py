@@ -159,8 +159,8 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"export needs ckpt= and out=. {USAGE}")
     ckpt = Path(own["ckpt"])
     if own["ckpt"] == "last":
-        from vau.config import compose
         from vau.checkpoints import newest_checkpoint
+        from vau.config import compose
 
         composed = compose(conf, overrides)
         ckpt = Path(newest_checkpoint(composed, composed.experiment_name, "ckpt=last"))

@@ -27,7 +27,14 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from vau.parsing import canonical_class, has_strict_format, interval_iou, is_normal_interval, normalize_label, parse_class
+from vau.parsing import (
+    canonical_class,
+    has_strict_format,
+    interval_iou,
+    is_normal_interval,
+    normalize_label,
+    parse_class,
+)
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_of
 
 

@@ -15,9 +15,9 @@ Protocol: every annotation row a task keeps is in its denominator; one without a
 empty reply). A prediction for a video the annotations do not contain is reported and ignored. For a video
 predicted twice, the first reply counts (DDP samplers repeat samples to even out the ranks).
 
-Example:
-    >>> main(["annotations=test_msad.csv", "predictions=preds.jsonl", "task=qa"])  # doctest: +SKIP
-    0
+Example (shell)::
+
+    python -m vau score annotations=test_msad.csv predictions=outputs/demo/RUN/predictions_rank0.jsonl task=qa
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ Files whose timestamps a seek does not reproduce (no or repeated timestamps, MPE
 front to back and their frames numbered in output order; a check on every packet after a seek sends any other
 such file down the same path.
 
-Example:
-    >>> source = open_video("video.mp4", "pyav", num_threads=2)   # doctest: +SKIP
-    >>> source.total, source.fps, source.frames(np.array([0, 30])).shape  # doctest: +SKIP
-    (1800, 30.0, (2, 360, 640, 3))
+Example (a real file)::
+
+    source = open_video("video.mp4", "pyav", num_threads=2)
+    source.total, source.fps, source.frames(np.array([0, 30])).shape   # (1800, 30.0, (2, 360, 640, 3))
 """
 
 from __future__ import annotations

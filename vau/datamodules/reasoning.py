@@ -13,7 +13,7 @@ literals are read by a small parser of string/number/list/dict syntax: nothing i
 
 Example:
     >>> clean_reasoning("### Location: Outdoor ### Key Evidence: ['smoke', \\"a man's bag\\"]")
-    'Location: Outdoor\\nKey Evidence: smoke; a man\\'s bag'
+    "Location: Outdoor\\nKey Evidence: smoke; a man's bag"
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ this module adds the two config switches and the multi-task ``mixed`` view:
   (row, task) pair of every task with a positive weight. In training the weights are each task's share of an
   epoch of ``data.mix.epoch_size`` samples (default: all samples once); evaluation takes every sample once.
 
-Example:
-    >>> rows = read_annotations("test_msad.csv")                         # doctest: +SKIP
-    >>> len(select(rows, "tag", train=False, options=ViewOptions()))     # doctest: +SKIP
-    120
+Example (the MSAD test file)::
+
+    rows = read_annotations("test_msad.csv")
+    len(select(rows, "tag", train=False, options=ViewOptions()))     # 120
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from vau.datamodules.annotations import Annotation
 from vau.registry import TASKS
 from vau.tasks import Sample, ViewOptions, get_task, task_names
+from vau.tasks.base import DEFAULT_VIEWS
 
 __all__ = ["MIXED", "ViewOptions", "build_samples", "drop_counts", "drop_reason", "is_mixed", "keeps", "mix_weights",
            "select", "view_counts", "view_tasks"]
@@ -38,18 +39,18 @@ def is_mixed(view: str) -> bool:
     return view == MIXED
 
 
-def drop_reason(task: str, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
+def drop_reason(task: str, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> str | None:
     """Why ``task`` does not use ``ann`` (for ``data stats`` and the DataModule's log), or None when it does."""
     return get_task(task).drop_reason(ann, train, options)
 
 
-def keeps(task: str, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> bool:
+def keeps(task: str, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> bool:
     """Whether ``task`` uses ``ann`` in training (``train=True``) or evaluation."""
     return drop_reason(task, ann, train, options) is None
 
 
 def select(rows: Iterable[Annotation], task: str, train: bool,
-           options: ViewOptions = ViewOptions()) -> list[Annotation]:
+           options: ViewOptions = DEFAULT_VIEWS) -> list[Annotation]:
     """The rows ``task`` keeps, in file order."""
     spec = get_task(task)  # fail early, with the known names, on a typo
     return [a for a in rows if spec.keeps(a, train, options)]
@@ -81,7 +82,7 @@ def view_tasks(task: str, mix: Mapping | None = None) -> list[str]:
     return [task]
 
 
-def build_samples(rows: list[Annotation], task: str, train: bool, options: ViewOptions = ViewOptions(),
+def build_samples(rows: list[Annotation], task: str, train: bool, options: ViewOptions = DEFAULT_VIEWS,
                   resolve: Callable[[Annotation], str] | None = None, mix: Mapping | None = None) -> list[Sample]:
     """Samples of one task (or of every task of the ``mixed`` view, grouped by task in ``mix`` order).
 
@@ -100,11 +101,11 @@ def build_samples(rows: list[Annotation], task: str, train: bool, options: ViewO
     return samples
 
 
-def view_counts(rows: list[Annotation], train: bool, options: ViewOptions = ViewOptions()) -> dict[str, int]:
+def view_counts(rows: list[Annotation], train: bool, options: ViewOptions = DEFAULT_VIEWS) -> dict[str, int]:
     """How many samples every registered task keeps from ``rows``."""
     return {task: len(select(rows, task, train, options)) for task in task_names()}
 
 
-def drop_counts(rows: list[Annotation], task: str, train: bool, options: ViewOptions = ViewOptions()) -> Counter:
+def drop_counts(rows: list[Annotation], task: str, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> Counter:
     """Why rows were left out of ``task``: reason -> count."""
     return Counter(r for r in (drop_reason(task, a, train, options) for a in rows) if r is not None)

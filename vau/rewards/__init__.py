@@ -68,8 +68,11 @@ class RewardSet:
     """The configured rewards with their weights, called together.
 
     Example:
-        >>> rewards = RewardSet({"format": {"weight": 1.0}, "choice_accuracy": {"weight": 1.0}})  # doctest: +SKIP
-        >>> rewards(["<think>x</think><answer>B</answer>"], [sample]).total  # doctest: +SKIP
+        >>> from vau.tasks import Sample
+        >>> sample = Sample(task="qa", video="v.mp4", options=("a", "b", "c", "d"), answer="B")
+        >>> rewards = RewardSet({"format": {"weight": 1.0}, "choice_accuracy": {"weight": 0.5}})
+        >>> rewards(["<think>x</think><answer>B</answer>", "C"], [sample, sample]).total.tolist()
+        [1.5, 0.0]
     """
 
     def __init__(self, config: Mapping[str, Mapping] | None) -> None:

@@ -22,7 +22,8 @@ def format_reward(completions: list[str], samples: list[Sample], **ctx) -> list[
     """1 when the reply is exactly the task's tags in order with non-blank content, else 0; range [0, 1].
 
     Example:
-        >>> format_reward(["<think>smoke</think><answer>B</answer>", "B"], [qa_sample, qa_sample])  # doctest: +SKIP
+        >>> qa = Sample(task="qa", video="v.mp4", answer="B")
+        >>> format_reward(["<think>smoke</think><answer>B</answer>", "B"], [qa, qa])
         [1.0, 0.0]
     """
     out: list[float | None] = []

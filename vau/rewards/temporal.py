@@ -32,7 +32,7 @@ def temporal_iou(completions: list[str], samples: list[Sample], **ctx) -> list[f
     """IoU of the reply's [start, end] with the truth; normal clips: 1 only for [0, 0]; range [0, 1].
 
     Example:
-        >>> temporal_iou(["<answer>[2.0, 6.0]</answer>"], [tag_sample_with_interval_4_to_8])  # doctest: +SKIP
+        >>> temporal_iou(["<answer>[2.0, 6.0]</answer>"], [Sample(task="tag", video="v.mp4", interval=(4.0, 8.0))])
         [0.3333333333333333]
     """
     out: list[float | None] = []

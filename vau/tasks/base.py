@@ -87,6 +87,9 @@ class ViewOptions:
         return cls(**{k: bool(v) for k, v in values.items()})
 
 
+DEFAULT_VIEWS = ViewOptions()
+
+
 def think_target(sample: Sample, answer: str) -> str:
     """``<think>rationale</think>`` (the description when there is no rationale) then ``<answer>answer</answer>``."""
     return f"<think>{(sample.reasoning or sample.description).strip()}</think>\n<answer>{answer}</answer>"
@@ -138,11 +141,11 @@ class Task:
         """Whether ``ann`` holds this task's ground truth: the rows ``python -m vau score`` scores."""
         raise NotImplementedError
 
-    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
+    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> str | None:
         """Why this task's view leaves ``ann`` out of training (``train=True``) or evaluation; None when it keeps it."""
         return None if self.has_truth(ann) else self.missing_truth
 
-    def keeps(self, ann: Annotation, train: bool = False, options: ViewOptions = ViewOptions()) -> bool:
+    def keeps(self, ann: Annotation, train: bool = False, options: ViewOptions = DEFAULT_VIEWS) -> bool:
         """Whether this task's view uses ``ann`` for training (``train=True``) or for evaluation."""
         return self.drop_reason(ann, train, options) is None
 

@@ -18,7 +18,7 @@ import math
 from vau.datamodules.annotations import Annotation
 from vau.parsing import interval_iou, parse_interval
 from vau.registry import TASKS
-from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
+from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
 
 RECALL_THRESHOLDS = (0.3, 0.5, 0.7)
 
@@ -34,7 +34,7 @@ class TemporalGrounding(Task):
     def has_truth(self, ann: Annotation) -> bool:
         return ann.interval is not None
 
-    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = ViewOptions()) -> str | None:
+    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> str | None:
         if ann.has_anomaly_interval:
             return None
         if ann.is_normal:
