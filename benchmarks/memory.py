@@ -1,4 +1,4 @@
-"""Memory planning for fine-tuning Qwen2.5-VL: full bf16, LoRA and 4-bit QLoRA, SFT or one GRPO step.
+"""Memory planning for fine-tuning Qwen2.5-VL: full (fp32 master weights), LoRA and 4-bit QLoRA, SFT or one GRPO step.
 
 From a model config alone (built on the meta device: no weights, no downloads) this computes the bytes of
 weights, gradients and AdamW states per mode, and estimates the activation memory of one GRPO policy update with
@@ -51,7 +51,10 @@ PUBLISHED = {
     },
 }
 LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODES = ("full", "lora", "qlora")
+# full: fp32 master weights, fp32 grads, fp32 AdamW moments, bf16 compute (autocast) on one GPU;
+# full-fsdp8: the same states sharded over 8 GPUs by FSDP2 (fp32 shards, bf16 gathered layers), per GPU.
+MODES = ("full", "full-fsdp8", "lora", "qlora")
+FSDP_RANKS = 8
 
 
 @dataclass
@@ -132,10 +135,12 @@ def nf4_bytes_per_param(double_quant: bool = True, block: int = 64, block2: int 
 
 
 def state_bytes(c: Counts, mode: str, r: int = 16) -> dict[str, float]:
-    """Weights, gradients and AdamW states. Full: bf16 weights and grads, fp32 moments. Adapters: fp32 (PEFT's
-    default next to a bf16 or 4-bit base), fp32 grads and moments; the frozen base has no grads or states."""
-    if mode == "full":
-        return {"weights": 2 * c.total, "grads": 2 * c.total, "optimizer": 8 * c.total}
+    """Weights, gradients and AdamW states. Full: fp32 master weights, grads and moments (bf16 weights would lose
+    small updates, see vau.modules.optim.check_master_weights); under FSDP2 each GPU holds 1/8 of them. Adapters:
+    fp32 (PEFT's default next to a bf16 or 4-bit base), fp32 grads and moments; the frozen base has none."""
+    if mode.startswith("full"):
+        shards = FSDP_RANKS if mode == "full-fsdp8" else 1
+        return {"weights": 4 * c.total / shards, "grads": 4 * c.total / shards, "optimizer": 8 * c.total / shards}
     adapters = c.lora[r]
     base = 2 * c.total if mode == "lora" else nf4_bytes_per_param() * c.lm_linear + 2 * c.unquantized
     return {"weights": base + 4 * adapters, "grads": 4 * adapters, "optimizer": 8 * adapters}
@@ -159,7 +164,7 @@ def activation_bytes(config, w: Workload, mode: str) -> dict[str, float]:
     logit_bytes = 16 + (w.act_bytes if w.act_bytes != 4 else 0)
     logits = logit_bytes * t.vocab_size * w.generations * (w.completion_tokens + 1)
     vision = 0.0
-    if mode == "full":
+    if mode.startswith("full"):
         patches = w.generations * w.vision_patches(v.patch_size)
         v_layer = layer_bytes(v.hidden_size, v.hidden_size, v.intermediate_size, w.act_bytes)
         vision = (v.depth * w.act_bytes * v.hidden_size + v_layer if w.checkpointing else v.depth * v_layer) * patches

@@ -16,6 +16,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from vau.checkpoints import load_init_weights, resolve_ckpt
+from vau.modules.optim import check_master_weights
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
 from vau.trainer import build_trainer
@@ -27,6 +28,7 @@ def build_module(cfg: DictConfig, backbone, run_dir: Path):
     """The training algorithm named by ``module.name`` (:data:`vau.registry.ALGORITHMS`), built from config."""
     module = ALGORITHMS.get(cfg.module.name).from_config(cfg, backbone, run_dir)
     load_init_weights(module, cfg)
+    check_master_weights(module.model.named_parameters())  # before any work: bf16 weights would lose updates
     return module
 
 

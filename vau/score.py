@@ -271,7 +271,8 @@ def main(argv: list[str]) -> int:
         files = prediction_files(args["predictions"])
         predictions = [p for path in files for p in read_predictions(path)]
         tasks = [t.strip() for t in args.get("task", "").split(",") if t.strip()]
-        tasks = tasks or [t for t in scored_tasks() if any(p.task == t for p in predictions)]
+        predicted_tasks = {p.task for p in predictions}
+        tasks = tasks or [t for t in scored_tasks() if t in predicted_tasks]
         report = score(annotations, predictions, tasks)
         report.update(annotations=str(args["annotations"]), predictions=[str(f) for f in files])
         title = (f"VAU-Bench scores (percent) of {', '.join(f.name for f in files)} against "

@@ -294,7 +294,7 @@ class VAUModule(L.LightningModule):
         return int(self.trainer.estimated_stepping_batches)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model.parameters(), self.optim_cfg)
+        opt = build_optimizer(self.model.named_parameters(), self.optim_cfg)
         sched = warmup_schedule(
             opt, self.total_optimizer_steps(), warmup_ratio=float(self.optim_cfg.get("warmup_ratio", 0.0)),
             decay=str(self.optim_cfg.get("decay", self.default_decay)),
