@@ -25,7 +25,8 @@ def conf_dir() -> Path:
 
 
 def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    # Files named _* are shared bases that other files of the group extend, not choices of their own.
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _unknown(kind: str, name: str, known: list[str], extra: str = "") -> ConfigError:
