@@ -125,6 +125,7 @@ def load_builtins() -> None:
         return
     _BUILTINS_LOADED = True
     importlib.import_module("vau.modules.backbones")
+    importlib.import_module("vau.modules.qwen")
     importlib.import_module("vau.datamodules.samplers")
     importlib.import_module("vau.rewards")
 

@@ -1,16 +1,17 @@
-"""A tiny, random, real Qwen2.5-VL checkpoint built offline (tests, the demo run, CPU benchmarks).
+"""Tiny, random, real Qwen-VL checkpoints built offline: the twins behind ``tiny_qwen2_vl``, ``tiny_qwen2_5_vl``
+and ``tiny_qwen3_vl`` (tests, the demo run, CPU benchmarks).
 
-The checkpoint is a real ``Qwen2_5_VLForConditionalGeneration`` with a real ``Qwen2_5_VLProcessor``
-whose byte-level BPE tokenizer is trained in-process. It is written once to a directory and then loaded
-through the same ``from_pretrained`` path as a downloaded checkpoint, so tests exercise the real loading code.
+Each is the real ``*ForConditionalGeneration`` class with the real processor classes, whose byte-level BPE
+tokenizer is trained in-process on vau's task vocabulary. :mod:`vau.modules.tiny` caches them; they are then
+loaded through the same ``from_pretrained`` path as a downloaded checkpoint.
+
+The Qwen2.5-VL twin is frozen: the same corpus, sizes and seed must give bit-identical weights, because
+documented learning curves were measured on it. Change it only together with ``TINY_VERSION``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|video_pad|>", "<|image_pad|>",
 )
+# The newer twins also carry <|vision_pad|>, as real Qwen-VL tokenizers do (the Qwen2.5-VL twin is frozen without).
+SPECIAL_TOKENS_WITH_VISION_PAD = (*SPECIAL_TOKENS, "<|vision_pad|>")
 
 # ChatML, as Qwen-VL checkpoints use it: content is a string or a list of {"type": "text"|"video"|"image"}.
 CHAT_TEMPLATE = (
@@ -55,7 +58,7 @@ def _corpus() -> list[str]:
     return tokenizer_corpus()
 
 
-def train_tokenizer(vocab_size: int):
+def train_tokenizer(vocab_size: int, special_tokens: tuple[str, ...] = SPECIAL_TOKENS):
     """Train a byte-level BPE with Qwen2's pre-tokenizer on vau's task vocabulary; returns a Qwen2Tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -68,7 +71,7 @@ def train_tokenizer(vocab_size: int):
     ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -79,12 +82,48 @@ def train_tokenizer(vocab_size: int):
         vocab=state["vocab"], merges=merges, unk_token=None, bos_token=None,
         eos_token="<|im_end|>", pad_token="<|endoftext|>",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(special_tokens[1:])})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: dict | None = None) -> Path:
+def _mrope_25(head_dim: int) -> list[int]:
+    half = head_dim // 2
+    return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]  # temporal, height, width; sums to half
+
+
+def _token_ids(tokenizer) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def _text_config(s: dict, tokenizer, ids: dict[str, int], mrope: list[int], **extra) -> dict:
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": s["text_hidden"],
+        "intermediate_size": s["text_intermediate"],
+        "num_hidden_layers": s["text_layers"],
+        "num_attention_heads": s["text_heads"],
+        "num_key_value_heads": s["text_kv_heads"],
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        "pad_token_id": ids["<|endoftext|>"],
+        **extra,
+    }
+
+
+def _vision_tokens(ids: dict[str, int]) -> dict[str, int]:
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
+
+
+def _instruct_generation_config(model, ids: dict[str, int]) -> None:
+    # As in the released Instruct checkpoints: a reply ends at <|im_end|> or <|endoftext|>.
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = None
+
+
+def build_qwen2_5_vl(out_dir: str | Path, seed: int, s: dict) -> None:
     """Write a tiny random Qwen2.5-VL model + processor to ``out_dir`` (deterministic from ``seed``)."""
     from transformers import (
         Qwen2_5_VLConfig,
@@ -94,26 +133,11 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: dict | None
         Qwen2VLVideoProcessor,
     )
 
-    s = {**DEFAULT_SIZES, **(sizes or {})}
     tokenizer = train_tokenizer(s["vocab_size"])
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = s["text_hidden"] // s["text_heads"]
-    half = head_dim // 2
-    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]  # temporal, height, width; sums to half
+    ids = _token_ids(tokenizer)
     config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": s["text_hidden"],
-            "intermediate_size": s["text_intermediate"],
-            "num_hidden_layers": s["text_layers"],
-            "num_attention_heads": s["text_heads"],
-            "num_key_value_heads": s["text_kv_heads"],
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=_text_config(s, tokenizer, ids, _mrope_25(s["text_hidden"] // s["text_heads"]),
+                                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
         vision_config={
             "depth": s["vision_depth"],
             "hidden_size": s["vision_hidden"],
@@ -126,14 +150,12 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: dict | None
             "temporal_patch_size": 2,
             "window_size": 112,
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **_vision_tokens(ids),
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    # Frozen: a single eos id (unlike the released checkpoints), as when the documented curves were measured.
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = None
@@ -144,29 +166,100 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: dict | None
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a sibling temp dir and rename: a concurrent or killed build never leaves a half checkpoint.
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "vau_tiny.json").write_text(json.dumps({"seed": seed, "sizes": s}, indent=2))
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not (out_dir / "vau_tiny.json").is_file():  # lost a race to another process: theirs is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
 
 
-def ensure_tiny_checkpoint(cache_dir: str | Path, seed: int = 0, sizes: dict | None = None) -> Path:
-    """The cached tiny checkpoint for (seed, sizes), built on first use."""
-    s = {**DEFAULT_SIZES, **(sizes or {})}
-    tag = f"v{TINY_VERSION}-seed{seed}-" + "-".join(str(s[k]) for k in sorted(s))
-    path = Path(cache_dir).expanduser() / f"tiny_qwen2_5_vl-{tag}"
-    if not (path / "vau_tiny.json").is_file():
-        build_tiny_checkpoint(path, seed=seed, sizes=s)
-    return path
+def build_qwen2_vl(out_dir: str | Path, seed: int, s: dict) -> None:
+    """Write a tiny random Qwen2-VL model + processor to ``out_dir`` (deterministic from ``seed``)."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = train_tokenizer(s["vocab_size"], SPECIAL_TOKENS_WITH_VISION_PAD)
+    ids = _token_ids(tokenizer)
+    config = Qwen2VLConfig(
+        text_config=_text_config(s, tokenizer, ids, _mrope_25(s["text_hidden"] // s["text_heads"]),
+                                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
+        vision_config={
+            "depth": s["vision_depth"],
+            "embed_dim": s["vision_hidden"],
+            "hidden_size": s["text_hidden"],  # Qwen2-VL's merger projects to the language model's width
+            "mlp_ratio": s["vision_intermediate"] // s["vision_hidden"],
+            "num_heads": s["vision_heads"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        **_vision_tokens(ids),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    _instruct_generation_config(model, ids)
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels),
+        video_processor=Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def build_qwen3_vl(out_dir: str | Path, seed: int, s: dict) -> None:
+    """Write a tiny random Qwen3-VL (dense) model + processor to ``out_dir`` (deterministic from ``seed``).
+
+    Qwen3-VL differs from Qwen2.5-VL where it matters here: 16-pixel patches (32-pixel merged tokens), interleaved
+    multimodal RoPE, DeepStack (vision features injected into the first decoder layers) and timestamp text
+    between the frames of a video.
+    """
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer = train_tokenizer(s["vocab_size"], SPECIAL_TOKENS_WITH_VISION_PAD)
+    ids = _token_ids(tokenizer)
+    head_dim = s["text_hidden"] // s["text_heads"]
+    half = head_dim // 2
+    spatial = half * 5 // 16  # the released [24, 20, 20] split of 64 frequencies, scaled
+    text = _text_config(s, tokenizer, ids, [half - 2 * spatial, spatial, spatial], head_dim=head_dim)
+    text["rope_parameters"]["mrope_interleaved"] = True
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config={
+            "depth": s["vision_depth"],
+            "hidden_size": s["vision_hidden"],
+            "intermediate_size": s["vision_intermediate"],
+            "num_heads": s["vision_heads"],
+            "out_hidden_size": s["text_hidden"],
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 256,  # a 16 x 16 grid, interpolated to each frame's patch grid
+            "deepstack_visual_indexes": [0],
+        },
+        **_vision_tokens(ids),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    _instruct_generation_config(model, ids)
+    pixels = {"shortest_edge": 32 * 32, "longest_edge": 128 * 128}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=16),
+        video_processor=Qwen3VLVideoProcessor(size=pixels, patch_size=16, do_sample_frames=False),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
