@@ -118,7 +118,10 @@ def count(config, ranks=(16,)) -> Counts:
     if config.tie_word_embeddings:
         model.tie_weights()
     total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
-    vision = sum(p.numel() for p in model.model.visual.parameters())
+    from vau.modules.qwen import Qwen2_5VLBackbone
+
+    vision = sum(p.numel() for prefix in Qwen2_5VLBackbone.vision_module_prefixes
+                 for p in model.get_submodule(prefix).parameters())
     lm_linear, lora = 0, {r: 0 for r in ranks}
     for name, module in model.model.language_model.named_modules():
         if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}":
@@ -285,24 +288,24 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
 
     from vau.modules.adapters import setup_training_memory
     from vau.modules.backbones import BACKBONES
-    from vau.modules.grpo import GRPOModule, Rollout, repeat_batch
+    from vau.modules.grpo import GRPOModule, Rollout
     from vau.rewards import RewardSet
 
     cfg = {"cache_dir": cache_dir, "seed": 0, "sizes": TINY_SIZES, "max_pixels": max_pixels, "min_pixels": max_pixels,
            "quantization": "nf4" if mode == "qlora" else None}
     lora = {"enabled": mode != "full", "r": 8, "alpha": 16, "dropout": 0.0}
     backbone = BACKBONES.get("tiny_qwen2_5_vl")(cfg)
-    backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=mode == "qlora")
+    backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=mode == "qlora",
+                                           vision_prefixes=backbone.vision_module_prefixes)
     module = GRPOModule(backbone, {"name": "adamw", "lr": 1e-4}, "qa", RewardSet({"format": {"weight": 1.0}}),
                         grpo={"num_generations": generations, "beta": 0.0, "max_new_tokens": completion})
     processor = backbone.processor
     side = int(math.sqrt(max_pixels))
     video = np.random.default_rng(0).integers(0, 255, (frames, side, side, 3), dtype=np.uint8)
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"},
-                                          {"type": "text", "text": "What happens?"}]}], add_generation_prompt=True)
+    text = processor.apply_chat_template(backbone.chat_messages("What happens?"), add_generation_prompt=True)
     meta = VideoMetadata(total_num_frames=frames, fps=4.0, frames_indices=list(range(frames)))
     enc = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False, video_metadata=[meta])
-    inputs = repeat_batch(dict(enc), generations)
+    inputs = backbone.repeat_vision(dict(enc), generations)
     ids = torch.randint(10, 200, (generations, completion), generator=torch.Generator().manual_seed(0))
     rollout = Rollout(inputs=inputs, completion_ids=ids, mask=torch.ones(generations, completion),
                       truncated=torch.zeros(generations, dtype=torch.bool), texts=[""] * generations,

@@ -16,9 +16,9 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_path(cache_dir):
-    from vau.modules.tiny import ensure_tiny_checkpoint
+    from vau.modules.qwen import Qwen2_5VLBackbone
 
-    return ensure_tiny_checkpoint(cache_dir, seed=0)
+    return Qwen2_5VLBackbone.tiny_checkpoint(cache_dir, seed=0)
 
 
 @pytest.fixture

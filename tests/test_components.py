@@ -67,7 +67,21 @@ def _scalars(run_dir, tag):
 GRPO_SHORT = ["module=grpo", "module.grpo.max_new_tokens=6", "module.grpo.num_generations=2", "module.grpo.beta=0.0"]
 
 
-def test_plugin_task_reward_and_algorithm_train_two_steps(overrides, tmp_path, monkeypatch):
+@pytest.fixture
+def scoped_registries(monkeypatch):
+    """What a test registers is gone afterwards, so other tests see only the built-in entries."""
+    from contextlib import ExitStack
+
+    from vau.registry import ALL
+
+    with ExitStack() as stack:
+        for registry in ALL.values():
+            stack.enter_context(registry.temporary())
+        yield
+        sys.modules.pop("my_vau_plugin", None)
+
+
+def test_plugin_task_reward_and_algorithm_train_two_steps(overrides, tmp_path, monkeypatch, scoped_registries):
     (tmp_path / "my_vau_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = tmp_path / "run"
@@ -122,7 +136,7 @@ def test_every_experiment_builds_its_components_on_cpu(name, overrides, tiny_bac
     assert module.needs_targets is algorithm.needs_targets
     if algorithm.needs_targets is False:  # generation-based training needs a reward to learn from
         assert module.rewards is not None and len(module.rewards)
-    VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone.processor, tiny_backbone.pad_id,
+    VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id,
                        with_target=algorithm.needs_targets)
     kwargs = algorithm.trainer_kwargs(dict(cfg.trainer))
     build_strategy(cfg, kwargs.get("strategy", "auto"))

@@ -125,7 +125,7 @@ def test_timestamps_reach_the_model_temporal_positions(tiny, tmp_path: Path, sam
                                           do_sample_frames=False, return_metadata=True)["video_metadata"][0]
     assert meta.frames_indices == clip.indices.tolist() and meta.fps == pytest.approx(fps)
     np.testing.assert_allclose(meta.timestamps, clip.timestamps)
-    item = SampleEncoder(tiny.processor, get_task("qa"))(_sample(path), clip)
+    item = SampleEncoder(tiny, get_task("qa"))(_sample(path), clip)
     seconds_per_grid = float(item["vision"]["second_per_grid_ts"][0])
     # Two frames per temporal patch: a grid spans 2 sampled frames = 2 / (sampled frames per second).
     assert seconds_per_grid == pytest.approx(2 * (n_frames / fps) / frames)
@@ -158,7 +158,7 @@ def _epoch_pixels(dataset, workers: int, seed: int, epoch: int) -> list[torch.Te
 
 def test_training_draws_depend_on_seed_and_epoch_not_on_workers(tiny, tmp_path: Path) -> None:
     samples = [_sample(_video(tmp_path, f"v{i}.mp4", 40 + 8 * i, 8, seed=i)) for i in range(5)]
-    dataset = VideoTaskDataset(samples, SampleEncoder(tiny.processor, get_task("qa")),
+    dataset = VideoTaskDataset(samples, SampleEncoder(tiny, get_task("qa")),
                                build_sampler({"name": "random_segment", "num_frames": 4}), train=True, seed=7)
     base = _epoch_pixels(dataset, 0, 7, 0)
     assert len(base) == 5 and len({v for v, _ in base}) == 5

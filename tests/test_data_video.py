@@ -137,7 +137,7 @@ def _samples(media, names: list[str]) -> list[Sample]:
 
 def test_bad_videos_are_skipped_counted_and_fail_past_the_fraction(tiny, media, caplog) -> None:
     names = ["good0", "truncated", "good1", "empty", "text", "good2", "no_frames", "missing"]
-    dataset = VideoTaskDataset(_samples(media, names), SampleEncoder(tiny.processor, get_task("qa")), UNIFORM,
+    dataset = VideoTaskDataset(_samples(media, names), SampleEncoder(tiny, get_task("qa")), UNIFORM,
                                train=False)
     loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=Collator(tiny.pad_id))
     batches = list(loader)
@@ -191,7 +191,7 @@ def _datamodule(tiny, media, tmp_path: Path, n_good: int, broken: list[str]) -> 
     cfg = OmegaConf.create({"task": "qa", "annotations": {"train": str(tmp_path / "train.csv")},
                             "video_root": str(media["good0"].parent), "batch_size": 4, "num_workers": 2,
                             "max_bad_fraction": 0.01})
-    return VAUBenchDataModule(cfg, {"name": "random_segment", "num_frames": 4}, tiny.processor, tiny.pad_id, seed=1)
+    return VAUBenchDataModule(cfg, {"name": "random_segment", "num_frames": 4}, tiny, tiny.pad_id, seed=1)
 
 
 def test_training_run_skips_bad_videos_and_stops_past_max_bad_fraction(tiny, media, tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_data_check_lists_unusable_videos(media, tmp_path: Path, capsys) -> None
 
 def test_data_decoder_key_reaches_the_dataset_and_both_decoders_give_the_same_inputs(tiny, media) -> None:
     samples = _samples(media, ["good0", "good1", "good2"])
-    encoder = SampleEncoder(tiny.processor, get_task("qa"))
+    encoder = SampleEncoder(tiny, get_task("qa"))
     items = {decoder: [VideoTaskDataset(samples, encoder, UNIFORM, train=False, decoder=decoder)[i] for i in range(3)]
              for decoder in ("pyav", "decord")}
     for a, b in zip(items["pyav"], items["decord"]):
@@ -247,4 +247,4 @@ def test_data_decoder_key_reaches_the_dataset_and_both_decoders_give_the_same_in
 def test_datamodule_refuses_an_unknown_decoder_before_reading_anything(tiny) -> None:
     cfg = OmegaConf.create({"task": "qa", "annotations": {}, "decoder": "opencv"})
     with pytest.raises(ValueError, match=r"data.decoder='opencv' is not a decoder; choose one of pyav, decord"):
-        VAUBenchDataModule(cfg, {"name": "uniform", "num_frames": 4}, tiny.processor, tiny.pad_id)
+        VAUBenchDataModule(cfg, {"name": "uniform", "num_frames": 4}, tiny, tiny.pad_id)

@@ -279,7 +279,7 @@ def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = No
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
-    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
+    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
                                     with_target=ALGORITHMS.get(cfg.module.name).needs_targets)
     module = build_module(cfg, backbone, run_dir)
     if patch is not None:

@@ -30,7 +30,7 @@ def test_labels_mask_prompt_and_padding_hand_checked():
 def _encoded(tiny_backbone, demo_root, n=2):
     anns = read_annotations(demo_root / "train.csv")[:n]
     spec = get_task("qa")
-    encoder = SampleEncoder(tiny_backbone.processor, spec)
+    encoder = SampleEncoder(tiny_backbone, spec)
     items = []
     for ann in anns:
         sample = spec.sample(ann, str(demo_root / "videos" / ann.video))
@@ -67,7 +67,7 @@ def test_left_padded_batch_matches_each_example_alone(tiny_backbone, demo_root):
 def test_processor_receives_true_timestamps(tiny_backbone, demo_root):
     ann = read_annotations(demo_root / "train.csv")[0]
     clip = read_clip(demo_root / "videos" / ann.video, UniformSampler(4))
-    enc = SampleEncoder(tiny_backbone.processor, get_task("qa"))(get_task("qa").sample(ann), clip)
+    enc = SampleEncoder(tiny_backbone, get_task("qa"))(get_task("qa").sample(ann), clip)
     # Qwen2.5-VL places temporal patches second_per_grid_ts apart: 2 frames / sampled fps.
     sampled_fps = len(clip.indices) / clip.total_frames * clip.fps
     assert enc["vision"]["second_per_grid_ts"][0].item() == torch.tensor(2 / sampled_fps).item()
@@ -82,7 +82,7 @@ def test_total_pixels_bounds_the_whole_clip(cache_dir, tiny_path, demo_root):
     for total in (None, 25088):  # 25088 = two 112x112 frames' worth for an 8-frame clip
         backbone = BACKBONES.get("tiny_qwen2_5_vl")({"cache_dir": str(cache_dir), "max_pixels": 12544,
                                                      "total_pixels": total})
-        enc = SampleEncoder(backbone.processor, get_task("qa"))(get_task("qa").sample(ann), clip)
+        enc = SampleEncoder(backbone, get_task("qa"))(get_task("qa").sample(ann), clip)
         grids[total] = enc["vision"]["video_grid_thw"][0].tolist()
     assert grids[None] == [4, 8, 8]  # 112 x 112 frames: 8 x 8 patches
     assert grids[25088] == [4, 4, 4]  # per-frame share of the budget: 56 x 56

@@ -32,7 +32,7 @@ def _inputs(overrides) -> dict[str, torch.Tensor]:
 
     cfg = compose("demo", overrides)
     backbone = build_backbone(cfg.backbone)
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, with_target=False)
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
     dm.setup("fit")
     return model_inputs(next(iter(dm.train_dataloader())), prompt_only=True)
 
@@ -117,6 +117,7 @@ def test_qlora_adapters_load_on_a_4_bit_base_and_merge_into_the_full_precision_o
     from transformers import AutoModelForImageTextToText
 
     from vau.modules.quantization import quantization_kwargs
+    from vau.modules.qwen import Qwen2_5VLBackbone
 
     qlora = ["backbone.quantization=nf4", *LORA]
     overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
@@ -126,8 +127,8 @@ def test_qlora_adapters_load_on_a_4_bit_base_and_merge_into_the_full_precision_o
     assert main(["export", f"ckpt={ckpt}", f"out={tmp_path / 'merged'}", "merge=true"]) == 0
     inputs = _inputs(overrides)
     expected = _trained_logits(overrides, tmp_path / "run", qlora, inputs)
-    four_bit = AutoModelForImageTextToText.from_pretrained(
-        tiny_path, **quantization_kwargs({"quantization": "nf4", "dtype": "float32"}))
+    nf4 = quantization_kwargs({"quantization": "nf4", "dtype": "float32"}, Qwen2_5VLBackbone.vision_module_prefixes)
+    four_bit = AutoModelForImageTextToText.from_pretrained(tiny_path, **nf4)
     from vau.modules.quantization import prepare_4bit_model
 
     prepare_4bit_model(four_bit)

@@ -1,6 +1,7 @@
 """GRPOModule with the tiny real model: reference policy, stored old log-probs, forward counts, a short fit."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -11,8 +12,7 @@ from vau.datamodules.annotations import read_annotations
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip
-from vau.modules.backbones import Backbone
-from vau.modules.grpo import GRPOModule, repeat_batch
+from vau.modules.grpo import GRPOModule
 from vau.rewards import RewardSet
 from vau.run import run
 from vau.tasks import get_task
@@ -23,7 +23,7 @@ OPTIM = {"name": "adamw", "lr": 1e-3}
 
 def prompt_batch(backbone, demo_root, n=2):
     spec = get_task("qa")
-    encoder = SampleEncoder(backbone.processor, spec)
+    encoder = SampleEncoder(backbone, spec)
     items = []
     for ann in read_annotations(demo_root / "train.csv")[:n]:
         sample = spec.sample(ann, str(demo_root / "videos" / ann.video))
@@ -41,13 +41,13 @@ def test_one_generation_is_refused(tiny_backbone):
         module(tiny_backbone, num_generations=1)
 
 
-def test_repeat_batch_gives_each_copy_the_same_logits(tiny_backbone, demo_root):
+def test_repeat_vision_gives_each_copy_the_same_logits(tiny_backbone, demo_root):
     batch = prompt_batch(tiny_backbone, demo_root)
     inputs = model_inputs(batch, prompt_only=True)
     model = tiny_backbone.model.eval()
     with torch.no_grad():
         once = model(**inputs).logits
-        thrice = model(**repeat_batch(inputs, 3)).logits
+        thrice = model(**tiny_backbone.repeat_vision(inputs, 3)).logits
     for row in range(2):
         for copy_index in range(3):
             torch.testing.assert_close(thrice[row * 3 + copy_index], once[row], atol=1e-5, rtol=1e-5)
@@ -57,7 +57,7 @@ def test_adapter_disabled_reference_equals_the_base_model(tiny_backbone, demo_ro
     base = copy.deepcopy(tiny_backbone.model).eval()
     lora = get_peft_model(tiny_backbone.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                           init_lora_weights=False))
-    backbone = Backbone(lora, tiny_backbone.processor, tiny_backbone.family, tiny_backbone.path)
+    backbone = dataclasses.replace(tiny_backbone, model=lora)
     grpo = module(backbone, beta=0.1)
     grpo.setup("fit")
     assert grpo.ref_model is None  # no second copy with adapters
@@ -113,7 +113,7 @@ def test_beta_zero_makes_no_reference_forward(overrides, tmp_path, beta):
     scored = []
     real_token_logps = grpo.token_logps
     grpo.token_logps = lambda model, rollout: scored.append(model) or real_token_logps(model, rollout)
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, with_target=False)
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
     build_trainer(cfg, tmp_path).fit(grpo, datamodule=dm)
     # max_steps counts optimiser steps: 2 = one rollout x num_iterations 2 -> 2 policy passes, + 1 reference pass.
     assert len(scored) == (3 if beta else 2)
@@ -147,11 +147,24 @@ def test_short_grpo_fit_with_two_prompts_per_batch(overrides, tmp_path):
     assert texts[0].count("demo_train_") == 4  # 2 prompts x 2 generations
 
 
+def test_a_completion_ending_in_end_of_text_is_not_truncated(tiny_backbone, demo_root):
+    # Released Qwen-VL checkpoints stop at <|im_end|> or <|endoftext|>; make the model always say the latter.
+    tok = tiny_backbone.processor.tokenizer
+    end_of_text = tok.convert_tokens_to_ids("<|endoftext|>")
+    tiny_backbone.model.generation_config.eos_token_id = [tiny_backbone.end_of_turn_id, end_of_text]
+    tiny_backbone.model.generation_config.sequence_bias = {(end_of_text,): 1e4}
+    grpo = module(tiny_backbone, max_new_tokens=4)
+    rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
+    assert (rollout.completion_ids[:, 0] == end_of_text).all()
+    assert not rollout.truncated.any()
+    assert rollout.mask[:, 0].tolist() == [1.0] * 4 and rollout.mask[:, 1:].sum() == 0
+
+
 def test_rollouts_never_contain_vision_placeholder_tokens(tiny_backbone, demo_root):
-    # Make <|video_pad|> the model's favourite token: a sampled one would break the loss forward.
+    # Make <|video_pad|> the model's favourite token: a sampled one would break the loss forward. (A logit bias,
+    # not a scaled lm_head row: the row's logit can as well come out very negative.)
     video_pad = tiny_backbone.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-    with torch.no_grad():
-        tiny_backbone.model.lm_head.weight[video_pad] = tiny_backbone.model.lm_head.weight.abs().max() * 50
+    tiny_backbone.model.generation_config.sequence_bias = {(video_pad,): 1e4}
     grpo = module(tiny_backbone)
     rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
     assert not (rollout.completion_ids == video_pad).any()

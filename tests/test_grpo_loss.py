@@ -78,6 +78,14 @@ def test_completion_mask_stops_at_first_eos_and_flags_truncation():
     assert truncated.tolist() == [False, True, False]
 
 
+def test_completion_mask_ends_at_any_of_several_eos_ids():
+    ids = torch.tensor([[4, 8, 5, 9], [4, 5, 9, 8], [4, 5, 6, 7]])
+    mask, truncated = completion_mask(ids, [9, 8])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True]
+    assert completion_mask(ids, (9,))[0].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]]
+
+
 def test_group_advantages_scalings():
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0, 2.0])
     adv, zero = group_advantages(rewards, 4, "group", eps=0.0)

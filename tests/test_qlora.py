@@ -38,7 +38,7 @@ def _backbone(cfg):
 def _train_batch(cfg, backbone):
     from vau.datamodules.vau_bench import VAUBenchDataModule
 
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, with_target=True)
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=True)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -77,7 +77,7 @@ def _fit_and_diff(cfg, tmp_path):
 
     backbone = _backbone(cfg)
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id,
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id,
                             with_target=ALGORITHMS.get(cfg.module.name).needs_targets)
     module = build_module(cfg, backbone, tmp_path)
     build_trainer(cfg, tmp_path).fit(module, datamodule=dm)

@@ -28,6 +28,7 @@ def conf_dir() -> Path:
 
 
 def choices(group: str) -> list[str]:
+    # Files named _* are shared bases that other files of the group extend, not choices of their own.
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 

@@ -18,7 +18,8 @@ import difflib
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -89,6 +90,16 @@ class Registry:
                 f"or installed under the entry-point group {ENTRY_POINT_GROUP!r}."
             ) from None
 
+    @contextmanager
+    def temporary(self) -> Iterator[Registry]:
+        """Entries registered inside the ``with`` block are removed when it exits (tests, notebooks)."""
+        before = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(before)
+
     def names(self) -> list[str]:
         load_builtins()
         return sorted(self._entries)
@@ -120,7 +131,7 @@ class PluginImportError(ImportError):
 
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
-BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones",
+BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
                    "vau.datamodules.samplers", "vau.rewards")
 
 

@@ -54,7 +54,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run directory: %s", run_dir)
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
-    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
+    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
                                     with_target=algorithm.needs_targets)
     module = build_module(cfg, backbone, run_dir)
     trainer = build_trainer(cfg, run_dir, algorithm)

@@ -19,25 +19,29 @@ class SampleEncoder:
     The prompt and target are tokenized separately, so the boundary between them is exact and the loss
     mask never depends on how BPE merges across it. Each sample is encoded with its own task's spec (``spec``
     is only a default), so one encoder serves the multi-task ``mixed`` view.
+
+    Args:
+        backbone: the :class:`vau.modules.backbones.Backbone`: its processor, its chat message layout
+            (``chat_messages``) and the id that closes a reply (``end_of_turn_id``, appended to every target).
+        spec: the default task spec (None: each sample's own task).
+        system_prompt: optional system message for every prompt.
     """
 
-    def __init__(self, processor, spec: Task | None = None, system_prompt: str | None = None) -> None:
-        self.processor = processor
+    def __init__(self, backbone, spec: Task | None = None, system_prompt: str | None = None) -> None:
+        if not hasattr(backbone, "end_of_turn_id"):
+            raise TypeError(f"SampleEncoder takes the Backbone (processor, chat format, end-of-turn id), not a "
+                            f"{type(backbone).__name__}: pass `backbone` where `backbone.processor` was passed")
+        self.backbone = backbone
+        self.processor = backbone.processor
         self.spec = spec
         self.system_prompt = system_prompt
-        tok = processor.tokenizer
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
-        if self.eos_id is None or self.eos_id == tok.unk_token_id:
-            self.eos_id = tok.eos_token_id
+        self.eos_id = backbone.end_of_turn_id
 
     def spec_for(self, sample: Sample) -> Task:
         return self.spec if self.spec is not None and self.spec.owns(sample) else get_task(sample.task)
 
     def messages(self, sample: Sample) -> list[dict]:
-        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        prompt = self.spec_for(sample).prompt(sample)
-        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
-        return msgs
+        return self.backbone.chat_messages(self.spec_for(sample).prompt(sample), self.system_prompt)
 
     def __call__(self, sample: Sample, clip: DecodedClip, with_target: bool = True) -> dict[str, Any]:
         text = self.processor.apply_chat_template(self.messages(sample), tokenize=False, add_generation_prompt=True)

@@ -57,14 +57,15 @@ class VAUBenchDataModule(L.LightningDataModule):
     Args:
         cfg: the ``data`` config node (see the module doc).
         sampler_cfg: the ``sampler`` config node (name + kwargs); ``eval_sampler_cfg`` overrides it for val/test.
-        processor: the backbone's processor (its pixel budget drives the decode-time resize).
-        pad_id: the tokenizer's padding id.
+        backbone: the :class:`vau.modules.backbones.Backbone` (its processor encodes the samples, and its
+            pixel budget drives the decode-time resize).
+        pad_id: the padding id of the batches (default: the backbone's).
         seed: seeds the training order and random frame samplers (per epoch, independent of workers).
         with_target: include target text (SFT) or prompts only (GRPO).
         system_prompt: optional system message for every prompt.
     """
 
-    def __init__(self, cfg, sampler_cfg, processor, pad_id: int, seed: int = 0, with_target: bool = True,
+    def __init__(self, cfg, sampler_cfg, backbone, pad_id: int | None = None, seed: int = 0, with_target: bool = True,
                  system_prompt: str | None = None, eval_sampler_cfg=None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -75,13 +76,13 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.views = ViewOptions.from_cfg(cfg.get("views"))
         self.sampler = build_sampler(sampler_cfg)
         self.eval_sampler = build_sampler(eval_sampler_cfg) if eval_sampler_cfg else self.sampler
-        self.encoder = SampleEncoder(processor, get_task(self.tasks[0]) if len(self.tasks) == 1 else None,
+        self.encoder = SampleEncoder(backbone, get_task(self.tasks[0]) if len(self.tasks) == 1 else None,
                                      system_prompt=system_prompt)
-        self.collate = Collator(pad_id)
+        self.collate = Collator(backbone.pad_id if pad_id is None else pad_id)
         self.seed = int(seed)
         self.with_target = with_target
-        self.size_fn = processor_size_fn(processor) if cfg.get("decode_resize", True) else None
-        vp = getattr(processor, "video_processor", None)
+        self.size_fn = processor_size_fn(backbone.processor) if cfg.get("decode_resize", True) else None
+        vp = getattr(backbone.processor, "video_processor", None)
         self.size_key = f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if self.size_fn else ""
         self.decoder = check_decoder(str(cfg.get("decoder", "pyav")))  # fails here, not in a worker
         cache_dir = cfg.get("frame_cache_dir")

@@ -15,16 +15,19 @@ Config: the root ``lora`` node (see ``conf/config.yaml``)::
 and under ``backbone``: ``gradient_checkpointing`` (bool) and ``gradient_checkpointing_reentrant`` (bool).
 
 Target names are matched against the *last* component of each linear layer's name, separately for the language
-model and the vision tower: Qwen-VL's vision blocks also have ``gate_proj/up_proj/down_proj``, so a plain PEFT
-suffix list would silently adapt the vision tower too. The resolved full names are handed to PEFT.
+model and the vision tower (the modules under the backbone's ``vision_module_prefixes``): vision blocks may also
+have ``gate_proj/up_proj/down_proj``, so a plain PEFT suffix list would silently adapt the vision tower too. The
+resolved full names are handed to PEFT.
 
 Example:
-    >>> backbone = apply_lora(backbone, {"enabled": True, "r": 8, "alpha": 16})  # doctest: +SKIP
+    >>> model = apply_lora(backbone.model, LoraSettings(enabled=True, r=8, alpha=16),
+    ...                    backbone.vision_module_prefixes)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -34,7 +37,6 @@ log = logging.getLogger(__name__)
 
 LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
-VISION_PREFIXES = ("model.visual.", "visual.")
 
 
 @dataclass
@@ -78,19 +80,30 @@ def _is_linear(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Linear)  # bitsandbytes' Linear4bit subclasses nn.Linear
 
 
-def _in_vision(name: str) -> bool:
-    return name.startswith(VISION_PREFIXES) or ".visual." in name
+def in_vision(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether module ``name`` lies in the vision tower rooted at one of ``prefixes``; also inside a wrapper
+    (e.g. PEFT's ``base_model.model.`` in front)."""
+    dotted = f".{name}."
+    return any(dotted.find(f".{p}.") != -1 for p in prefixes)
 
 
-def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> list[str]:
-    """Full module names of the linear layers to adapt (language model targets, plus vision ones if asked)."""
+def resolve_targets(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str]) -> list[str]:
+    """Full module names of the linear layers to adapt (language model targets, plus vision ones if asked).
+
+    Args:
+        model: the loaded model.
+        settings: the validated ``lora`` node.
+        vision_prefixes: the vision tower's root modules (``Backbone.vision_module_prefixes``).
+    """
+    if not vision_prefixes:
+        raise ValueError("vision_prefixes is empty: the backbone must name its vision tower's modules")
     lm, vision = set(settings.target_modules), set(settings.vision_target_modules)
     names = []
     for name, module in model.named_modules():
         if not _is_linear(module) or name.endswith("lm_head"):
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if _in_vision(name):
+        if in_vision(name, vision_prefixes):
             if settings.vision and leaf in vision:
                 names.append(name)
         elif leaf in lm:
@@ -98,7 +111,7 @@ def resolve_targets(model: torch.nn.Module, settings: LoraSettings) -> list[str]
     if not names:
         raise ValueError(f"lora.target_modules={sorted(lm)} matched no linear layer of {type(model).__name__}; "
                          f"name the last component of its linear layers, e.g. {list(LM_TARGETS)}")
-    if settings.vision and not any(_in_vision(n) for n in names):
+    if settings.vision and not any(in_vision(n, vision_prefixes) for n in names):
         raise ValueError(f"lora.vision=true but lora.vision_target_modules={sorted(vision)} matched no linear layer "
                          f"of the vision tower; e.g. {list(VISION_TARGETS)}")
     return names
@@ -118,11 +131,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module, reentrant: bool = Fals
         model.enable_input_require_grads()
 
 
-def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
-    """Wrap ``model`` in a PEFT LoRA model; only adapter weights stay trainable."""
+def apply_lora(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str]) -> torch.nn.Module:
+    """Wrap ``model`` in a PEFT LoRA model; only adapter weights stay trainable (see :func:`resolve_targets`)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = resolve_targets(model, settings)
+    targets = resolve_targets(model, settings, vision_prefixes)
     config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha), lora_dropout=float(settings.dropout),
                         target_modules=targets, bias="none")
     # The adapters' random init comes from lora.seed alone, whatever drew from the global RNG before (e.g. building
@@ -133,11 +146,12 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Modul
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     log.info("LoRA r=%s on %d layers (%s vision): %d trainable of %d parameters (%.2f%%)", settings.r, len(targets),
-             sum(_in_vision(t) for t in targets), trainable, total, 100.0 * trainable / max(total, 1))
+             sum(in_vision(t, vision_prefixes) for t in targets), trainable, total, 100.0 * trainable / max(total, 1))
     return peft_model
 
 
-def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quantized: bool) -> torch.nn.Module:
+def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quantized: bool, *,
+                          vision_prefixes: Sequence[str]) -> torch.nn.Module:
     """Apply LoRA (if ``lora.enabled``) and gradient checkpointing (if ``backbone.gradient_checkpointing``).
 
     Args:
@@ -145,6 +159,7 @@ def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quanti
         backbone_cfg: the ``backbone`` config node.
         lora_cfg: the ``lora`` config node (or None).
         quantized: the model was loaded in 4 bit (then LoRA is required).
+        vision_prefixes: the vision tower's root modules (``Backbone.vision_module_prefixes``).
 
     Returns:
         The model to train (a ``PeftModel`` when LoRA is on).
@@ -157,7 +172,7 @@ def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quanti
     if get("gradient_checkpointing", False):
         enable_gradient_checkpointing(model, reentrant=bool(get("gradient_checkpointing_reentrant", False)))
     if settings.enabled:
-        model = apply_lora(model, settings)
+        model = apply_lora(model, settings, vision_prefixes)
     return model
 
 

@@ -1,19 +1,25 @@
-"""Backbone registry: builders that load a video VLM and its processor from a local directory.
+"""The backbone interface: a loaded video VLM + processor, and everything generic code needs to know about it.
 
-Every builder takes the ``backbone`` config node and returns a :class:`Backbone`. Checkpoints are only ever
-read from disk (``backbone.path``): nothing is downloaded.
+Generic code (modules, data encoding, adapters, quantisation) never names a model family's tokens, modules or
+tensor keys; it asks the :class:`Backbone`. Each family implements the interface once (Qwen-VL: :mod:`vau.modules.qwen`)
+and registers its builders in :data:`vau.registry.BACKBONES`. A builder takes the ``backbone`` config node and
+returns a loaded :class:`Backbone`. Checkpoints are only ever read from disk (``backbone.path``): nothing is
+downloaded. Every family also knows how to build a tiny random offline twin of itself (tests, demo, CPU benchmarks).
 
 Example:
     >>> bb = BACKBONES.get("qwen2_5_vl")({"path": "/models/Qwen2.5-VL-3B-Instruct", "dtype": "bfloat16"})  # doctest: +SKIP
+    >>> bb.eos_token_ids  # doctest: +SKIP
+    [151645, 151643]
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,21 +31,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-@dataclass
-class Backbone:
-    model: torch.nn.Module
-    processor: Any
-    family: str  # qwen2_vl | qwen2_5_vl | qwen3_vl
-    path: str
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.processor.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 def _get(cfg: Mapping | Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else default
+
+
+def config_dict(cfg: Mapping | Any) -> dict[str, Any]:
+    """A plain dict of a config node's keys, interpolations resolved and ``???`` (missing) values as None."""
+    if cfg is None:
+        return {}
+    return {k: _get(cfg, k) for k in cfg.keys()}
 
 
 def resolve_dtype(name: str | None) -> torch.dtype:
@@ -51,92 +51,175 @@ def resolve_dtype(name: str | None) -> torch.dtype:
         raise ValueError(f"backbone.dtype={name!r} is not one of {sorted(DTYPES)}") from None
 
 
-def configure_processor(processor, cfg) -> None:
-    """Apply the pixel budget from config (``min_pixels`` / ``max_pixels`` per frame) to the video processor."""
-    vp = getattr(processor, "video_processor", None)
-    if vp is None:
-        return
-    lo, hi = _get(cfg, "min_pixels"), _get(cfg, "max_pixels")
-    if lo is not None or hi is not None:
-        size = dict(vp.size) if getattr(vp, "size", None) else {}
-        if lo is not None:
-            size["shortest_edge"] = int(lo)
-        if hi is not None:
-            size["longest_edge"] = int(hi)
-        vp.size = size
-    if "cap_pixels_per_frame" in getattr(getattr(vp, "valid_kwargs", None), "__annotations__", {}):
-        # Bound the whole clip's pixel cost like the Qwen reference loader does.
-        vp.cap_pixels_per_frame = True
-        total = _get(cfg, "total_pixels")
-        if total:
-            # The processor budgets a clip as 0.9 x max_video_tokens merged patches (qwen-vl-utils' rule).
-            factor = int(vp.patch_size * vp.merge_size)
-            vp.max_video_tokens = max(int(int(total) / (0.9 * factor * factor)), 1)
-    elif _get(cfg, "total_pixels"):
-        raise ValueError(f"backbone.total_pixels is set but {type(vp).__name__} has no whole-clip pixel budget")
-    vp.do_sample_frames = False  # vau's samplers pick the frames; the processor must not resample them
-
-
-def load_pretrained(cfg, family: str, model_class: str = "AutoModelForImageTextToText") -> Backbone:
-    """Load model + processor from ``cfg.path`` with dtype and attention implementation from config."""
-    import transformers
-
-    path = _get(cfg, "path")
-    if not path:
+def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, where: str = "") -> None:
+    """Refuse a per-frame pixel range that is empty: processors silently let the minimum win (tiny frames)."""
+    if min_pixels is not None and max_pixels is not None and int(min_pixels) > int(max_pixels):
         raise ValueError(
-            f"backbone.path is not set: point it at a local {family} checkpoint directory, "
-            f"e.g. backbone.path=/models/Qwen2.5-VL-3B-Instruct (nothing is downloaded)"
-        )
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"backbone.path={path} is not a directory holding a {family} checkpoint")
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(_get(cfg, "dtype", "bfloat16"))}
-    if _get(cfg, "attn_implementation"):
-        kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
-    from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
-
-    kwargs.update(quantization_kwargs(cfg))
-    model = getattr(transformers, model_class).from_pretrained(path, local_files_only=True, **kwargs)
-    if "quantization_config" in kwargs:
-        prepare_4bit_model(model)  # bitsandbytes CPU workaround, right after loading (see its docstring)
-    got = getattr(model.config, "model_type", "")
-    if got != family:
-        log.warning("backbone %s expects model_type %r but %s holds %r", family, family, path, got)
-    processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-    configure_processor(processor, cfg)
-    return Backbone(model=model, processor=processor, family=got or family, path=str(path))
+            f"backbone.min_pixels={min_pixels} > backbone.max_pixels={max_pixels}{where}: the processor would "
+            f"silently use the minimum. Lower backbone.min_pixels or raise backbone.max_pixels.")
 
 
-@BACKBONES.register("qwen2_5_vl")
-def qwen2_5_vl(cfg) -> Backbone:
-    """Qwen2.5-VL (3B/7B/32B/72B) from a local checkpoint directory (backbone.path)."""
-    return load_pretrained(cfg, "qwen2_5_vl")
+@dataclass
+class Backbone(ABC):
+    """A loaded video VLM and its processor, plus the family-specific facts generic code needs.
 
+    Subclasses (one per model family) set the class attributes and implement the abstract members. Build one
+    with :meth:`load` (a checkpoint directory) or :meth:`load_tiny` (the cached tiny random twin).
 
-@BACKBONES.register("qwen2_vl")
-def qwen2_vl(cfg) -> Backbone:
-    """Qwen2-VL (2B/7B/72B) from a local checkpoint directory (backbone.path)."""
-    return load_pretrained(cfg, "qwen2_vl")
+    Attributes:
+        model: the Hugging Face model (a ``PeftModel`` once LoRA is applied).
+        processor: its processor (tokenizer + image/video processors + chat template).
+        family: the checkpoint's ``model_type`` (e.g. ``qwen2_5_vl``).
+        path: the checkpoint directory it was loaded from.
+    """
 
+    model: torch.nn.Module
+    processor: Any
+    family: str
+    path: str
 
-@BACKBONES.register("qwen3_vl")
-def qwen3_vl(cfg) -> Backbone:
-    """Qwen3-VL (dense) from a local checkpoint directory (backbone.path)."""
-    return load_pretrained(cfg, "qwen3_vl")
+    #: ``model_type`` of the checkpoints this class loads (a different one is logged as a warning).
+    model_type: ClassVar[str] = ""
+    #: A typical checkpoint directory, for error messages.
+    example_path: ClassVar[str] = "/models/CHECKPOINT"
+    #: The transformers auto class that loads the model.
+    model_class: ClassVar[str] = "AutoModelForImageTextToText"
+    #: Qualified names of the vision tower's root modules: LoRA keeps them apart from the language model and
+    #: 4-bit loading skips them (see :mod:`vau.modules.adapters`, :mod:`vau.modules.quantization`).
+    vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Default sizes of the tiny twin; ``backbone.sizes`` overrides them. Part of the twin's cache key.
+    tiny_sizes: ClassVar[dict[str, int]] = {}
+    #: Bump when a twin's tokenizer corpus or architecture changes: invalidates cached twins of this family.
+    tiny_version: ClassVar[int] = 1
 
+    # -- tokens -------------------------------------------------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        tok = self.processor.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-@BACKBONES.register("tiny_qwen2_5_vl")
-def tiny_qwen2_5_vl(cfg) -> Backbone:
-    """Tiny random Qwen2.5-VL built offline from a seed, cached, then loaded like a real checkpoint (CPU tests/demo)."""
-    from vau.modules.tiny import ensure_tiny_checkpoint
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends a completion: the generation config's (an int or a list), the tokenizer's, and
+        :attr:`end_of_turn_id` (SFT teaches the model to close its reply with it, whatever the checkpoint's
+        generation config says). Deduplicated, in that order."""
+        generation = getattr(self.model, "generation_config", None)
+        configured = getattr(generation, "eos_token_id", None)
+        ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        ids += [self.processor.tokenizer.eos_token_id, self.end_of_turn_id]
+        return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
-    cache = _get(cfg, "cache_dir") or "~/.cache/vau"
-    path = ensure_tiny_checkpoint(cache, seed=int(_get(cfg, "seed", 0)), sizes=dict(_get(cfg, "sizes") or {}))
-    merged = {k: _get(cfg, k) for k in ("dtype", "attn_implementation", "min_pixels", "max_pixels", "total_pixels",
-                                        "quantization",
-                                        "compute_dtype", "double_quant", "quantize_vision")}
-    merged["path"] = str(path)
-    merged["dtype"] = merged["dtype"] or "float32"
-    return load_pretrained(merged, "qwen2_5_vl")
+    @property
+    @abstractmethod
+    def end_of_turn_id(self) -> int:
+        """The id that closes an assistant turn: appended to every SFT target."""
+
+    @property
+    @abstractmethod
+    def suppressed_token_ids(self) -> list[int]:
+        """Ids generation must never sample (e.g. vision placeholders: one in a completion breaks the next forward)."""
+
+    # -- prompts ------------------------------------------------------------------------------------------------
+    def chat_messages(self, prompt: str, system_prompt: str | None = None) -> list[dict]:
+        """Chat messages for one video and a text prompt, as the processor's chat template expects them.
+
+        The default is the Hugging Face multimodal format (a video part, then the text); override it for a
+        template that wants another layout.
+        """
+        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
+        return msgs
+
+    # -- vision tensors -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def repeat_vision(self, inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+        """Model inputs with every example repeated ``times`` times consecutively, its vision tensors included."""
+
+    @abstractmethod
+    def slice_vision(self, inputs: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs of the examples ``rows`` (in that order, repeats allowed), their vision tensors included."""
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        """Check a ``backbone`` config node before anything is loaded.
+
+        Raises:
+            ValueError: ``backbone.path`` unset, an unknown ``backbone.dtype``, or ``min_pixels > max_pixels``.
+            FileNotFoundError: ``backbone.path`` is not a checkpoint directory (no ``config.json``).
+        """
+        path = _get(cfg, "path")
+        if not path:
+            raise ValueError(
+                f"backbone.path is not set: point it at a local {cls.model_type} checkpoint directory, "
+                f"e.g. backbone.path={cls.example_path} (nothing is downloaded)")
+        resolve_dtype(_get(cfg, "dtype", "bfloat16"))
+        check_pixel_budget(_get(cfg, "min_pixels"), _get(cfg, "max_pixels"))
+        if not (Path(path) / "config.json").is_file():
+            what = "holds no config.json" if Path(path).is_dir() else "is not a directory"
+            raise FileNotFoundError(f"backbone.path={path} {what}: point it at a {cls.model_type} checkpoint directory")
+
+    @abstractmethod
+    def configure_processor(self, cfg) -> None:
+        """Apply the config's pixel budget (``min_pixels`` / ``max_pixels`` per frame, ``total_pixels`` per clip)
+        to the processor; refuse an empty range (``ValueError`` naming both keys)."""
+
+    @classmethod
+    def load(cls, cfg) -> Backbone:
+        """Load model + processor from ``cfg.path`` with the config's dtype, attention and quantisation."""
+        import transformers
+
+        from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
+
+        cls.validate_config(cfg)
+        path = str(_get(cfg, "path"))
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(_get(cfg, "dtype", "bfloat16"))}
+        if _get(cfg, "attn_implementation"):
+            kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
+        kwargs.update(quantization_kwargs(cfg, cls.vision_module_prefixes))
+        model = getattr(transformers, cls.model_class).from_pretrained(path, local_files_only=True, **kwargs)
+        if "quantization_config" in kwargs:
+            prepare_4bit_model(model)  # bitsandbytes CPU workaround, right after loading (see its docstring)
+        got = getattr(model.config, "model_type", "")
+        if got != cls.model_type:
+            log.warning("backbone %s expects model_type %r but %s holds %r", cls.__name__, cls.model_type, path, got)
+        processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
+        backbone = cls(model=model, processor=processor, family=got or cls.model_type, path=path)
+        backbone.configure_processor(cfg)
+        return backbone
+
+    # -- the tiny offline twin ----------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def build_tiny(cls, out_dir: str | Path, seed: int, sizes: dict[str, int]) -> None:
+        """Write a tiny random checkpoint of this family (model + processor) into the empty ``out_dir``,
+        deterministically from ``seed`` and ``sizes`` (:attr:`tiny_sizes` with overrides applied)."""
+
+    @classmethod
+    def tiny_checkpoint(cls, cache_dir: str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None) -> Path:
+        """The cached tiny twin for (seed, sizes) under ``cache_dir``, built on first use."""
+        from vau.modules.tiny import ensure_checkpoint
+
+        merged = {**cls.tiny_sizes, **dict(sizes or {})}
+        unknown = sorted(set(merged) - set(cls.tiny_sizes))
+        if unknown:
+            raise ValueError(f"backbone.sizes has unknown key(s) {unknown} for {cls.__name__}; "
+                             f"known: {sorted(cls.tiny_sizes)}")
+        name = f"tiny_{cls.model_type}-v{cls.tiny_version}-seed{seed}-" + "-".join(str(merged[k]) for k in sorted(merged))
+        return ensure_checkpoint(Path(cache_dir).expanduser() / name, cls.build_tiny, seed, merged)
+
+    @classmethod
+    def load_tiny(cls, cfg) -> Backbone:
+        """Build (once, cached under ``backbone.cache_dir``) and load the tiny twin.
+
+        The whole config node reaches :meth:`load`, with ``path`` pointing at the cached twin, so every backbone
+        key (dtype, pixel budget, quantisation, ...) applies to the twin exactly as to a real checkpoint.
+        """
+        merged = config_dict(cfg)
+        merged["path"] = str(cls.tiny_checkpoint(merged.get("cache_dir") or "~/.cache/vau",
+                                                 seed=int(merged.get("seed") or 0), sizes=merged.get("sizes")))
+        merged["dtype"] = merged.get("dtype") or "float32"
+        return cls.load(merged)
 
 
 def build_backbone(cfg, lora=None) -> Backbone:
@@ -149,5 +232,6 @@ def build_backbone(cfg, lora=None) -> Backbone:
     backbone = BACKBONES.get(_get(cfg, "name"))(cfg)
     from vau.modules.adapters import setup_training_memory
 
-    backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=bool(_get(cfg, "quantization")))
+    backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=bool(_get(cfg, "quantization")),
+                                           vision_prefixes=backbone.vision_module_prefixes)
     return backbone

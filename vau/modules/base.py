@@ -137,9 +137,14 @@ class VAUModule(L.LightningModule):
 
     @torch.no_grad()
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **sampling) -> torch.Tensor:
-        """Completion token ids (B, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS."""
+        """Completion token ids (B, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS.
+
+        Generation stops at any of the backbone's ``eos_token_ids`` and never samples its
+        ``suppressed_token_ids`` (both can be overridden through ``sampling``).
+        """
         prompt_len = inputs["input_ids"].shape[1]
-        sampling.setdefault("suppress_tokens", self.vision_token_ids())
+        sampling.setdefault("eos_token_id", self.backbone.eos_token_ids)
+        sampling.setdefault("suppress_tokens", self.backbone.suppressed_token_ids)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -149,14 +154,6 @@ class VAUModule(L.LightningModule):
         finally:
             self.model.train(was_training)
         return out[:, prompt_len:]
-
-    def vision_token_ids(self) -> list[int]:
-        """Placeholder tokens a reply must never contain: a sampled <|video_pad|> would make the next forward pass
-        expect one more video patch than the inputs hold (and crash)."""
-        tok = self.backbone.processor.tokenizer
-        names = ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
-        ids = [tok.convert_tokens_to_ids(n) for n in names]
-        return sorted({i for i in ids if isinstance(i, int) and i != tok.unk_token_id and i >= 0})
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.backbone.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)

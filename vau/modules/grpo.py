@@ -2,7 +2,7 @@
 
 One training step reads as four parts:
 
-    rollout    G sampled completions per prompt, masked after the first EOS
+    rollout    G sampled completions per prompt, masked after the first EOS (any of the backbone's EOS ids)
     rewards    the configured reward plugins score every completion (weighted sum)
     advantages rewards normalised within each prompt's group
     loss       clipped policy-gradient loss (+ k3 KL to the reference), ``num_iterations`` updates per rollout
@@ -53,21 +53,6 @@ class Rollout:
     ref_logps: torch.Tensor | None = None
 
 
-def repeat_batch(inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
-    """Repeat every example of a model-input dict ``times`` times (consecutively), vision tensors included.
-
-    Pixel tensors hold all patches of all videos/images in one (N, D) block; each video's block of
-    ``prod(grid_thw)`` rows is repeated as a whole.
-    """
-    out = {k: v.repeat_interleave(times, dim=0) for k, v in inputs.items()
-           if k not in ("pixel_values_videos", "pixel_values")}
-    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
-        if pixels in inputs:
-            blocks = torch.split(inputs[pixels], inputs[grid].prod(dim=1).tolist())
-            out[pixels] = torch.cat([b for b in blocks for _ in range(times)])
-    return out
-
-
 @ALGORITHMS.register("grpo")
 class GRPOModule(VAUModule):
     """GRPO: G sampled replies per prompt, rewards, group-relative advantages, clipped policy-gradient loss.
@@ -105,7 +90,6 @@ class GRPOModule(VAUModule):
         self.num_iterations = int(cfg["num_iterations"])
         self.max_grad_norm = max_grad_norm
         self.ref_model: torch.nn.Module | None = None
-        self.eos_id = backbone.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     @classmethod
     def config_kwargs(cls, cfg, run_dir) -> dict[str, Any]:
@@ -161,11 +145,12 @@ class GRPOModule(VAUModule):
     def rollout(self, batch: dict[str, Any]) -> Rollout:
         from vau.datamodules.encoding import model_inputs
 
-        inputs = repeat_batch(model_inputs(batch, prompt_only=True), self.G)
+        inputs = self.backbone.repeat_vision(model_inputs(batch, prompt_only=True), self.G)
         sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
                     "top_k": int(self.cfg["top_k"]) or None}
         ids = self.generate_ids(inputs, int(self.cfg["max_new_tokens"]), **sampling)  # synced under FSDP2
-        mask, truncated = completion_mask(ids, self.eos_id)
+        # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
+        mask, truncated = completion_mask(ids, self.backbone.eos_token_ids)
         if self.cfg["mask_truncated_completions"]:
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]

@@ -6,6 +6,7 @@ independent of the model, so tests can check them against hand-computed values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +16,11 @@ SCALE_REWARDS = ("group", "batch", "none")
 IS_LEVELS = ("token", "sequence")
 
 
-def completion_mask(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_mask(ids: torch.Tensor, eos_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask (B, T) that keeps tokens up to and including the first EOS, and a (B,) flag of truncated completions
-    (no EOS within the generated length)."""
-    is_eos = ids == eos_id
+    (no EOS within the generated length). ``eos_id``: one id or several (any of them ends a completion)."""
+    eos = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=ids.dtype, device=ids.device)
+    is_eos = torch.isin(ids, eos)
     has_eos = is_eos.any(dim=1)
     first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
     positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)

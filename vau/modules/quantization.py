@@ -1,8 +1,8 @@
 """4-bit NF4 loading (QLoRA) with bitsandbytes.
 
 ``backbone.quantization=nf4`` loads the language model's linear layers as bitsandbytes ``Linear4bit`` (NF4, with
-double quantisation of the block constants by default). The vision tower (``model.visual`` in transformers 5) and
-``lm_head`` stay in ``backbone.dtype`` unless ``backbone.quantize_vision=true``. A 4-bit base cannot be trained
+double quantisation of the block constants by default). The vision tower (the backbone's
+``vision_module_prefixes``) and ``lm_head`` stay in ``backbone.dtype`` unless ``backbone.quantize_vision=true``. A 4-bit base cannot be trained
 directly: QLoRA trains LoRA adapters on top of it (``lora.enabled=true``, see :mod:`vau.modules.adapters`).
 
 Config keys (all under ``backbone``):
@@ -12,7 +12,7 @@ Config keys (all under ``backbone``):
     quantize_vision: also quantise the vision tower (default false: it is small and sensitive)
 
 Example:
-    >>> quantization_kwargs({"quantization": "nf4", "dtype": "bfloat16"})  # doctest: +SKIP
+    >>> quantization_kwargs({"quantization": "nf4", "dtype": "bfloat16"}, backbone.vision_module_prefixes)  # doctest: +SKIP
     {'quantization_config': BitsAndBytesConfig(...)}
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,8 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("nf4",)
-# transformers 5 names the Qwen-VL vision tower `model.visual`; lm_head stays in full precision as in QLoRA.
-VISION_MODULES = ("model.visual",)
+# lm_head stays in full precision, as in QLoRA.
 ALWAYS_SKIPPED = ("lm_head",)
 
 
@@ -36,11 +36,13 @@ def _get(cfg, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else default
 
 
-def quantization_kwargs(cfg) -> dict[str, Any]:
+def quantization_kwargs(cfg, vision_modules: Sequence[str]) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``backbone.quantization`` (null or ``nf4``).
 
     Args:
         cfg: the ``backbone`` config node (or a dict with the same keys).
+        vision_modules: the vision tower's root modules (``Backbone.vision_module_prefixes``), kept out of 4 bit
+            unless ``backbone.quantize_vision``.
 
     Returns:
         ``{}`` without quantisation, else ``quantization_config`` (and a ``device_map`` to this process's GPU
@@ -64,7 +66,7 @@ def quantization_kwargs(cfg) -> dict[str, Any]:
     from vau.modules.backbones import resolve_dtype
 
     compute = resolve_dtype(_get(cfg, "compute_dtype") or _get(cfg, "dtype") or "bfloat16")
-    skip = list(ALWAYS_SKIPPED) + ([] if _get(cfg, "quantize_vision", False) else list(VISION_MODULES))
+    skip = list(ALWAYS_SKIPPED) + ([] if _get(cfg, "quantize_vision", False) else list(vision_modules))
     kwargs: dict[str, Any] = {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
