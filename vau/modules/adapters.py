@@ -19,9 +19,9 @@ model and the vision tower (the modules under the backbone's ``vision_module_pre
 have ``gate_proj/up_proj/down_proj``, so a plain PEFT suffix list would silently adapt the vision tower too. The
 resolved full names are handed to PEFT.
 
-Example:
-    >>> model = apply_lora(backbone.model, LoraSettings(enabled=True, r=8, alpha=16),
-    ...                    backbone.vision_module_prefixes)  # doctest: +SKIP
+Example (a loaded backbone)::
+
+    model = apply_lora(backbone.model, LoraSettings(enabled=True, r=8, alpha=16), backbone.vision_module_prefixes)
 """
 
 from __future__ import annotations

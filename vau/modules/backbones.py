@@ -6,10 +6,10 @@ and registers its builders in :data:`vau.registry.BACKBONES`. A builder takes th
 returns a loaded :class:`Backbone`. Checkpoints are only ever read from disk (``backbone.path``): nothing is
 downloaded. Every family also knows how to build a tiny random offline twin of itself (tests, demo, CPU benchmarks).
 
-Example:
-    >>> bb = BACKBONES.get("qwen2_5_vl")({"path": "/models/Qwen2.5-VL-3B-Instruct", "dtype": "bfloat16"})  # doctest: +SKIP
-    >>> bb.eos_token_ids  # doctest: +SKIP
-    [151645, 151643]
+Example (a real checkpoint on local disk)::
+
+    bb = BACKBONES.get("qwen2_5_vl")({"path": "/models/Qwen2.5-VL-3B-Instruct", "dtype": "bfloat16"})
+    bb.eos_token_ids   # [151645, 151643]
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Config keys (all under ``backbone``):
     quantize_vision: also quantise the vision tower (default false: it is small and sensitive)
 
 Example:
-    >>> quantization_kwargs({"quantization": "nf4", "dtype": "bfloat16"}, backbone.vision_module_prefixes)  # doctest: +SKIP
-    {'quantization_config': BitsAndBytesConfig(...)}
+    >>> kwargs = quantization_kwargs({"quantization": "nf4", "dtype": "bfloat16"}, ("model.visual",))
+    >>> kwargs["quantization_config"].bnb_4bit_quant_type, kwargs["quantization_config"].llm_int8_skip_modules
+    ('nf4', ['lm_head', 'model.visual'])
 """
 
 from __future__ import annotations
