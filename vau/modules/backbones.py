@@ -139,6 +139,33 @@ class Backbone(ABC):
     def slice_vision(self, inputs: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
         """Model inputs of the examples ``rows`` (in that order, repeats allowed), their vision tensors included."""
 
+    # -- shared-prompt passes (vau.modules.shared_prompt) -------------------------------------------------------
+    def position_ids(self, model, prompt: dict[str, torch.Tensor], times: int = 1,
+                     completion_ids: torch.Tensor | None = None,
+                     completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Position ids of ``prompt`` repeated ``times`` times per example (+ completions), exactly as the model's
+        own forward computes them without explicit ids; indexed by :meth:`rows_of_positions`.
+
+        The default is what a text decoder uses without a cache: 0..length-1 on every row.
+        """
+        rows = prompt["input_ids"].shape[0] * int(times)
+        length = prompt["input_ids"].shape[1] + (0 if completion_ids is None else completion_ids.shape[1])
+        return torch.arange(length, device=prompt["input_ids"].device).expand(rows, length)
+
+    def rows_of_positions(self, positions: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        """The position ids of some rows and columns (a backbone's ids may carry a leading axis, e.g. M-RoPE)."""
+        return positions[rows, columns]
+
+    def encode_vision(self, model, prompt: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+        """The vision tower's outputs for ``prompt``, as ``{"kwargs": forward kwargs, "replaces": pixel keys}``, to
+        reuse across passes while the tower is frozen; None when the model cannot take precomputed outputs."""
+        return None
+
+    def prepare_cached_generation(self, model, prompt: dict[str, torch.Tensor], times: int) -> None:
+        """Set whatever model state ``generate`` needs to continue ``times`` rows per prompt from a prefilled cache
+        (none by default: a text decoder reads its positions from the cache)."""
+        return None
+
     # -- loading ------------------------------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg) -> None:

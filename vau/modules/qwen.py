@@ -8,6 +8,7 @@ one ``(N, D)`` block, ``prod(grid_thw)`` rows per video) and the processors' pix
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,8 @@ class QwenVLBackbone(Backbone):
             for key in (grid, *per_item):
                 if key in inputs:
                     out[key] = inputs[key].index_select(0, index.to(inputs[key].device))
+            if pixels not in inputs:  # a layout without pixels (position ids need only the grids)
+                continue
             # Patch rows: each item's block of prod(grid_thw) rows moves as a whole.
             lengths = inputs[grid].prod(dim=-1).tolist()
             blocks = torch.split(inputs[pixels], lengths)
@@ -96,11 +99,49 @@ class QwenVLBackbone(Backbone):
         for key, value in inputs.items():
             if key not in vision_keys:
                 out[key] = value[rows] if isinstance(value, torch.Tensor) and value.dim() else value
-        return {key: out[key] for key in inputs}  # the caller's key order
+        return {key: out[key] for key in inputs if key in out}  # the caller's key order
 
     def repeat_vision(self, inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
         n = inputs["input_ids"].shape[0]
         return self.slice_vision(inputs, [r for r in range(n) for _ in range(int(times))])
+
+    # -- shared-prompt passes (vau.modules.shared_prompt) -------------------------------------------------------
+    @staticmethod
+    def _vlm(model):
+        """The multimodal core under any PEFT wrapper: it owns the vision tower, ``get_rope_index``, ``rope_deltas``."""
+        base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        return base.model
+
+    def position_ids(self, model, prompt, times=1, completion_ids=None, completion_mask=None) -> torch.Tensor:
+        pixels = {m[2] for m in MODALITIES}
+        full = self.repeat_vision({k: v for k, v in prompt.items() if k not in pixels}, times)
+        if completion_ids is not None:
+            full["input_ids"] = torch.cat([full["input_ids"], completion_ids], dim=1)
+            full["attention_mask"] = torch.cat([full["attention_mask"],
+                                                completion_mask.to(full["attention_mask"].dtype)], dim=1)
+            full["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
+        # Multimodal RoPE: 3 position rows (time, height, width) over the video tokens, text after them.
+        positions, _ = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
+                                                      attention_mask=full["attention_mask"])
+        return positions
+
+    def rows_of_positions(self, positions: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        return positions[:, rows, columns]
+
+    def encode_vision(self, model, prompt) -> dict | None:
+        vlm = self._vlm(model)
+        if "pixel_values_videos" not in prompt or "mm_encoder_outputs" not in inspect.signature(vlm.forward).parameters:
+            return None  # Qwen3-VL in transformers 5 takes no precomputed vision outputs
+        video = vlm.get_video_features(prompt["pixel_values_videos"], prompt["video_grid_thw"], return_dict=True)
+        return {"kwargs": {"mm_encoder_outputs": {"video": video}}, "replaces": ("pixel_values_videos",)}
+
+    def prepare_cached_generation(self, model, prompt, times) -> None:
+        # generate() continues from the prefilled cache with the stored rope deltas, one per generated row.
+        pixels = {m[2] for m in MODALITIES}
+        full = self.repeat_vision({k: v for k, v in prompt.items() if k not in pixels}, times)
+        _, deltas = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
+                                                   attention_mask=full["attention_mask"])
+        self._vlm(model).rope_deltas = deltas
 
     # -- processor ----------------------------------------------------------------------------------------------
     def configure_processor(self, cfg) -> None:
