@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from vau.callbacks import BadVideoMonitor
 from vau.checkpoints import load_init_weights, resolve_ckpt
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
@@ -30,14 +31,50 @@ def build_module(cfg: DictConfig, backbone, run_dir: Path):
     return module
 
 
-def format_table(metrics: dict[str, float], title: str) -> str:
+SHOW = 5  # unreadable clip names listed per split
+
+
+def _names(names: list[str]) -> str:
+    shown = [Path(n).name for n in names[:SHOW]]
+    return ", ".join(shown) + (f", ... ({len(names) - SHOW} more)" if len(names) > SHOW else "")
+
+
+def data_report(splits: dict, eval_split: str | None) -> tuple[dict[str, float], list[str]]:
+    """The coverage metric of the final evaluation and the lines the table prints under its metrics.
+
+    Args:
+        splits: :meth:`vau.callbacks.BadVideoMonitor.summary` (split -> size, unusable clips, clips scored).
+        eval_split: the split the table's metrics were computed on (``val`` or ``test``), if any.
+
+    Coverage is what ``python -m vau score`` calls "annotation rows predicted": clips that got a reply over the
+    split's samples. The metrics above it are over the predicted clips only; ``score`` counts the others wrong.
+    """
+    metrics: dict[str, float] = {}
+    lines: list[str] = []
+    count = splits.get(eval_split) if eval_split else None
+    if count is not None and count.size:
+        metrics[f"{eval_split}/coverage"] = count.scored / count.size
+        line = (f"{eval_split}/coverage: {count.scored} of {count.size} {eval_split} samples predicted; the metrics "
+                f"above are over those {count.scored}")
+        videos = count.videos()
+        if videos:
+            line += (f"; {len(videos)} unreadable clip(s) got no prediction (`python -m vau score` counts them "
+                     f"wrong): {_names(videos)}")
+        lines.append(line)
+    skipped = [f"{split} {len(c.bad)} of {c.size if c.size else '?'}" for split, c in splits.items()]
+    if skipped:
+        lines.append("skipped (unusable) clips per split: " + ", ".join(skipped))
+    return metrics, lines
+
+
+def format_table(metrics: dict[str, float], title: str, notes: list[str] = ()) -> str:
     rows = [(k, v) for k, v in sorted(metrics.items())]
     width = max([len(k) for k, _ in rows] + [len("metric")])
     lines = [title, f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
     for key, value in rows:
         shown = "nan" if math.isnan(value) else f"{value:.4f}"
         lines.append(f"{key:<{width}}  {shown}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *notes])
 
 
 def run(stage: str, cfg: DictConfig) -> dict[str, float]:
@@ -67,7 +104,12 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     elif stage == "test":
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val", "test")}
+    monitor = next((c for c in trainer.callbacks if isinstance(c, BadVideoMonitor)), None)
+    eval_split = "test" if stage == "test" or stage == "fit" and cfg.get("test_after_fit", True) else "val"
+    coverage, notes = data_report(monitor.summary() if monitor else {}, eval_split)
+    metrics.update(coverage)
     minutes = (time.perf_counter() - started) / 60
     if trainer.is_global_zero:
-        print(format_table(metrics, f"\n{cfg.experiment_name}: {stage} finished in {minutes:.1f} min -> {run_dir}"))
+        print(format_table(metrics, f"\n{cfg.experiment_name}: {stage} finished in {minutes:.1f} min -> {run_dir}",
+                           notes))
     return metrics
