@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from vau.callbacks import BadVideoMonitor
-from vau.checkpoints import load_init_weights, resolve_ckpt
+from vau.checkpoints import ensure_writable, load_init_weights, resolve_ckpt
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
 from vau.trainer import build_trainer
@@ -78,16 +80,52 @@ def format_table(metrics: dict[str, float], title: str, notes: list[str] = ()) -
 
 
 def run(stage: str, cfg: DictConfig) -> dict[str, float]:
-    """Run ``stage`` (fit | validate | test) for a composed config; returns the final metrics."""
-    from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
+    """Run ``stage`` (fit | validate | test) for a composed config; returns the final metrics.
 
+    A run that fails before writing anything but its config.yaml leaves no folder behind.
+    """
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     algorithm = ALGORITHMS.get(cfg.module.name)  # an unknown name fails before any work
+    existed = bool(cfg.get("run_dir")) and Path(cfg.run_dir).exists()
     run_dir = make_run_dir(cfg)
+    try:
+        return _run(stage, cfg, run_dir, algorithm, started)
+    except BaseException:
+        if not existed:
+            remove_unused_run_dir(run_dir, auto_named=not cfg.get("run_dir"))
+        raise
+
+
+def remove_unused_run_dir(run_dir: Path, auto_named: bool) -> None:
+    """Delete the folder of a failed run when nothing but its own config.yaml was written into it.
+
+    A run that fails while starting (a missing ``init_from``, a bad path) would otherwise leave an empty timestamped
+    folder that ``ckpt_path=last`` and people browsing ``outputs/`` trip over. Folders with any other file (logs,
+    checkpoints, predictions) are kept. Only the first process of a node does this.
+    """
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) != 0 or not run_dir.is_dir():
+        return
+    written = [p for p in run_dir.rglob("*") if not p.is_dir() and p != run_dir / "config.yaml"]
+    if written:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.info("removed the folder of the failed run, nothing was written into it: %s", run_dir)
+    if auto_named:
+        try:
+            run_dir.parent.rmdir()  # outputs/<experiment>/ when this was its only run
+        except OSError:
+            pass
+
+
+def _run(stage: str, cfg: DictConfig, run_dir: Path, algorithm, started: float) -> dict[str, float]:
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+    from vau.modules.backbones import build_backbone
+
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run directory: %s", run_dir)
+    if stage == "fit":
+        ensure_writable(run_dir / "checkpoints")  # fail now, not at the first save after hours of training
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone.processor, backbone.pad_id, seed=int(cfg.seed),
                                     with_target=algorithm.needs_targets)
@@ -95,14 +133,14 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, run_dir, algorithm)
     ckpt = resolve_ckpt(cfg)
     if stage == "fit":
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         if cfg.get("test_after_fit", True):
             best = trainer.checkpoint_callback.best_model_path or None
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
     elif stage == "validate":
-        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     elif stage == "test":
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val", "test")}
     monitor = next((c for c in trainer.callbacks if isinstance(c, BadVideoMonitor)), None)
     eval_split = "test" if stage == "test" or stage == "fit" and cfg.get("test_after_fit", True) else "val"
