@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +179,123 @@ class ReseedOnSetup(L.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         L.seed_everything(self.seed, workers=True, verbose=False)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressLog(L.Callback):
+    """A log line per training epoch: step, training loss/reward, the latest validation metrics, elapsed, ETA.
+
+    The progress bar only draws on a terminal; these lines go through :mod:`logging` (stderr), one at a time,
+    so they reach a file when the output is redirected (``python -m vau fit ... > run.log 2>&1``). Within an
+    epoch longer than ``every_s`` seconds a line also comes every ``every_s`` seconds, and a run stopped by
+    ``trainer.max_steps`` mid-epoch gets a last line.
+    """
+
+    def __init__(self, every_s: float = 600.0) -> None:
+        self.every_s = float(every_s)
+        self.started = self.last = time.monotonic()
+        self.epoch_done = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = self.last = time.monotonic()
+
+    def _fraction(self, trainer, batches_done: float) -> float:
+        """How much of the run is done: the nearer of the step and the epoch limits."""
+        parts = []
+        if trainer.max_steps and trainer.max_steps > 0:
+            parts.append(trainer.global_step / trainer.max_steps)
+        total = trainer.num_training_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and total and math.isfinite(total):
+            parts.append((trainer.current_epoch + batches_done / total) / trainer.max_epochs)
+        return max(parts, default=0.0)
+
+    def _line(self, trainer, what: str, batches_done: float) -> None:
+        self.last = time.monotonic()
+        if not trainer.is_global_zero:
+            return
+        elapsed = self.last - self.started
+        steps = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        parts = [what, f"step {trainer.global_step}{steps}"]
+        metrics = trainer.callback_metrics
+        for key in ("train/loss", "train/reward"):
+            if key in metrics:
+                parts.append(f"{key} {float(metrics[key]):.4f}")
+        parts += [f"{k} {float(v):.4f}" for k, v in sorted(metrics.items())
+                  if k.startswith("val/") and "/reward/" not in k]
+        parts.append(f"elapsed {_clock(elapsed)}")
+        fraction = self._fraction(trainer, batches_done)
+        if 0 < fraction < 1:
+            parts.append(f"ETA {_clock(elapsed * (1 - fraction) / fraction)}")
+        log.info(", ".join(parts))
+
+    def _epoch(self, trainer) -> str:
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return f"epoch {trainer.current_epoch + 1}{total}"
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_done = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self._line(trainer, f"{self._epoch(trainer)} in progress", batch_idx + 1)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch_done = True
+        self._line(trainer, f"{self._epoch(trainer)} done", trainer.num_training_batches)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.epoch_done:  # stopped by max_steps inside an epoch
+            self._line(trainer, f"training done in {self._epoch(trainer)}", 0)
+
+
+class LogLastStep(L.Callback):
+    """Send the last training step's scalars to the loggers even when its number is not a multiple of
+    ``trainer.log_every_n_steps`` (otherwise a 5-step run with the default of 10 logs no training scalar)."""
+
+    @staticmethod
+    def _is_last(trainer, batch_idx: int) -> bool:
+        if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return True
+        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+        return last_epoch and batch_idx + 1 >= trainer.num_training_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        connector = getattr(trainer, "_logger_connector", None)  # what Lightning logs step scalars through
+        if connector is None or not trainer.loggers or connector.should_update_logs:
+            return  # Lightning logs this step itself
+        if self._is_last(trainer, batch_idx):
+            connector.log_metrics(connector.metrics["log"])
+
+
+class ModelSize(ModelSummary):
+    """Lightning's model summary without its FLOPs column and ``Total FLOPs: 0`` line (vau never measures
+    FLOPs, so they always read 0), as one log message."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes, total_flops: int = 0, **kwargs) -> None:
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        widths = [max([len(name), *(len(str(v)) for v in values)]) for name, values in columns]
+        rows = [list(zip(*(values for _, values in columns)))]
+        lines = ["  " + "  ".join(f"{name:<{w}}" for (name, _), w in zip(columns, widths))]
+        lines += ["  " + "  ".join(f"{str(v):<{w}}" for v, w in zip(row, widths)) for row in rows[0]]
+        log.info("model: %s parameters, %s trainable, %.1f MB\n%s", get_human_readable_count(total_parameters),
+                 get_human_readable_count(trainable_parameters), model_size, "\n".join(lines))
+
+
+class VauProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled ``Epoch N`` when the run is bounded by steps alone
+    (``trainer.max_epochs=-1``), where Lightning's own label reads ``Epoch 0/-2``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        description = f"Epoch {current_epoch}"
+        if max_epochs is not None and max_epochs > 0:
+            description += f"/{max_epochs - 1}"
+        if len(self.validation_description) > len(description):
+            description = f"{description:{len(self.validation_description)}}"
+        return description
