@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -20,8 +21,23 @@ def newest_checkpoint(cfg: DictConfig, experiment: str, key: str) -> str:
     runs = sorted((Path(cfg.paths.output_dir) / experiment).glob("*/checkpoints/last.ckpt"))
     if not runs:
         raise ConfigError(f"{key}: no checkpoints/last.ckpt under {cfg.paths.output_dir}/{experiment}; "
-                          f"run that experiment first or give a checkpoint path")
+                          f"{first_run_hint(cfg, experiment)}, or give a checkpoint path")
     return str(runs[-1])
+
+
+def first_run_hint(cfg: DictConfig, experiment: str) -> str:
+    """What to run so that ``experiment`` has a checkpoint: the exact command when it is a shipped experiment."""
+    from vau.config import choices
+
+    output_dir = str(cfg.paths.output_dir)
+    where = "" if output_dir == "outputs" else f" paths.output_dir={output_dir}"
+    try:
+        known = experiment in choices("experiment")
+    except ConfigError:
+        known = False
+    if known:
+        return f"run it first: `python -m vau fit conf={experiment}{where}`"
+    return f"run the experiment named {experiment!r} first (its experiment_name, with paths.output_dir={output_dir})"
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
@@ -38,7 +54,13 @@ def load_init_weights(module, cfg: DictConfig) -> None:
     if not source:
         return
     path = source if Path(source).is_file() else newest_checkpoint(cfg, source, f"init_from={source}")
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        # Like every checkpoint vau reads: tensors and plain containers only, never arbitrary pickled objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"init_from={source}: {path} holds objects other than tensors and plain containers, "
+                          f"which vau does not unpickle (torch.load(weights_only=True)): "
+                          f"{str(err).splitlines()[0]}") from None
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = module.model.load_state_dict(weights, strict=False)
     if unexpected or len(missing) == len(weights):
@@ -47,10 +69,34 @@ def load_init_weights(module, cfg: DictConfig) -> None:
     log.info("initialised model weights from %s", path)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written there; a ConfigError naming it otherwise.
+
+    Called when a fit starts, so a read-only or misplaced checkpoint folder fails at once rather than at the
+    first checkpoint, after the first epoch of training.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write checkpoints to {folder}: {err.strerror or err}; choose a writable "
+                          f"run_dir= or paths.output_dir=") from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file next to it, fsyncs, then renames it into place.
 
     A run killed mid-write (SIGKILL, preemption, OOM) leaves the previous ``last.ckpt`` intact, never a torn file.
+    The file gets the mode a plain ``open()`` would give it (``0666 & ~umask``), not mkstemp's private 0600.
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
@@ -62,6 +108,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a checkpoint gets a plain file's mode
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()

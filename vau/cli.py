@@ -55,6 +55,39 @@ def print_registries() -> None:
             print(f"  {name:<24} {first_doc_line(obj)}")
 
 
+# Lightning log lines that advertise products, or that only say vau brought its own model summary.
+NOISE = ("\N{ELECTRIC LIGHT BULB} Tip:", "Trainer already configured with model summary callbacks")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(NOISE)
+
+
+def setup_logging() -> None:
+    """One handler (the root's) for every message, Lightning's included, each printed once.
+
+    Lightning attaches its own console handlers when imported (``lightning``: "INFO: ...", and
+    ``lightning.pytorch`` / ``lightning.fabric`` when the root has none); with vau's root handler every Lightning
+    message would print twice. Import it first, then route its loggers to the root handler only.
+    """
+    import warnings
+
+    import lightning  # noqa: F401  (its import installs the handlers taken off below)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+    # Raised inside Lightning's own code on every run; nothing a vau user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -67,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown stage {stage!r}.{hint} Valid stages: {', '.join(STAGES)}. "
               f"Run `python -m vau --help` for usage.", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if stage == "data":
             return _data(rest)

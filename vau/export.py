@@ -164,6 +164,8 @@ def main(argv: list[str]) -> int:
 
         composed = compose(conf, overrides)
         ckpt = Path(newest_checkpoint(composed, composed.experiment_name, "ckpt=last"))
+    if not ckpt.exists():  # before run_config, which would only say that the run's config.yaml is missing
+        raise ConfigError(f"ckpt={ckpt}: no such checkpoint file")
     cfg = run_config(ckpt, conf, overrides)
     out = export(cfg, ckpt, Path(own["out"]), merge=_bool(own.get("merge", "false"), "merge"),
                  overwrite=_bool(own.get("overwrite", "false"), "overwrite"))

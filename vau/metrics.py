@@ -27,14 +27,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from vau.parsing import (
-    canonical_class,
-    has_strict_format,
-    interval_iou,
-    is_normal_interval,
-    normalize_label,
-    parse_class,
-)
+from vau.parsing import canonical_class, interval_iou, is_normal_interval, normalize_label, parse_class
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_of
 
 
@@ -92,8 +85,9 @@ class FormatRate(_Ratio):
     """Fraction of replies in their task's strict tag format (e.g. ``<think>..</think><answer>..</answer>``)."""
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        tags = [_tags(s) for s in samples]
-        self._add(sum(has_strict_format(c, t) for c, t in zip(completions, tags) if t), sum(1 for t in tags if t))
+        tasks = [task_of(s) if _tags(s) else None for s in samples]
+        self._add(sum(t.follows_format(c) for c, t in zip(completions, tasks) if t is not None),
+                  sum(1 for t in tasks if t is not None))
 
 
 def _tags(sample: Sample) -> tuple[str, ...]:

@@ -152,7 +152,7 @@ _INTERVAL_PATTERNS = (
     re.compile(rf"\bstart(?:\s*time)?\W{{0,4}}({_T})\W.{{0,30}}?\bend(?:\s*time)?\W{{0,4}}({_T})",
                re.IGNORECASE | re.DOTALL),
 )
-_PAIR_ONLY = re.compile(rf"\W*({_T})\s*[,;]\s*({_T})\W*", re.IGNORECASE)
+_PAIR_ONLY = re.compile(rf"\W*(?<!-)({_T})\s*[,;]\s*({_T})\W*", re.IGNORECASE)
 _UNIT_TAIL = re.compile(r"\s*[a-z]*$", re.IGNORECASE)
 
 

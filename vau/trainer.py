@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from vau.callbacks import BadVideoMonitor, ReseedOnSetup
+from vau.callbacks import BadVideoMonitor, LogLastStep, ModelSize, ProgressLog, ReseedOnSetup, VauProgressBar
 from vau.checkpoints import AtomicCheckpointIO
 from vau.config import ConfigError
 
@@ -46,7 +47,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None) -> L.Trainer:
                         auto_insert_metric_name=False),
         BadVideoMonitor(cfg.data.get("max_bad_fraction", 0.01)),
         ReseedOnSetup(int(cfg.seed)),
+        ProgressLog(),  # a line per epoch in the log, which reaches a file when the output is redirected
+        LogLastStep(),
     ]
+    if kwargs.get("enable_progress_bar", True) and _RICH_AVAILABLE:
+        callbacks.append(VauProgressBar())
+    if kwargs.get("enable_model_summary", True):
+        callbacks.append(ModelSize())
     plugins = list(kwargs.pop("plugins", None) or [])
     if not getattr(strategy, "_save_distributed_checkpoint", False):  # FSDP2 folders are written by torch DCP
         plugins.append(AtomicCheckpointIO())

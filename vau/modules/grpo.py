@@ -258,10 +258,12 @@ class GRPOModule(VAUModule):
         self.log("train/reward", rewards.total.mean(), prog_bar=True, batch_size=n)
         self.log_lr(n)
         every = int(self.cfg["log_completions_every_n_steps"] or 0)
-        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
-            self._log_completions(rollout, rewards)
+        # The step Lightning logs this batch's scalars at; self.global_step already counts its optimizer step(s).
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        if every and step % every == 0 and self.trainer.is_global_zero:
+            self._log_completions(rollout, rewards, step)
 
-    def _log_completions(self, rollout: Rollout, rewards) -> None:
+    def _log_completions(self, rollout: Rollout, rewards, step: int | None = None) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if not hasattr(experiment, "add_text"):
             return
@@ -273,4 +275,4 @@ class GRPOModule(VAUModule):
             prompt = (sample.question or f"({sample.task})").replace("|", "\\|").replace("\n", " ")[:120]
             rows.append(f"| {sample.video} | {prompt} | {clean} | " + " | ".join(cells)
                         + f" | {float(rewards.total[i]):.3f} |")
-        experiment.add_text("train/completions", "\n".join(rows), self.global_step)
+        experiment.add_text("train/completions", "\n".join(rows), self.global_step if step is None else step)

@@ -55,3 +55,19 @@ def class_match(completions: list[str], samples: list[Sample], binary: bool = Fa
         else:
             out.append(task.accuracy(text, sample))
     return out
+
+
+@REWARDS.register("anomaly_answer")
+def anomaly_answer(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """1 when the reply's Anomaly / Normal call is right (tasks that make one: tag_glue, cls, cls_binary); range [0, 1].
+
+    VAU-R1's third TAG reward. Reads the task's ``anomalous_reply`` (for ``tag_glue``: the ``<answer>`` content)
+    against ``anomalous_truth``; None for tasks without such a call or a sample without the truth. An answer that
+    says neither, or both ("Anomaly or Normal"), scores 0.
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = task_of(sample)
+        truth = task.anomalous_truth(sample) if task is not None and hasattr(task, "anomalous_truth") else None
+        out.append(None if truth is None else float(task.anomalous_reply(text, sample) is truth))
+    return out

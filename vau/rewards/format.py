@@ -6,7 +6,7 @@ A task without format tags (``describe``) gets None. Tag content must be non-bla
 
 from __future__ import annotations
 
-from vau.parsing import extract_tag, has_strict_format
+from vau.parsing import extract_tag
 from vau.registry import REWARDS
 from vau.tasks import Sample, task_of
 
@@ -21,6 +21,8 @@ def task_tags(sample: Sample) -> tuple[str, ...]:
 def format_reward(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
     """1 when the reply is exactly the task's tags in order with non-blank content, else 0; range [0, 1].
 
+    The task decides (``Task.follows_format``); e.g. ``tag_glue`` also needs an interval inside ``<glue>``.
+
     Example:
         >>> qa = Sample(task="qa", video="v.mp4", answer="B")
         >>> format_reward(["<think>smoke</think><answer>B</answer>", "B"], [qa, qa])
@@ -28,8 +30,8 @@ def format_reward(completions: list[str], samples: list[Sample], **ctx) -> list[
     """
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
-        tags = task_tags(sample)
-        out.append(float(has_strict_format(text, tags)) if tags else None)
+        task = task_of(sample)
+        out.append(float(task.follows_format(text)) if task is not None and task.format_tags else None)
     return out
 
 

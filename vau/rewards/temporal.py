@@ -21,6 +21,12 @@ from vau.registry import REWARDS
 from vau.tasks import Sample, task_of
 
 
+def predicted_interval(text: str, sample: Sample) -> tuple[float, float] | None:
+    """The interval a reply gives, read the way the sample's task reads it (``tag_glue``: from ``<glue>`` only)."""
+    task = task_of(sample)
+    return task.parse(text, sample) if task is not None else parse_interval(text)
+
+
 def known_interval(sample: Sample) -> tuple[float, float] | None:
     """The sample's ground-truth interval when its task answers with an interval and it is valid, else None."""
     task = task_of(sample)
@@ -41,7 +47,7 @@ def temporal_iou(completions: list[str], samples: list[Sample], **ctx) -> list[f
         if truth is None:
             out.append(None)
             continue
-        predicted = parse_interval(text)
+        predicted = predicted_interval(text, sample)
         out.append(0.0 if predicted is None else interval_iou(predicted, truth))
     return out
 
@@ -74,7 +80,7 @@ def temporal_iou_normalized(completions: list[str], samples: list[Sample], **ctx
         if truth is None:
             out.append(None)
             continue
-        predicted = parse_interval(text)
+        predicted = predicted_interval(text, sample)
         if is_normal_interval(truth):
             out.append(float(predicted is not None and is_normal_interval(predicted)))
             continue

@@ -176,6 +176,13 @@ class Task:
             return None
         return float(self.parse(reply, sample) == truth)
 
+    def follows_format(self, reply: str) -> bool:
+        """Whether ``reply`` is in this task's format (the ``format`` reward and the format rate): by default exactly
+        :attr:`format_tags` in order, each once, with non-blank content."""
+        from vau.parsing import has_strict_format
+
+        return has_strict_format(reply, tuple(self.format_tags))
+
     def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
         """The torchmetrics reported for this task in validation/test and by ``score``, keyed by log name.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from vau.datamodules.annotations import Annotation
-from vau.parsing import interval_iou, parse_interval
+from vau.parsing import extract_tag, interval_iou, is_normal_interval, parse_anomalous, parse_interval
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
 
@@ -89,3 +89,45 @@ class TemporalGrounding(Task):
             metrics[f"tag_r{round(threshold * 100)}"] = RecallAtIoU(threshold, task=self)
         metrics["tag_false_alarm"] = FalseAlarmRate(self)
         return metrics
+
+
+@TASKS.register("tag_glue")
+class TemporalGroundingGlue(TemporalGrounding):
+    """The tag rows in VAU-R1's reply format: <think>..</think><answer>Anomaly|Normal</answer><glue>[s, e]</glue>;
+    the interval is read from <glue> only (rows, truth and metrics as tag)."""
+
+    format_tags = ("think", "answer", "glue")
+    default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}, "anomaly_answer": {"weight": 1.0}}
+
+    def prompt(self, sample: Sample) -> str:
+        return (
+            "Is there any anomaly in the video? If yes, answer Anomaly and give the precise time period of the "
+            "anomaly; if no, answer Normal and give the time period [0.0, 0.0]. First reason inside <think> </think>, "
+            "then give Anomaly or Normal inside <answer> </answer>, then the time period in seconds as [start, end] "
+            "inside <glue> </glue>."
+        )
+
+    def target(self, sample: Sample) -> str:
+        start, end = sample.interval if sample.interval is not None else (0.0, 0.0)
+        answer = "Normal" if self.anomalous_truth(sample) is False else "Anomaly"
+        return f"{think_target(sample, answer)}\n<glue>[{start:.1f}, {end:.1f}]</glue>"
+
+    def parse(self, reply: str, sample: Sample) -> tuple[float, float] | None:
+        glue = extract_tag(reply, "glue")
+        return None if glue is None else parse_interval(f"<glue>{glue}</glue>")
+
+    def follows_format(self, reply: str) -> bool:
+        """The three tags in order, each once and non-blank, and an interval inside <glue> (VAU-R1's rule)."""
+        return super().follows_format(reply) and self.parse(reply, None) is not None
+
+    def anomalous_truth(self, sample: Sample) -> bool | None:
+        """False for a normal clip (class Normal or interval [0, 0]), True for an anomalous one, None if unknown."""
+        truth = self.truth(sample)
+        if truth is None:
+            return None
+        return not (sample.is_normal or is_normal_interval(truth))
+
+    def anomalous_reply(self, reply: str, sample: Sample) -> bool | None:
+        """The Anomaly / Normal call inside <answer> (None without one, or when it says neither or both)."""
+        answer = extract_tag(reply, "answer")
+        return None if not answer else parse_anomalous(f"<answer>{answer}</answer>", ("Normal", "Anomaly"))
