@@ -298,7 +298,8 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
     backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=mode == "qlora",
                                            vision_prefixes=backbone.vision_module_prefixes)
     module = GRPOModule(backbone, {"name": "adamw", "lr": 1e-4}, "qa", RewardSet({"format": {"weight": 1.0}}),
-                        grpo={"num_generations": generations, "beta": 0.0, "max_new_tokens": completion})
+                        grpo={"num_generations": generations, "beta": 0.0, "max_new_tokens": completion,
+                              "shared_prompt": False})  # the estimate models the prompt repeated G times
     processor = backbone.processor
     side = int(math.sqrt(max_pixels))
     video = np.random.default_rng(0).integers(0, 255, (frames, side, side, 3), dtype=np.uint8)
@@ -307,7 +308,7 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
     enc = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False, video_metadata=[meta])
     inputs = backbone.repeat_vision(dict(enc), generations)
     ids = torch.randint(10, 200, (generations, completion), generator=torch.Generator().manual_seed(0))
-    rollout = Rollout(inputs=inputs, completion_ids=ids, mask=torch.ones(generations, completion),
+    rollout = Rollout(prompt=dict(enc), repeated=inputs, completion_ids=ids, mask=torch.ones(generations, completion),
                       truncated=torch.zeros(generations, dtype=torch.bool), texts=[""] * generations,
                       samples=[None] * generations, durations=[None] * generations)
     advantages = torch.linspace(-1, 1, generations)

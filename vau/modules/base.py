@@ -136,11 +136,14 @@ class VAUModule(L.LightningModule):
                 self._generation_kwargs = None
 
     @torch.no_grad()
-    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **sampling) -> torch.Tensor:
-        """Completion token ids (B, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS.
+    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, times: int = 1,
+                     encoded_vision: dict[str, Any] | None = None, **sampling) -> torch.Tensor:
+        """Completion token ids (B * times, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS.
 
         Generation stops at any of the backbone's ``eos_token_ids`` and never samples its
-        ``suppressed_token_ids`` (both can be overridden through ``sampling``).
+        ``suppressed_token_ids`` (both can be overridden through ``sampling``). With ``times`` > 1 every prompt is
+        prefilled once and continued ``times`` times (:func:`vau.modules.shared_prompt.generate_shared`), its vision
+        outputs taken from ``encoded_vision`` when given.
         """
         prompt_len = inputs["input_ids"].shape[1]
         sampling.setdefault("eos_token_id", self.backbone.eos_token_ids)
@@ -149,6 +152,12 @@ class VAUModule(L.LightningModule):
         self.model.eval()
         try:
             with self.generation_context() as sync:
+                if times > 1:
+                    from vau.modules.shared_prompt import generate_shared
+
+                    return generate_shared(self.model, self.backbone, inputs, times, encoded_vision,
+                                           max_new_tokens=max_new_tokens, pad_token_id=self.backbone.pad_id,
+                                           **sync, **sampling)
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
                                           pad_token_id=self.backbone.pad_id, **sync, **sampling)
         finally:

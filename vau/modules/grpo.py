@@ -42,8 +42,8 @@ def grpo_defaults() -> dict[str, Any]:
 
 @dataclass
 class Rollout:
-    inputs: dict[str, torch.Tensor]  # prompt inputs repeated G times (B*G rows)
-    completion_ids: torch.Tensor  # (B*G, T)
+    prompt: dict[str, torch.Tensor]  # prompt inputs, B rows (each prompt once)
+    completion_ids: torch.Tensor  # (B*G, T), G consecutive rows per prompt
     mask: torch.Tensor  # (B*G, T) float, tokens up to and including the first EOS
     truncated: torch.Tensor  # (B*G,) bool
     texts: list[str]
@@ -51,6 +51,8 @@ class Rollout:
     durations: list  # video length in seconds of every completion's clip
     old_logps: torch.Tensor | None = None
     ref_logps: torch.Tensor | None = None
+    encoded_vision: dict | None = None  # the frozen vision tower's outputs, reused by every pass of this step
+    repeated: dict[str, torch.Tensor] | None = None  # prompt inputs repeated G times (repeat path only)
 
 
 @ALGORITHMS.register("grpo")
@@ -86,6 +88,7 @@ class GRPOModule(VAUModule):
         if cfg["loss_type"] not in LOSS_TYPES or cfg["importance_sampling_level"] not in IS_LEVELS:
             raise ValueError(f"module.grpo.loss_type must be one of {LOSS_TYPES} and importance_sampling_level "
                              f"one of {IS_LEVELS}")
+        self.shared_prompt = bool(cfg["shared_prompt"])
         self.beta = float(cfg["beta"])
         self.num_iterations = int(cfg["num_iterations"])
         self.max_grad_norm = max_grad_norm
@@ -118,6 +121,11 @@ class GRPOModule(VAUModule):
                               "module.grpo.num_generations for larger rollouts")
         return kwargs
 
+    def _checkpointing(self) -> bool:
+        """Gradient checkpointing is on: it drops the KV cache in training passes, so those take the repeat path."""
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        return any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+
     def modules_to_shard(self) -> list[torch.nn.Module]:
         return [self.model] + ([self.ref_model] if self.ref_model is not None else [])
 
@@ -145,17 +153,36 @@ class GRPOModule(VAUModule):
     def rollout(self, batch: dict[str, Any]) -> Rollout:
         from vau.datamodules.encoding import model_inputs
 
-        inputs = self.backbone.repeat_vision(model_inputs(batch, prompt_only=True), self.G)
+        prompt = model_inputs(batch, prompt_only=True)
         sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
                     "top_k": int(self.cfg["top_k"]) or None}
-        ids = self.generate_ids(inputs, int(self.cfg["max_new_tokens"]), **sampling)  # synced under FSDP2
+        encoded = repeated = None
+        if self.shared_prompt:
+            # Each prompt once: generation prefills it once; a frozen vision tower runs once for the whole step.
+            if self.vision_frozen():
+                with torch.no_grad():
+                    encoded = self.backbone.encode_vision(self.model, prompt)
+            ids = self.generate_ids(prompt, int(self.cfg["max_new_tokens"]), times=self.G, encoded_vision=encoded,
+                                    **sampling)  # synced under FSDP2
+        else:
+            repeated = self.backbone.repeat_vision(prompt, self.G)
+            ids = self.generate_ids(repeated, int(self.cfg["max_new_tokens"]), **sampling)
         # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
         mask, truncated = completion_mask(ids, self.backbone.eos_token_ids)
         if self.cfg["mask_truncated_completions"]:
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]
         durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
-        return Rollout(inputs, ids, mask, truncated, self.decode(ids), samples, durations)
+        return Rollout(prompt, ids, mask, truncated, self.decode(ids), samples, durations, encoded_vision=encoded,
+                       repeated=repeated)
+
+    def vision_frozen(self) -> bool:
+        """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""
+        from vau.modules.adapters import in_vision
+
+        prefixes = self.backbone.vision_module_prefixes
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        return not any(p.requires_grad for n, p in base.named_parameters() if in_vision(n, prefixes))
 
     # -- 2. rewards -----------------------------------------------------------------------------------------------
     def score(self, rollout: Rollout):
@@ -173,16 +200,29 @@ class GRPOModule(VAUModule):
 
     # -- 4. loss --------------------------------------------------------------------------------------------------
     def token_logps(self, model: torch.nn.Module, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs (and entropies) of the completions under ``model``, at the sampling temperature."""
-        prompt = rollout.inputs
-        T = rollout.completion_ids.shape[1]
-        inputs = dict(prompt)
-        inputs["input_ids"] = torch.cat([prompt["input_ids"], rollout.completion_ids], dim=1)
-        inputs["attention_mask"] = torch.cat([prompt["attention_mask"], rollout.mask.long()], dim=1)
-        if "mm_token_type_ids" in prompt:
-            inputs["mm_token_type_ids"] = torch.cat(
-                [prompt["mm_token_type_ids"], torch.zeros_like(rollout.completion_ids)], dim=1)
-        logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
+        """Per-token log-probs (and entropies) of the completions under ``model``, at the sampling temperature.
+
+        Shared-prompt path: the prompt runs once and its cache serves its G completions (gradients flow back through
+        it). Repeat path (``shared_prompt=false``, or a training pass under gradient checkpointing, which drops the
+        cache): one forward over G copies of each prompt followed by its completion.
+        """
+        if self.shared_prompt and not (torch.is_grad_enabled() and self._checkpointing()):
+            from vau.modules.shared_prompt import completion_logits
+
+            logits = completion_logits(model, self.backbone, rollout.prompt, rollout.completion_ids,
+                                       rollout.mask.long(), self.G, rollout.encoded_vision).float()
+        else:
+            if rollout.repeated is None:
+                rollout.repeated = self.backbone.repeat_vision(rollout.prompt, self.G)
+            prompt = rollout.repeated
+            T = rollout.completion_ids.shape[1]
+            inputs = dict(prompt)
+            inputs["input_ids"] = torch.cat([prompt["input_ids"], rollout.completion_ids], dim=1)
+            inputs["attention_mask"] = torch.cat([prompt["attention_mask"], rollout.mask.long()], dim=1)
+            if "mm_token_type_ids" in prompt:
+                inputs["mm_token_type_ids"] = torch.cat(
+                    [prompt["mm_token_type_ids"], torch.zeros_like(rollout.completion_ids)], dim=1)
+            logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
         logits = logits / float(self.cfg["temperature"])
         logprobs = torch.log_softmax(logits, dim=-1)
         logps = logprobs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
