@@ -32,9 +32,11 @@ def raises_on_second(completions: list[str], samples: list, **ctx) -> list[float
     return [0.0] * len(completions)
 
 
-for _name, _fn in ((NAN_REWARD, nan_on_first), (RAISING_REWARD, raises_on_second)):
-    if _name not in REWARDS:
-        REWARDS.register(_name)(_fn)
+@pytest.fixture(autouse=True)
+def buggy_rewards(monkeypatch):
+    """Registered for this file's tests only: the reward matrix of tests/test_rewards.py must not see them."""
+    monkeypatch.setitem(REWARDS._entries, NAN_REWARD, nan_on_first)
+    monkeypatch.setitem(REWARDS._entries, RAISING_REWARD, raises_on_second)
 
 A = Sample(task="qa", video="a.mp4", answer="A", options=("x", "y", "z", "w"))
 B = Sample(task="tag", video="b.mp4", interval=(1.0, 2.0))
