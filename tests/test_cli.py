@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,3 +66,46 @@ def test_conf_may_be_a_yaml_path(tmp_path):
     path.write_text("# @package _global_\nexperiment_name: mine\ntrainer:\n  max_steps: 7\n")
     cfg = compose(str(path), ["seed=3"])
     assert cfg.experiment_name == "mine" and cfg.trainer.max_steps == 7 and cfg.seed == 3
+
+
+@pytest.mark.parametrize("override, expects", [
+    ("trainer.max_steps=abc", "an integer"), ("seed=abc", "an integer"), ("data.batch_size=abc", "an integer"),
+    ("module.optim.lr=abc", "a number"), ("trainer.max_steps=2.5", "an integer"),
+    ("trainer.enable_progress_bar=maybe", "a boolean"),
+])
+def test_a_value_of_the_wrong_type_names_key_type_and_value(override, expects, tmp_path):
+    key, value = override.split("=")
+    # (output and data paths in tmp_path in case a run starts anyway: it did before this check existed)
+    out = vau("fit", override, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    line = next(line for line in out.stderr.splitlines() if line.startswith("error:"))
+    assert f"'{key}'" in line and expects in line and f"'{value}'" in line
+
+
+def test_an_int_where_a_float_is_expected_is_fine():
+    from vau.config import compose
+
+    assert compose("demo", ["module.optim.lr=1", "trainer.gradient_clip_val=null"]).module.optim.lr == 1
+
+
+def test_a_malformed_annotation_file_under_fit_and_test_is_one_line(tmp_path, demo_root, cache_dir):
+    import csv
+
+    bad = tmp_path / "bad.csv"
+    with open(demo_root / "test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[1]["Start Time"] = "soon"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    common = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+              f"paths.output_dir={tmp_path / 'out'}", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
+              "data.batch_size=2", "data.eval_batch_size=2", "module.generation.max_new_tokens=4"]
+    for stage, key in (("fit", "train"), ("test", "test")):
+        out = vau(stage, *common, f"data.annotations.{key}={bad}", f"run_dir={tmp_path / stage}")
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(bad) in errors[0] and "row" in errors[0] and "soon" in errors[0]

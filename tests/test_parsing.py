@@ -33,7 +33,7 @@ FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "<glue>", "</glue>"
              "]", "(", ")", ",", " - ", " to ", "from ", ":", "-1", "0", "0.0", "5.5", "12:30", "1:02:03",
              "9" * 40, "1e309", "nan", "inf", "A", "B", "C", "D", "a", " or ", "The answer is ", "Option ",
              "Normal", "Fire", "people_falling", "no anomaly", "yes", "no", " ", "\n", "\u0663", "\U0001d7d8",
-             "\x00", " seconds", "s", "__import__('os')", "{'start': ", "'end': "]
+             "\x00", " seconds", "s", "__import__('os')", "{'start': ", "'end': ", "-2", "-0.5", "-0:05", "+3", "--"]
 near_formats = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
 any_text = st.one_of(st.text(max_size=300), near_formats)
 
@@ -127,6 +127,35 @@ def test_parse_interval_formats(text, expected):
 ])
 def test_parse_interval_gives_none_for_invalid_or_ambiguous(text):
     assert parse_interval(text) is None
+
+
+# Every interval pattern, with {s} and {e} for the two times.
+INTERVAL_TEMPLATES = ("[{s}, {e}]", "({s}, {e})", "[{s} - {e}]", "{s} - {e}", "{s} to {e}", "from {s} to {e}",
+                      "from {s} to {e} seconds", "between {s} and {e}", "start: {s}, end: {e}",
+                      "{{'start': {s}, 'end': {e}}}", "{s}, {e}", "<answer>{s} - {e}</answer>",
+                      "<glue>[{s}, {e}]</glue>")
+
+
+@pytest.mark.parametrize("template", INTERVAL_TEMPLATES)
+def test_a_negative_start_is_read_with_its_sign_and_makes_the_interval_invalid(template):
+    # docs/rewards.md: an interval with a negative start is invalid (scores 0), in every format
+    assert parse_interval(template.format(s="-2", e="5")) is None
+    assert parse_interval(template.format(s="2", e="5")) == (2.0, 5.0)
+
+
+signed_times = st.one_of(
+    st.decimals(-999, 999, places=2, allow_nan=False, allow_infinity=False).map(lambda d: f"{d:.2f}"),
+    st.tuples(st.integers(-59, 59), st.integers(0, 59)).map(lambda t: f"{t[0]}:{t[1]:02d}"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(INTERVAL_TEMPLATES), signed_times, signed_times)
+def test_signed_numbers_keep_their_sign_in_every_interval_pattern(template, start, end):
+    text = template.format(s=start, e=end)
+    s, e = parse_seconds(start), parse_seconds(end)
+    expected = (round(s, 6), round(e, 6)) if 0.0 <= s <= e else None
+    assert parse_interval(text) == expected, text
 
 
 def test_parse_seconds_clock_formats():

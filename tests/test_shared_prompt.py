@@ -159,7 +159,7 @@ def test_grpo_step_gradients_equal_the_repeated_prompt_path(case, beta, tiny_bac
         for name, expected in grads[repeat].items():
             scale = expected.abs().max().item()
             torch.testing.assert_close(grads[shared][name], expected, rtol=RTOL, atol=ATOL + RTOL * scale,
-                                       msg=lambda m, n=name: f"{case}, iteration {iteration}, {n}: {m}")
+                                       msg=lambda m, n=name, i=iteration: f"{case}, iteration {i}, {n}: {m}")
         if beta and iteration == 0:
             torch.testing.assert_close(rollouts[shared].ref_logps[kept], rollouts[repeat].ref_logps[kept],
                                        rtol=RTOL, atol=ATOL)

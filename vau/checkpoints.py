@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,9 +17,15 @@ from vau.config import ConfigError
 log = logging.getLogger(__name__)
 
 
+def _run_order(ckpt: Path) -> tuple[str, int]:
+    """Run folders by name: timestamp, then the suffix a same-second run got (``..._2`` before ``..._10``)."""
+    match = re.fullmatch(r"(.*?)(?:_(\d+))?", ckpt.parent.parent.name)
+    return match.group(1), int(match.group(2) or 0)
+
+
 def newest_checkpoint(cfg: DictConfig, experiment: str, key: str) -> str:
     """``checkpoints/last.ckpt`` of ``experiment``'s newest run under ``paths.output_dir``; ``key`` names the asker."""
-    runs = sorted((Path(cfg.paths.output_dir) / experiment).glob("*/checkpoints/last.ckpt"))
+    runs = sorted((Path(cfg.paths.output_dir) / experiment).glob("*/checkpoints/last.ckpt"), key=_run_order)
     if not runs:
         raise ConfigError(f"{key}: no checkpoints/last.ckpt under {cfg.paths.output_dir}/{experiment}; "
                           f"{first_run_hint(cfg, experiment)}, or give a checkpoint path")

@@ -130,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # A malformed annotation file under fit/validate/test: one line naming file and row, as `data check` gives.
+        from vau.datamodules.annotations import AnnotationError
+
+        if not isinstance(err, AnnotationError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 DATA_USAGE = """usage: python -m vau data <generate|stats|check> [conf=NAME] [key=value ...]

@@ -67,6 +67,7 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="vau"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
+            _check_value_types(cfg, overrides)
     except MissingConfigException as err:
         group = next((g for g in GROUPS if re.search(rf"\b{g}\b", str(err))), None)
         if group:
@@ -79,6 +80,49 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return cfg
+
+
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}
+
+
+def _override_key(override: str) -> str | None:
+    """The config key a ``key=value`` override sets, or None for group choices, additions, deletions, hydra.*."""
+    if "=" not in override or override.startswith(("+", "~")):
+        return None
+    key = override.split("=", 1)[0]
+    if key.startswith("hydra.") or ("." not in key and (key in GROUPS or "/" in key)) or "/" in key:
+        return None
+    return key
+
+
+def _check_value_types(cfg: DictConfig, overrides: list[str]) -> None:
+    """Each ``key=value`` override must have the type of the default it replaces (bool, int, float; an int is a
+    fine float; null is always allowed; string defaults take anything). Otherwise a ConfigError names the key,
+    the expected type and the value, instead of a traceback from deep inside the run."""
+    from hydra import compose as hydra_compose
+
+    checked = [(o, k) for o in overrides if (k := _override_key(o)) is not None]
+    if not checked:
+        return
+    # The defaults the overrides replace: the same composition with only group choices and additions applied.
+    base = hydra_compose(config_name="config", overrides=[o for o in overrides if _override_key(o) is None])
+    for override, key in checked:
+        try:
+            default = OmegaConf.select(base, key, throw_on_missing=False)
+            given = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # an interpolation that does not resolve here: not this check's business
+            continue
+        expected = type(default)
+        if default is None or given is None or expected not in _TYPE_NAMES:
+            continue
+        ok = (isinstance(given, bool) if expected is bool
+              else isinstance(given, int) and not isinstance(given, bool) if expected is int
+              else isinstance(given, (int, float)) and not isinstance(given, bool))
+        if not ok:
+            value = override.split("=", 1)[1]
+            shown = str(default).lower() if isinstance(default, bool) else repr(default)
+            raise ConfigError(f"config key {key!r} expects {_TYPE_NAMES[expected]} (default {shown}), got {value!r} "
+                              f"({type(given).__name__}); e.g. {key}={shown}")
 
 
 def _explain(err: Exception, overrides: list[str]) -> str:

@@ -142,11 +142,16 @@ _NUM = r"[0-9]{1,7}(?:\.[0-9]{1,6})?|\.[0-9]{1,6}"
 _CLOCK = r"[0-9]{1,3}:[0-5]?[0-9](?::[0-5]?[0-9])?(?:\.[0-9]{1,6})?"
 # a number ends at a unit ("5s", "5 seconds") or where no digit, letter or colon follows
 _END = r"(?:\s*(?:s|sec|secs|second|seconds)\b|(?![\w:]|\.[0-9]))"
-_T = rf"(?<![\w.:])(?:{_CLOCK}|{_NUM}){_END}"
-_ST = rf"(?<![\w.:])-?(?:{_CLOCK}|{_NUM}){_END}"  # signed, only inside brackets
+# A time, read with its sign in every pattern: "-2" is minus two, so "[-2, 5]" and "from -2 to 5" are invalid
+# intervals rather than (2, 5). A "-" right before a digit is a sign unless it is glued to what precedes it ("5s-10s",
+# "2-5": there it separates). An unsigned number must not start right after a sign, or a failed signed match would
+# be retried from the digit and read the number without its sign.
+_SIGNED_START = r"(?<![\w.:])-"
+_UNSIGNED_START = r"(?<![\w.:])(?<!^-)(?<![^\w.:)\]]-)"
+_T = rf"(?:{_SIGNED_START}|{_UNSIGNED_START})(?:{_CLOCK}|{_NUM}){_END}"
 _SEP = r"\s*(?:-|–|—|~|to|until|till|and)\s*"
 _INTERVAL_PATTERNS = (
-    re.compile(rf"[\[(]\s*({_ST})\s*(?:,|;|-|–|—|~|to)\s*({_ST})\s*[\])]", re.IGNORECASE),
+    re.compile(rf"[\[(]\s*({_T})\s*(?:,|;|-|–|—|~|to)\s*({_T})\s*[\])]", re.IGNORECASE),
     re.compile(rf"\b(?:from|between)\s+({_T}){_SEP}({_T})", re.IGNORECASE),
     re.compile(rf"({_T})\s*(?:-|–|—|~|\bto\b|\buntil\b|\btill\b)\s*({_T})", re.IGNORECASE),
     re.compile(rf"\bstart(?:\s*time)?\W{{0,4}}({_T})\W.{{0,30}}?\bend(?:\s*time)?\W{{0,4}}({_T})",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,14 +144,58 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
 
+    Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
+    wait for it and reuse the finished data.
+
     Returns:
         ``root``.
     """
     spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds)
     root = Path(root)
     manifest = root / "demo.json"
-    if manifest.is_file() and json.loads(manifest.read_text()) == asdict(spec):
+    if _matches(manifest, spec):
         return root
+    # Several processes may ask for the same root at once (DDP ranks' prepare_data, two runs, `vau data generate`):
+    # one generates while the others wait on the lock, then find the manifest and reuse the data. The manifest is
+    # written last (atomically), so it only ever describes complete data.
+    with _lock(root):
+        if _matches(manifest, spec):
+            return root
+        manifest.unlink(missing_ok=True)  # a manifest of another spec must not vouch for files being rewritten
+        _generate(root, spec)
+        tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(spec), indent=2))
+        os.replace(tmp, manifest)
+    return root
+
+
+def _matches(manifest: Path, spec: DemoSpec) -> bool:
+    try:
+        return json.loads(manifest.read_text()) == asdict(spec)
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def _lock(root: Path):
+    """An exclusive ``fcntl.flock`` on ``<parent>/.<root name>.lock`` (next to the data root), held while writing."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (one process at a time is then up to the user)
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generate(root: Path, spec: DemoSpec) -> None:
+    n_train, n_val, n_test, seed, fps, size = spec.n_train, spec.n_val, spec.n_test, spec.seed, spec.fps, spec.size
+    min_seconds, max_seconds = spec.min_seconds, spec.max_seconds
     log.info("generating the demo mini-benchmark in %s (%d/%d/%d clips)", root, n_train, n_val, n_test)
     rng = np.random.default_rng(seed)
     counts = dict(zip(SPLITS, (n_train, n_val, n_test)))
@@ -183,8 +229,6 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
         write_annotations(root / f"{split}.csv", rows)
         if split == "train":
             write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed))
-    manifest.write_text(json.dumps(asdict(spec), indent=2))
-    return root
 
 
 def write_broken_videos(folder: str | Path, fps: int = 8) -> dict[str, Path]:

@@ -21,6 +21,10 @@ from vau.modules.optim import build_optimizer, warmup_schedule
 log = logging.getLogger(__name__)
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the message gives the global step and the cause."""
+
+
 def rng_state() -> dict[str, Any]:
     """This process's torch / CUDA / numpy / Python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
     import random
@@ -52,6 +56,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), py_gauss))
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (a DTensor shard under FSDP2), as a plain tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class VAUModule(L.LightningModule):
     """Base LightningModule over one backbone and one task.
 
@@ -70,6 +79,8 @@ class VAUModule(L.LightningModule):
 
     #: Whether the DataModule encodes target text (teacher forcing) or prompts alone (generation-based training).
     needs_targets: bool = True
+    #: What a NaN/inf reward does (see :class:`vau.rewards.RewardSet`): ``error``, or ``skip`` (GRPO's option).
+    nonfinite_rewards: str = "error"
 
     def __init__(self, backbone: Backbone, optim, task: str, generation=None, predictions_dir: str | None = None,
                  rewards=None, mix=None) -> None:
@@ -186,7 +197,7 @@ class VAUModule(L.LightningModule):
             self.log(f"{stage}/{name}", metric, batch_size=batch["size"])
         if self.rewards is not None:
             result = self.rewards(replies, list(batch["samples"]), durations=batch.get("durations"),
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=self.max_new_tokens, nonfinite=self.nonfinite_rewards)
             for name, value in result.means().items():
                 self.log(f"{stage}/reward/{name}", value, batch_size=batch["size"], sync_dist=True)
         if stage == "test":
@@ -291,6 +302,52 @@ class VAUModule(L.LightningModule):
         if state is not None:
             set_rng_state(state)
             self._pending_rng_state = None
+
+    # -- non-finite loss / gradients ----------------------------------------------------------------------------
+    #: Tensors the current loss was computed from, by name (set by a training step; inspected only when the loss is
+    #: not finite, to say which term is the cause).
+    _loss_terms: dict[str, torch.Tensor | None] | None = None
+    _backward_loss: torch.Tensor | None = None
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self._backward_loss = loss.detach()
+
+    def on_after_backward(self) -> None:
+        """Stop the run at the first non-finite loss or gradient (before clipping and the optimiser step).
+
+        Every rank takes part in one all-reduce of the verdict, so all of them raise together (a rank raising alone
+        would leave the others waiting in the next collective).
+        """
+        cause = self._nonfinite_cause()
+        self._backward_loss, self._loss_terms = None, None
+        flag = torch.tensor(0.0 if cause is None else 1.0, device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            raise NonFiniteError(
+                f"non-finite training value at global step {self.global_step}: "
+                f"{cause or 'found on another rank (see its log)'}. The run stops here rather than train on NaN; "
+                f"lower module.optim.lr, check the data of this step, or (GRPO) the rewards")
+
+    def _nonfinite_cause(self) -> str | None:
+        loss = self._backward_loss
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            bad = [name for name, t in (self._loss_terms or {}).items()
+                   if isinstance(t, torch.Tensor) and not bool(torch.isfinite(_local(t)).all())]
+            where = f" (non-finite {', '.join(bad)})" if bad else ""
+            return f"the {type(self).__name__} loss is {float(loss)}{where}"
+        named = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
+        if not named or getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
+            return None  # fp16 loss scaling (16-mixed) overflows on purpose: its scaler skips those steps itself
+        if bool(torch.stack([torch.isfinite(_local(g)).all() for _, g in named]).all()):
+            return None  # one check (one device sync) on the common path; the loop below runs only on failure
+        for name, grad in named:
+            grad = _local(grad)
+            if not bool(torch.isfinite(grad).all()):
+                nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
+                return (f"the loss is finite ({float(loss) if loss is not None else '?'}) but parameter {name!r} has "
+                        f"a non-finite gradient ({nan} NaN, {inf} inf of {grad.numel()})")
+        return None
 
     # -- optimisation -----------------------------------------------------------------------------------------
     default_decay = "cosine"  # the schedule's shape when optim.decay is not set

@@ -26,6 +26,7 @@ from vau.datamodules.views import view_tasks
 from vau.modules.base import VAUModule
 from vau.modules.grpo_loss import IS_LEVELS, LOSS_TYPES, completion_mask, group_advantages, policy_loss
 from vau.registry import ALGORITHMS
+from vau.rewards import NONFINITE_POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class GRPOModule(VAUModule):
             raise ValueError(f"module.grpo.loss_type must be one of {LOSS_TYPES} and importance_sampling_level "
                              f"one of {IS_LEVELS}")
         self.shared_prompt = bool(cfg["shared_prompt"])
+        if cfg["nonfinite_rewards"] not in NONFINITE_POLICIES:
+            raise ValueError(f"module.grpo.nonfinite_rewards={cfg['nonfinite_rewards']!r}: use one of "
+                             f"{NONFINITE_POLICIES}")
+        self.nonfinite_rewards = str(cfg["nonfinite_rewards"])
         self.beta = float(cfg["beta"])
         self.num_iterations = int(cfg["num_iterations"])
         self.max_grad_norm = max_grad_norm
@@ -160,7 +165,8 @@ class GRPOModule(VAUModule):
         if self.shared_prompt:
             # Each prompt once: generation prefills it once; a frozen vision tower runs once for the whole step.
             if self.vision_frozen():
-                with torch.no_grad():
+                # Under FSDP2 the vision tower's weights are gathered for this call like for a generate().
+                with torch.no_grad(), self.generation_context():
                     encoded = self.backbone.encode_vision(self.model, prompt)
             ids = self.generate_ids(prompt, int(self.cfg["max_new_tokens"]), times=self.G, encoded_vision=encoded,
                                     **sampling)  # synced under FSDP2
@@ -188,11 +194,18 @@ class GRPOModule(VAUModule):
     def score(self, rollout: Rollout):
         lengths = rollout.mask.sum(dim=1).long().tolist()
         return self.rewards(rollout.texts, rollout.samples, completion_lengths=lengths,
-                            max_new_tokens=int(self.cfg["max_new_tokens"]), durations=rollout.durations)
+                            max_new_tokens=int(self.cfg["max_new_tokens"]), durations=rollout.durations,
+                            nonfinite=self.nonfinite_rewards)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
-    def advantages(self, rewards: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        adv, zero_std = group_advantages(rewards, self.G, str(self.cfg["scale_rewards"]))
+    def advantages(self, rewards: torch.Tensor, rollout: Rollout,
+                   skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        valid = None
+        if skipped is not None:
+            # Completions whose reward was not finite (nonfinite_rewards=skip): out of the group statistics and the loss.
+            valid = ~skipped.to(rewards.device)
+            rollout.mask = rollout.mask * valid.float().to(rollout.mask.device).unsqueeze(1)
+        adv, zero_std = group_advantages(rewards, self.G, str(self.cfg["scale_rewards"]), valid=valid)
         if self.cfg["drop_zero_std_groups"]:
             # Groups with identical rewards carry no signal; drop them from the loss (and its normalisation).
             rollout.mask = rollout.mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1)
@@ -241,6 +254,9 @@ class GRPOModule(VAUModule):
                 num_items = num_items.clone()
                 dist.all_reduce(num_items)
                 num_items = num_items / dist.get_world_size()  # DDP averages gradients across ranks
+        # named in the error if the loss is not finite (see VAUModule.on_after_backward)
+        self._loss_terms = {"policy log-probs": logps, "old log-probs": rollout.old_logps,
+                            "reference log-probs": rollout.ref_logps, "advantages": advantages}
         loss, stats = policy_loss(
             logps, rollout.old_logps, advantages, rollout.mask, loss_type=self.cfg["loss_type"],
             epsilon_low=float(self.cfg["epsilon_low"]), epsilon_high=float(self.cfg["epsilon_high"]),
@@ -257,7 +273,7 @@ class GRPOModule(VAUModule):
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
         rollout = self.rollout(batch)
         rewards = self.score(rollout)
-        advantages, zero_std = self.advantages(rewards.total.to(self.device), rollout)
+        advantages, zero_std = self.advantages(rewards.total.to(self.device), rollout, rewards.skipped)
         if self.beta != 0.0:
             with torch.no_grad(), self.reference_policy() as ref:
                 rollout.ref_logps, _ = self.token_logps(ref, rollout)
@@ -289,13 +305,15 @@ class GRPOModule(VAUModule):
             "train/entropy": entropy, "train/zero_std_fraction": zero_std.float().mean(),
             "train/completion_length/mean": lengths.mean(), "train/completion_length/min": lengths.min(),
             "train/completion_length/max": lengths.max(), "train/truncated_fraction": rollout.truncated.float().mean(),
+            # completions of this step left out for a non-finite reward (module.grpo.nonfinite_rewards=skip)
+            "train/skipped_completions": float(rewards.num_skipped),
         }
         for name, value in rewards.means().items():
             values[f"train/reward/{name}"] = value
         for name, value in rewards.stds().items():
             values[f"train/reward_std/{name}"] = value
         self.log_dict(values, batch_size=n)
-        self.log("train/reward", rewards.total.mean(), prog_bar=True, batch_size=n)
+        self.log("train/reward", rewards.means()["total"], prog_bar=True, batch_size=n)
         self.log_lr(n)
         every = int(self.cfg["log_completions_every_n_steps"] or 0)
         # The step Lightning logs this batch's scalars at; self.global_step already counts its optimizer step(s).

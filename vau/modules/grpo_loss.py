@@ -27,15 +27,19 @@ def completion_mask(ids: torch.Tensor, eos_id: int | Sequence[int]) -> tuple[tor
     return (positions <= first.unsqueeze(1)).float(), ~has_eos
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
-                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
+                     valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages of ``rewards`` (B,) ordered as consecutive groups of ``group_size`` completions per prompt.
 
     ``scale``: ``group`` divides by each group's std (GRPO), ``batch`` by the whole batch's std, ``none`` only
-    centres (Dr. GRPO). Returns the advantages and a (B / group_size,) flag of groups whose rewards are all equal.
+    centres (Dr. GRPO). ``valid`` (B,) bool leaves completions out (e.g. a non-finite reward that was skipped): the
+    group statistics use the others, and a left-out completion gets advantage 0. Returns the advantages and a
+    (B / group_size,) flag of groups whose (valid) rewards are all equal, or that have fewer than two valid ones.
     """
     if scale not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards={scale!r}: use one of {SCALE_REWARDS}")
+    if valid is not None and not bool(valid.all()):
+        return _masked_group_advantages(rewards, group_size, scale, eps, valid.to(rewards.device))
     grouped = rewards.view(-1, group_size)
     centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
     group_std = grouped.std(dim=1, unbiased=True) if group_size > 1 else torch.zeros(grouped.shape[0])
@@ -46,6 +50,28 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
     elif scale == "batch":
         centred = centred / (rewards.std() + eps) if rewards.numel() > 1 else centred
+    return centred, zero_std
+
+
+def _masked_group_advantages(rewards: torch.Tensor, group_size: int, scale: str, eps: float,
+                             valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`group_advantages` over the ``valid`` completions only (the others get 0)."""
+    keep = valid.view(-1, group_size).to(rewards.dtype)
+    # left-out entries may hold anything (even NaN): zero them before any arithmetic
+    grouped = torch.where(keep > 0, rewards.view(-1, group_size), torch.zeros_like(keep))
+    count = keep.sum(dim=1, keepdim=True)
+    mean = grouped.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    centred = (grouped - mean) * keep
+    group_std = ((centred ** 2).sum(dim=1) / (count.squeeze(1) - 1).clamp(min=1)).sqrt()
+    zero_std = (group_std < 1e-6) | (count.squeeze(1) < 2)
+    centred = centred.view(-1)
+    if scale == "group":
+        std = torch.where(zero_std, torch.zeros_like(group_std), group_std).repeat_interleave(group_size)
+        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+    elif scale == "batch":
+        kept = rewards[valid]
+        if kept.numel() > 1:
+            centred = centred / (kept.std() + eps)
     return centred, zero_std
 
 

@@ -22,6 +22,7 @@ class SFTModule(VAUModule):
         if not batch["size"]:
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
         out = self.model(**model_inputs(batch), labels=batch["labels"])
+        self._loss_terms = {"logits": out.logits}  # named in the error if the loss is not finite
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["size"])
         self.log_lr(batch["size"])
         return out.loss
