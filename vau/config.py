@@ -42,7 +42,9 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     """Compose the root config with experiment ``conf`` (a name in conf/experiment or a YAML path) and overrides.
 
     Example:
-        >>> cfg = compose("demo", ["trainer.max_steps=2", "data.batch_size=2"])  # doctest: +SKIP
+        >>> cfg = compose("demo", ["trainer.max_steps=2", "data.batch_size=2"])
+        >>> cfg.experiment_name, cfg.trainer.max_steps, cfg.data.batch_size, cfg.module.name
+        ('demo', 2, 2, 'sft')
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -6,9 +6,10 @@ it is. Normal clips have no square
 and the VAU-Bench normal convention (start = end = 0.0, class Normal). Options are listed in one fixed order, so a
 model has to see the colour to answer (see docs/data.md for what this demo does and does not test).
 
-Example:
-    >>> from vau.datamodules.synthetic import generate
-    >>> generate("/tmp/vau-demo", n_train=8, n_val=4, n_test=4, seed=0)  # doctest: +SKIP
+Example (writes mp4 files)::
+
+    from vau.datamodules.synthetic import generate
+    generate("/tmp/vau-demo", n_train=8, n_val=4, n_test=4, seed=0)
 """
 
 from __future__ import annotations
