@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -44,7 +45,8 @@ SETTINGS = {
 FILLER = "The camera watches a street corner where people, cars and bicycles pass by during the day."
 
 
-def build_backbone(setting: str, size: str | None, device: str, attn: str, cache_dir: str):
+def build_backbone(setting: str, size: str | None, device: str, attn: str, cache_dir: str,
+                   lora_base_bf16: bool = False):
     """The tiny twin's processor and tokenizer with a model of the setting's shape (random weights)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -68,6 +70,8 @@ def build_backbone(setting: str, size: str | None, device: str, attn: str, cache
         torch.manual_seed(0)
         with torch.device(device):
             model = Qwen2_5_VLForConditionalGeneration(config)  # fp32 master weights; bf16 autocast computes
+        if lora_base_bf16:
+            model = model.to(torch.bfloat16)  # the frozen LoRA base; adapters are made fp32
         model.generation_config = backbone.model.generation_config
         backbone = dataclasses.replace(backbone, model=model)
     backbone.model.to(device)
@@ -91,9 +95,15 @@ def prompt_batch(backbone, setting: str, prompts: int, device: str):
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def make_module(backbone, groups: int, completion: int, shared: bool, beta: float):
+def make_module(backbone, groups: int, completion: int, shared: bool, beta: float, mode: str = "full"):
+    from vau.modules.adapters import LoraSettings, apply_lora
     from vau.modules.grpo import GRPOModule
     from vau.rewards import RewardSet
+
+    if mode == "lora":  # fp32 adapters on the frozen base (bf16 for the real shapes); the vision tower stays frozen
+        settings = LoraSettings.from_config({"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0})
+        backbone = dataclasses.replace(backbone, model=apply_lora(backbone.model, settings,
+                                                                  backbone.vision_module_prefixes))
 
     module = GRPOModule(backbone, {"name": "adamw", "lr": 1e-6}, "qa", RewardSet({"format": {"weight": 1.0}}),
                         grpo={"num_generations": groups, "max_new_tokens": completion, "beta": beta,
@@ -103,19 +113,19 @@ def make_module(backbone, groups: int, completion: int, shared: bool, beta: floa
 
 
 class VisionCalls:
-    """Counts the vision tower's forward calls (and the videos' patch rows they processed)."""
+    """Counts the videos the vision towers encode (a call over G copies of a clip counts G)."""
 
-    def __init__(self, module) -> None:
-        base = getattr(module.model, "get_base_model", lambda: module.model)()
-        self.calls = 0
-        for prefix in module.backbone.vision_module_prefixes:
-            base.get_submodule(prefix).register_forward_hook(self._hook)
-        if module.ref_model is not None:
+    def __init__(self, module, patches_per_video: int) -> None:
+        self.patches_per_video = patches_per_video
+        self.videos = 0.0
+        towers = [module.model] + ([module.ref_model] if module.ref_model is not None else [])
+        for model in towers:
+            base = getattr(model, "get_base_model", lambda m=model: m)()
             for prefix in module.backbone.vision_module_prefixes:
-                module.ref_model.get_submodule(prefix).register_forward_hook(self._hook)
+                base.get_submodule(prefix).register_forward_hook(self._hook)
 
-    def _hook(self, *_):
-        self.calls += 1
+    def _hook(self, _module, args, _out):
+        self.videos += args[0].shape[0] / self.patches_per_video
 
 
 def one_step(module, prompt, optimizer, completion: int, autocast: bool) -> None:
@@ -158,24 +168,25 @@ def sync(device: str) -> None:
 
 def run_pair(args, setting: str, groups: int) -> dict:
     """Both paths on one model: warm-up, then ``--steps`` interleaved timed steps each."""
-    backbone = build_backbone(setting, args.size, args.device, args.attn, args.cache_dir)
+    backbone = build_backbone(setting, args.size, args.device, args.attn, args.cache_dir, args.mode == "lora")
     prompt = prompt_batch(backbone, setting, args.prompts, args.device)
     result = {"setting": args.size or setting, "G": groups, "prompt_tokens": int(prompt["input_ids"].shape[1]),
               "video_tokens": int((prompt["input_ids"] == backbone.model.config.video_token_id).sum()) // args.prompts}
     modules, optimizers, counters, times = {}, {}, {}, {"shared": [], "repeat": []}
-    base_state = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
+    untouched = copy.deepcopy(backbone.model)  # the repeat path starts from the same weights (and LoRA init)
     for path in ("shared", "repeat"):
-        model = backbone.model if path == "shared" else _clone(backbone.model, base_state)
+        model = backbone.model if path == "shared" else untouched
         modules[path] = make_module(dataclasses.replace(backbone, model=model), groups, args.completion,
-                                    path == "shared", args.beta)
+                                    path == "shared", args.beta, args.mode)
+        model = modules[path].model
         optimizers[path] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-        counters[path] = VisionCalls(modules[path])
+        counters[path] = VisionCalls(modules[path], prompt["pixel_values_videos"].shape[0] // args.prompts)
     autocast = args.size is not None
     for _ in range(args.warmup):
         for path in ("shared", "repeat"):
             one_step(modules[path], prompt, optimizers[path], args.completion, autocast)
     for path in counters:
-        counters[path].calls = 0
+        counters[path].videos = 0.0
     for _ in range(args.steps):
         for path in ("shared", "repeat"):
             sync(args.device)
@@ -185,20 +196,12 @@ def run_pair(args, setting: str, groups: int) -> dict:
             times[path].append(time.perf_counter() - start)
     for path in ("shared", "repeat"):
         result[f"{path}_s"] = statistics.median(times[path])
-        result[f"{path}_vision_calls"] = counters[path].calls / args.steps
+        result[f"{path}_videos_encoded"] = counters[path].videos / args.steps / args.prompts
     result["speedup"] = result["repeat_s"] / result["shared_s"]
     tokens = args.prompts * groups * args.completion
     result["shared_tok_s"] = tokens / result["shared_s"]
     result["repeat_tok_s"] = tokens / result["repeat_s"]
     return result
-
-
-def _clone(model, state):
-    import copy
-
-    twin = copy.deepcopy(model)
-    twin.load_state_dict(state)
-    return twin
 
 
 def peak_memory(args, setting: str, groups: int, path: str) -> float:
@@ -213,10 +216,10 @@ def peak_memory(args, setting: str, groups: int, path: str) -> float:
 def measure_one(args, spec: dict) -> None:
     import resource
 
-    backbone = build_backbone(spec["setting"], args.size, args.device, args.attn, args.cache_dir)
+    backbone = build_backbone(spec["setting"], args.size, args.device, args.attn, args.cache_dir, args.mode == "lora")
     prompt = prompt_batch(backbone, spec["setting"], args.prompts, args.device)
-    module = make_module(backbone, spec["groups"], args.completion, spec["path"] == "shared", args.beta)
-    optimizer = torch.optim.AdamW([p for p in backbone.model.parameters() if p.requires_grad], lr=1e-6)
+    module = make_module(backbone, spec["groups"], args.completion, spec["path"] == "shared", args.beta, args.mode)
+    optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=1e-6)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for _ in range(args.rss_steps):
@@ -235,6 +238,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=1, help="prompts per step (B)")
     parser.add_argument("--completion", type=int, default=32, help="completion tokens, forced")
     parser.add_argument("--beta", type=float, default=0.04)
+    parser.add_argument("--mode", choices=["full", "lora"], default="full",
+                        help="full fine-tuning (fp32 master weights, vision trained) or LoRA r=16 (vision frozen)")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per path (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rss-steps", type=int, default=3)
@@ -252,11 +257,11 @@ def main(argv=None) -> int:
     settings = ["3b" if args.size == "3b" else "7b"] if args.size else args.setting
     mem_unit = "peak CUDA GiB" if args.device.startswith("cuda") else "peak RSS GiB"
     lines = [f"GRPO step, shared prompt vs repeated prompt: {args.prompts} prompt(s) x G, {args.completion} forced "
-             f"completion tokens, beta={args.beta}, full fine-tuning, device {args.device}, torch threads "
+             f"completion tokens, beta={args.beta}, {args.mode} fine-tuning, device {args.device}, torch threads "
              f"{torch.get_num_threads()}; median of {args.steps} interleaved steps after {args.warmup} warm-up",
              "",
              f"| setting | G | prompt tokens (video) | shared s/step | repeat s/step | speed-up | shared {mem_unit} | "
-             f"repeat {mem_unit} | vision calls/step shared | repeat | shared tok/s |",
+             f"repeat {mem_unit} | clips encoded per prompt per step, shared | repeat | shared tok/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for setting in settings:
@@ -267,7 +272,7 @@ def main(argv=None) -> int:
                                                                        groups, p) for p in ("shared", "repeat")}
             line = (f"| {setting} | {groups} | {r['prompt_tokens']} ({r['video_tokens']}) | {r['shared_s']:.3f} | "
                     f"{r['repeat_s']:.3f} | {r['speedup']:.2f}x | {mem['shared']:.2f} | {mem['repeat']:.2f} | "
-                    f"{r['shared_vision_calls']:.0f} | {r['repeat_vision_calls']:.0f} | {r['shared_tok_s']:.0f} |")
+                    f"{r['shared_videos_encoded']:.0f} | {r['repeat_videos_encoded']:.0f} | {r['shared_tok_s']:.0f} |")
             lines.append(line)
             print(line, flush=True)
     if args.out:

@@ -33,6 +33,7 @@ class UpdateWatch(L.Callback):
     """Records the trainable weights at the start and which elements ever got a non-zero gradient."""
 
     def on_train_start(self, trainer, pl_module):
+        self.model = pl_module.model
         self.params = {n: p for n, p in pl_module.model.named_parameters() if p.requires_grad}
         self.start = {n: _local(p).detach().clone() for n, p in self.params.items()}
         self.touched = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in self.start.items()}

@@ -20,6 +20,7 @@ Example (inside a GRPO step)::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -31,6 +32,13 @@ def _cache():
     from transformers import DynamicCache
 
     return DynamicCache()
+
+
+def _cache_key(model) -> str:
+    """The keyword a model's forward and ``generate`` take the KV cache by: transformers 5.2x renamed
+    ``past_key_values`` to ``cache`` (the old name still works there, with a deprecation warning)."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _with_vision(prompt: dict[str, Any], encoded: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,8 +70,8 @@ def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completi
     """
     length, steps = prompt["input_ids"].shape[1], completion_ids.shape[1]
     positions = backbone.position_ids(model, prompt, times, completion_ids, completion_mask)
-    cache = _cache()
-    head = model(**_with_vision(prompt, encoded), cache=cache, use_cache=True, logits_to_keep=1,
+    cache, key = _cache(), _cache_key(model)
+    head = model(**_with_vision(prompt, encoded), **{key: cache}, use_cache=True, logits_to_keep=1,
                  position_ids=backbone.rows_of_positions(positions, slice(None, None, times), slice(0, length)))
     first = head.logits[:, -1:].repeat_interleave(times, dim=0)
     if steps == 1:
@@ -75,7 +83,7 @@ def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completi
     mask = torch.cat([prompt["attention_mask"].repeat_interleave(times, dim=0),
                       completion_mask[:, :-1].to(prompt["attention_mask"].dtype)], dim=1)
     # The last completion token predicts nothing that is scored, so it is not fed.
-    tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask, cache=cache, use_cache=True,
+    tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **{key: cache}, use_cache=True,
                  position_ids=backbone.rows_of_positions(positions, slice(None), slice(length, length + steps - 1)))
     return torch.cat([first, tail.logits], dim=1)
 
@@ -91,11 +99,11 @@ def generate_shared(model, backbone, prompt: dict[str, torch.Tensor], times: int
     length = prompt["input_ids"].shape[1]
     positions = backbone.position_ids(model, prompt, times)
     head = {k: (v[:, :-1] if k in TEXT_KEYS else v) for k, v in _with_vision(prompt, encoded).items()}
-    cache = _cache()
-    model(**head, cache=cache, use_cache=True, logits_to_keep=1,
+    cache, key = _cache(), _cache_key(model)
+    model(**head, **{key: cache}, use_cache=True, logits_to_keep=1,
           position_ids=backbone.rows_of_positions(positions, slice(None, None, times), slice(0, length - 1)))
     cache.batch_repeat_interleave(times)
     backbone.prepare_cached_generation(model, prompt, times)
     text = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k in TEXT_KEYS}
-    out = model.generate(**text, cache=cache, **generate_kwargs)
+    out = model.generate(**text, **{key: cache}, **generate_kwargs)
     return out[:, length:]
