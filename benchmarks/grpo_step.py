@@ -214,8 +214,6 @@ def peak_memory(args, setting: str, groups: int, path: str) -> float:
 
 
 def measure_one(args, spec: dict) -> None:
-    import resource
-
     backbone = build_backbone(spec["setting"], args.size, args.device, args.attn, args.cache_dir, args.mode == "lora")
     prompt = prompt_batch(backbone, spec["setting"], args.prompts, args.device)
     module = make_module(backbone, spec["groups"], args.completion, spec["path"] == "shared", args.beta, args.mode)
@@ -227,7 +225,11 @@ def measure_one(args, spec: dict) -> None:
     if args.device.startswith("cuda"):
         print(torch.cuda.max_memory_allocated() / 1024**3)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)  # KiB -> GiB
+        # VmHWM, the peak RSS of this process's own memory: getrusage's ru_maxrss would also count the parent's
+        # RSS at fork time (Linux carries the high-water mark across exec).
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        print(hwm / 1024**2)  # KiB -> GiB
 
 
 def main(argv=None) -> int:
