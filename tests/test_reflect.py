@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.shared_data import SHARED
+from vau.datamodules.annotations import COLUMNS, read_annotations, write_annotations
+from vau.datamodules.reflection import attach_chains, build_chains, reflect_file, reflect_tasks
+from vau.metrics import task_metrics
 from vau.parsing import answer_body, has_strict_format, strict_format
+from vau.rewards import RewardSet
+from vau.tasks import Sample, get_task
+from vau.tasks.reflect import CHAIN_COLUMNS, CONFIRMING, CORRECTIVE, sample_chain
 
 REFLECT_TAGS = ("think", "answer", "reflect", "think", "answer")
 CHAIN = ("<think>first look</think><answer>B</answer>\n<reflect>the key object says otherwise</reflect>"
@@ -27,23 +43,6 @@ def test_the_last_answer_is_the_final_answer():
 
 
 # ------------------------------------------------------------------------------------------- reflect tasks ----
-import json  # noqa: E402
-import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests.shared_data import SHARED  # noqa: E402
-from vau.datamodules.annotations import COLUMNS, read_annotations, write_annotations  # noqa: E402
-from vau.datamodules.reflection import attach_chains, build_chains, reflect_file, reflect_tasks  # noqa: E402
-from vau.metrics import task_metrics  # noqa: E402
-from vau.rewards import RewardSet  # noqa: E402
-from vau.tasks import Sample, get_task  # noqa: E402
-from vau.tasks.reflect import CHAIN_COLUMNS, CONFIRMING, CORRECTIVE, sample_chain  # noqa: E402
-
 REFLECT = ("qa_reflect", "tag_reflect", "cls_reflect", "cls_binary_reflect")
 OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight starts", "Someone steals a bag")
 QA_R = Sample(task="qa_reflect", video="q.mp4", question="What happens?", options=OPTIONS, answer="B",
