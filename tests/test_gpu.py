@@ -31,9 +31,8 @@ STEPS = ["module.optim.lr=1e-6", "module.optim.warmup_ratio=0.0", "trainer.max_s
 
 @pytest.mark.parametrize("mode", ["full fp32 master", "qlora nf4"])
 def test_training_on_the_gpu_keeps_every_small_update(mode, overrides, tmp_path, monkeypatch):
-    from tests.test_precision import UpdateWatch
-
     import vau.trainer
+    from tests.test_precision import UpdateWatch
 
     extra = (["backbone.dtype=float32"] if mode == "full fp32 master" else
              ["backbone.quantization=nf4", "backbone.dtype=bfloat16", "lora.enabled=true", "lora.r=4"])
@@ -59,7 +58,6 @@ def test_training_on_the_gpu_keeps_every_small_update(mode, overrides, tmp_path,
 
 def test_shared_prompt_logits_on_the_gpu_equal_the_repeated_ones(tiny_backbone, demo_root):
     from tests.test_shared_prompt import G, completions, prompts, repeated_logits
-
     from vau.datamodules.encoding import model_inputs
     from vau.modules.shared_prompt import completion_logits
 

@@ -15,7 +15,8 @@ STAGES = {
     "list": "print every registered task, training algorithm, backbone, frame sampler and reward",
     "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary]",
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
-    "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos)",
+    "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos), "
+            "`data reflect` (reflection chains)",
 }
 
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-DATA_USAGE = """usage: python -m vau data <generate|stats|check> [conf=NAME] [key=value ...]
+DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect> [conf=NAME] [key=value ...]
 
   generate   write the demo mini-benchmark of the chosen config (data=demo), e.g. data.generate.n_train=100
   stats      per split / source / task view: kept samples, what was left out and why, class histogram
@@ -148,6 +149,8 @@ DATA_USAGE = """usage: python -m vau data <generate|stats|check> [conf=NAME] [ke
   check      open every video of the annotations; list missing, unreadable and zero-frame ones (no training)
              annotations=FILE[,FILE...] video_root=DIR [video_roots.msad=DIR ...] [workers=2]
              (default folders: the config's data.video_root / data.video_roots); exit code 1 on any problem
+  reflect    add SRVAU-R1 reflection chains (one per row of each reflect task) to an annotation CSV
+             annotations=FILE out=FILE [builder=template] [seed=0] [corrective_ratio=0.5] [tasks=qa_reflect,...]
 
 Other key=value arguments are config overrides, e.g. data=vau_bench data.views.tag_eval_normal=true."""
 
@@ -166,10 +169,14 @@ def _data_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
 
 def _data(argv: list[str]) -> int:
     """``python -m vau data generate|stats|check ...`` (see DATA_USAGE)."""
-    if not argv or argv[0] not in ("generate", "stats", "check"):
+    if not argv or argv[0] not in ("generate", "stats", "check", "reflect"):
         print(f"error: `python -m vau data` takes a subcommand.\n{DATA_USAGE}", file=sys.stderr)
         return 2
     sub = argv[0]
+    if sub == "reflect":  # no config: the annotation file and the builder's options only
+        from vau.datamodules.reflection import main as reflect_main
+
+        return reflect_main(argv[1:])
     conf, own, overrides = _data_args(argv[1:])
     cfg = compose(conf, overrides)
     if sub == "generate":

@@ -346,8 +346,14 @@ class ParsedReply:
 
 
 def has_strict_format(text: str, tags: tuple[str, ...]) -> bool:
-    """:func:`strict_format` plus non-blank content in every tag (so ``<answer> </answer>`` fails)."""
-    return bool(tags) and strict_format(text, tags) and all(extract_tag(text, t) for t in tags)
+    """:func:`strict_format` plus non-blank content in every tag (so ``<answer> </answer>`` fails).
+
+    Every occurrence counts, not only the last: a repeated tag (the reflect format has two ``<think>`` and two
+    ``<answer>`` blocks) with a blank first block fails too.
+    """
+    if not (bool(tags) and strict_format(text, tags)):
+        return False
+    return all(text[start:end].strip() for tag in set(tags) for _, start, end, _ in _tag_spans(text, tag))
 
 
 def parse_reply(text: str, tags: tuple[str, ...] = (), options: Sequence[str] = (),

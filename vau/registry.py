@@ -122,7 +122,9 @@ SAMPLERS = Registry("sampler")
 REWARDS = Registry("reward")
 TASKS = Registry("task")
 ALGORITHMS = Registry("algorithm")
-ALL = {"task": TASKS, "algorithm": ALGORITHMS, "backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS}
+REFLECTORS = Registry("reflection builder")  # builders of SRVAU-R1 reflection chains (`python -m vau data reflect`)
+ALL = {"task": TASKS, "algorithm": ALGORITHMS, "backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS,
+       "reflection builder": REFLECTORS}
 
 
 class PluginImportError(ImportError):
@@ -132,7 +134,7 @@ class PluginImportError(ImportError):
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
 BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
-                   "vau.datamodules.samplers", "vau.rewards")
+                   "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection")
 
 
 def load_builtins() -> None:

@@ -14,7 +14,9 @@ Conventions of the released files (VAU-R1, ``annotations/*.csv``; see docs/data.
   :mod:`vau.datamodules.reasoning` (no ``eval``); the raw cell is kept in ``raw_reasoning``.
 
 Headers are matched ignoring case and surrounding spaces (``start time`` = ``Start Time``); extra columns are
-ignored. Anything unreadable raises :class:`AnnotationError` naming the file, row and column.
+kept verbatim in ``Annotation.extra`` (header -> cell; the reflect tasks read the reflection columns of
+``python -m vau data reflect`` from there, :mod:`vau.tasks.reflect`) and otherwise ignored. Anything unreadable
+raises :class:`AnnotationError` naming the file, row and column.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import csv
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vau.datamodules.reasoning import clean_reasoning, reasoning_format
@@ -80,6 +83,7 @@ class Annotation:
         reasoning: clean text of the Reasoning cell; ``raw_reasoning`` is the cell as written.
         notes: what normalisation did to this row (``answer_from_text``, ``class_respelled``, ...), counted by
             :func:`summarize` and printed by ``python -m vau data stats``.
+        extra: the cells of columns beyond :data:`COLUMNS`, by header as written (stripped); not compared.
     """
 
     video: str
@@ -95,6 +99,7 @@ class Annotation:
     interval: tuple[float, float] | None = None
     raw_reasoning: str = field(default="", compare=False, repr=False)
     notes: tuple[str, ...] = field(default=(), compare=False)
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_normal(self) -> bool:
@@ -208,6 +213,8 @@ def read_annotations(path: str | Path, default_source: str = "") -> list[Annotat
                     f"{list(COLUMNS)} (case and surrounding spaces are ignored)"
                 )
             where = {c: by_key[c.lower()] for c in COLUMNS}
+            known = {c.lower() for c in COLUMNS}
+            others = [(h.strip(), i) for i, h in enumerate(header) if h.strip() and h.strip().lower() not in known]
             rows = []
             for line, record in enumerate(reader, start=2):
                 if not any(cell.strip() for cell in record):
@@ -217,6 +224,8 @@ def read_annotations(path: str | Path, default_source: str = "") -> list[Annotat
                                           f"columns (an unquoted comma or a broken quote?)")
                 cells = {c: record[i].strip() for c, i in where.items()}
                 rows.append(_parse_row(cells, path, line, default_source))
+                if others:
+                    rows[-1] = replace(rows[-1], extra={h: record[i] for h, i in others})
     except UnicodeDecodeError as err:
         raise AnnotationError(f"{path}: not UTF-8 text ({err}); re-save the CSV as UTF-8") from None
     except csv.Error as err:
@@ -288,12 +297,12 @@ def _interval(rec: dict[str, str], path: Path, line: int, anomaly_class: str,
     return interval
 
 
-def write_annotations(path: str | Path, rows: list[dict[str, str]]) -> None:
-    """Write rows (dicts keyed by :data:`COLUMNS`) as a VAU-Bench CSV."""
+def write_annotations(path: str | Path, rows: list[dict[str, str]], columns: Sequence[str] = COLUMNS) -> None:
+    """Write rows (dicts keyed by ``columns``, default :data:`COLUMNS`) as a VAU-Bench CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
 

@@ -9,6 +9,8 @@ Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
 - ``decode_resize`` (default true): resize frames to the backbone's pixel budget at decode time;
   ``decoder`` (``pyav`` | ``decord``; docs/data.md says where they differ); ``decode_threads`` (default 1):
   threads per video; ``frame_cache_dir``: on-disk cache of decoded evaluation clips (null = off).
+- ``reflect``: ``{builder: template, seed: ..., corrective_ratio: ...}`` builds reflection chains for the reflect
+  tasks of the view in memory (:mod:`vau.datamodules.reflection`); null (default) reads chains from the CSV only.
 - ``max_bad_fraction``: read by :class:`vau.callbacks.BadVideoMonitor` (see :mod:`vau.datamodules.dataset`).
 """
 
@@ -100,6 +102,10 @@ class VAUBenchDataModule(L.LightningDataModule):
     def _samples(self, split: str, path: str) -> list[Sample]:
         train = split == "train"
         rows = read_annotations(path)
+        if self.cfg.get("reflect"):  # SRVAU-R1 reflection chains for the reflect tasks, built in memory
+            from vau.datamodules.reflection import attach_chains
+
+            rows = attach_chains(rows, self.tasks, views=self.views, **dict(self.cfg.reflect))
         resolver = VideoResolver(self.cfg.get("video_root"), dict(self.cfg.get("video_roots") or {}))
         limit = (self.cfg.get("limit") or {}).get(split)
         samples: list[Sample] = []

@@ -6,6 +6,8 @@ Built-in tasks (``python -m vau list`` prints them with their row rules):
 - ``tag`` (:mod:`vau.tasks.tag`): temporal anomaly grounding, the reply is ``[start, end]`` in seconds.
 - ``cls`` / ``cls_binary`` (:mod:`vau.tasks.cls`): the anomaly class (20-way), or Anomaly / Normal.
 - ``describe`` (:mod:`vau.tasks.describe`): description + rationale (SFT only).
+- ``qa_reflect``, ``tag_reflect``, ``cls_reflect``, ``cls_binary_reflect`` (:mod:`vau.tasks.reflect`): the scored
+  tasks answered with an initial answer, a self-reflection and a final answer (SRVAU-R1).
 
 One annotation row can yield several samples, one per task (a *view* of the annotations,
 :mod:`vau.datamodules.views`). A plugin module adds a task by registering a :class:`Task` subclass in
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from vau.datamodules.annotations import ANOMALY_CLASSES
 from vau.registry import TASKS, RegistryError
-from vau.tasks import cls, describe, qa, tag  # noqa: F401  (importing registers the built-in tasks)
+from vau.tasks import cls, describe, qa, reflect, tag  # noqa: F401  (importing registers the built-in tasks)
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, ViewOptions
 
 __all__ = ["ANOMALY_CLASSES", "TASKS", "THINK_INSTRUCTION", "Sample", "Task", "ViewOptions", "get_task", "task_names",

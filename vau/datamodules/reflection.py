@@ -1,0 +1,307 @@
+"""Reflection chains for the reflect tasks (SRVAU-R1): builders, and ``python -m vau data reflect``.
+
+A *reflection chain* (:class:`vau.tasks.reflect.Chain`) is what a reflect task's SFT target says before its final
+answer: an initial reasoning and answer, a self-reflection and a revised reasoning. SRVAU-R1 trains on a
+reflection-oriented chain-of-thought dataset; VAU-Bench's annotations have none, so a builder writes them:
+
+- ``template`` (built in, offline, deterministic from a seed): *corrective* chains, whose initial answer is a
+  plausible wrong one (a distractor option for QA, a shifted or shrunk interval for TAG, a confusable class for CLS,
+  the opposite call for binary CLS), whose initial reasoning supports it, whose reflection cites the annotated
+  evidence (key object, description, rationale) that contradicts it, and whose revised reasoning is the annotated
+  rationale; and *confirming* chains, whose initial answer is right and whose reflection checks it against the
+  evidence and keeps it. ``corrective_ratio`` (default 0.5, i.e. 1:1) is the exact share of corrective chains
+  among each task's rows.
+- A builder that asks a model (a local transformers model or an OpenAI-compatible endpoint) is not built yet;
+  it registers in :data:`vau.registry.REFLECTORS` like ``template``: a :class:`ReflectionBuilder` subclass.
+
+Two ways to use the chains:
+
+- ``python -m vau data reflect annotations=FILE out=FILE [builder=template] [seed=0] [corrective_ratio=0.5]
+  [tasks=qa_reflect,...]`` writes the annotation CSV (every cell as read) with the columns of
+  :data:`vau.tasks.reflect.CHAIN_COLUMNS` added: one row per (annotation row, reflect task that keeps it), so a row
+  kept by four reflect tasks appears four times, each with the chain of the task named in ``Chain Task``; a row no
+  reflect task keeps appears once with empty chain columns. Each reflect task keeps only its own rows, so point
+  the reflect tasks at this file and the other tasks (and ``data stats`` counts of them) at the original.
+- ``data.reflect: {builder: template, seed: ..., corrective_ratio: ...}`` in a config: the DataModule builds the
+  chains in memory for the reflect tasks of its view, on every split (:func:`attach_chains`); the rows are not
+  duplicated. The demo reflect experiments use this on the generated benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from vau.datamodules.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation, AnnotationError, read_annotations
+from vau.parsing import interval_iou, is_normal_interval
+from vau.registry import REFLECTORS, TASKS
+from vau.tasks import Sample, Task, get_task
+from vau.tasks.base import DEFAULT_VIEWS, ViewOptions
+from vau.tasks.reflect import CHAIN_COLUMNS, CHAINS_KEY, CONFIRMING, CORRECTIVE, Chain, ReflectMixin
+
+FAILED = "failed"
+
+
+def reflect_tasks() -> list[str]:
+    """Every registered reflect task (built-in and plugin), by name."""
+    return [n for n in TASKS.names() if isinstance(get_task(n), ReflectMixin)]
+
+
+class ReflectionBuilder:
+    """Builds one chain for a (reflect task, sample); subclasses override :meth:`build`.
+
+    Keyword arguments of ``data.reflect`` / the command line other than builder, seed and corrective_ratio reach
+    the constructor.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        self.options = kwargs
+
+    def build(self, task: Task, sample: Sample, corrective: bool, rng: random.Random) -> Chain | None:
+        """A corrective (wrong initial answer) or confirming chain, or None when this sample gets none."""
+        raise NotImplementedError
+
+
+# a wrong class that is easy to mistake for each class (our choice: same kind of event or scene)
+CONFUSABLE = {
+    "Abuse": "Assault", "Agriculture": "Food Safety", "Arrest": "Fighting", "Arson": "Fire", "Assault": "Fighting",
+    "Explosion": "Fire", "Fighting": "Assault", "Fire": "Explosion", "Food Safety": "Agriculture",
+    "Medical Abnormality": "People_falling", "Natural Hazard": "Water_incident", "Object_falling": "People_falling",
+    "People_falling": "Object_falling", "Robbery": "Stealing", "Shooting": "Robbery", "Stealing": "Robbery",
+    "Traffic_accident": "Object_falling", "Vandalism": "Stealing", "Water_incident": "Natural Hazard",
+}
+NORMAL_LOOKALIKES = ("Fighting", "Stealing", "Vandalism", "People_falling")  # wrong calls on a normal clip
+
+
+def _fmt(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if not text or text.endswith((".", "!", "?")) else f"{text}."
+
+
+@REFLECTORS.register("template")
+class TemplateBuilder(ReflectionBuilder):
+    """Offline chains from the annotation: a plausible wrong first answer corrected by the annotated evidence, or a
+    right one confirmed by it (deterministic from the seed)."""
+
+    def build(self, task: Task, sample: Sample, corrective: bool, rng: random.Random) -> Chain | None:
+        if task.truth(sample) is None:
+            return None
+        if not corrective:
+            return task.confirming_chain(sample)
+        wrong = {"choice": self._choice, "interval": self._interval, "class": self._class,
+                 "binary": self._binary}.get(task.answer_kind)
+        made = wrong(task, sample, rng) if wrong is not None else None
+        if made is None:
+            return None
+        answer, reasoning, contradiction = made
+        probe = f"<answer>{answer}</answer><reflect>x</reflect>"
+        if task.parse_initial(probe, sample) is None or task.is_correct(task.initial_accuracy(probe, sample)):
+            return None  # unreadable, or it would score as right: no corrective chain for this sample
+        evidence = task.evidence(sample)
+        return Chain(
+            initial_reasoning=reasoning, initial_answer=answer,
+            reflection=" ".join(p for p in (f"Let me check the answer {answer} against what the video shows.",
+                                            evidence, contradiction) if p),
+            revised_reasoning=task.rationale(sample), kind=CORRECTIVE, task=task.name,
+        )
+
+    # each returns (wrong answer text, initial reasoning supporting it, the sentence that rejects it) or None
+    def _choice(self, task, sample, rng):
+        truth = task.truth(sample)
+        others = [letter for letter, text in zip(LETTERS, sample.options) if letter != truth and text.strip()]
+        if not others or truth not in LETTERS:
+            return None
+        letter = rng.choice(others)
+        text = _sentence(sample.options[LETTERS.index(letter)]).rstrip(".")
+        right = _sentence(sample.options[LETTERS.index(truth)]).rstrip(".")
+        return (letter, f"At first glance the clip seems to match option {letter}: {text}.",
+                f"This does not fit option {letter}; what the video shows is option {truth}: {right}.")
+
+    def _interval(self, task, sample, rng):
+        truth = task.truth(sample)
+        if is_normal_interval(truth):
+            start = round(rng.uniform(0.5, 3.0), 1)
+            wrong = (start, round(start + rng.uniform(1.0, 3.0), 1))
+            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
+                    f"Nothing anomalous happens in the clip, so {_fmt(wrong)} is a false alarm; the answer is "
+                    f"[0.0, 0.0].")
+        start, end = truth
+        length = end - start
+        candidates = [(end - 0.2 * length, end + 0.8 * length),  # shifted later
+                      (start, start + 0.3 * length), (end - 0.3 * length, end)]  # shrunk to one end
+        if start >= 0.8 * length:
+            candidates.append((start - 0.8 * length, start + 0.2 * length))  # shifted earlier
+        rng.shuffle(candidates)
+        for a, b in candidates:
+            wrong = (round(a, 1), round(b, 1))
+            if 0.0 <= wrong[0] < wrong[1] and interval_iou(wrong, truth) < task.correct_threshold:
+                return (_fmt(wrong), f"The unusual activity seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} "
+                                     f"seconds.",
+                        f"{_fmt(wrong)} does not cover the event: it runs from about {start:.1f} to {end:.1f} "
+                        f"seconds.")
+        return None
+
+    def _class(self, task, sample, rng):
+        truth = task.truth(sample)
+        if truth == NORMAL:
+            wrong = rng.choice(NORMAL_LOOKALIKES)
+            reject = f"Nothing anomalous happens, so this is not {wrong}; the clip is Normal."
+        else:
+            wrong = CONFUSABLE.get(truth) or rng.choice([c for c in ANOMALY_CLASSES if c not in (truth, NORMAL)])
+            reject = f"That points to {truth} rather than {wrong}."
+        return wrong, f"The scene looks like {wrong.replace('_', ' ').lower()}.", reject
+
+    def _binary(self, task, sample, rng):
+        if task.truth(sample):
+            return ("Normal", "At first glance nothing in the clip looks out of the ordinary.",
+                    "That is an anomaly, so Normal was wrong.")
+        return ("Anomaly", "At first glance something in the clip looks unusual.",
+                "Nothing here is anomalous, so Anomaly was wrong.")
+
+
+def _keeps(task: Task, ann: Annotation, views: ViewOptions) -> bool:
+    """Rows a reflect task uses for training or for evaluation (a chain file serves either split)."""
+    return task.keeps(ann, True, views) or task.keeps(ann, False, views)
+
+
+def build_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None, builder: str = "template",
+                 seed: int = 0, corrective_ratio: float = 0.5, views: ViewOptions = DEFAULT_VIEWS,
+                 **builder_kwargs) -> tuple[dict[tuple[int, str], Chain | None], Counter]:
+    """One chain per (row, reflect task that keeps the row).
+
+    Per task, an exact ``corrective_ratio`` share of its rows (chosen by a seeded shuffle) is asked for a corrective
+    chain; when the builder cannot make one (no plausible wrong answer) the row gets a confirming chain, and when it
+    can make neither the row is counted as failed (its chain is None: the task's target falls back to a confirming
+    chain built from the annotation).
+
+    Returns:
+        ``{(row index, task): chain or None}`` and the counts ``Counter({(task, kind): n})`` with kind
+        ``corrective`` / ``confirming`` / ``failed``.
+    """
+    ratio = float(corrective_ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"corrective_ratio={corrective_ratio}: give a share between 0 and 1")
+    maker = REFLECTORS.get(builder)(**builder_kwargs)
+    names = reflect_tasks() if tasks is None else [t for t in tasks if isinstance(get_task(t), ReflectMixin)]
+    chains: dict[tuple[int, str], Chain | None] = {}
+    counts: Counter = Counter()
+    for name in names:
+        task = get_task(name)
+        kept = [i for i, ann in enumerate(rows) if _keeps(task, ann, views)]
+        order = list(kept)
+        random.Random(f"{seed}:{name}").shuffle(order)
+        corrective = set(order[: round(ratio * len(order))])
+        for index in kept:
+            sample = task.sample(rows[index])
+            rng = random.Random(f"{seed}:{name}:{index}")
+            chain = maker.build(task, sample, True, rng) if index in corrective else None
+            if chain is None:
+                chain = maker.build(task, sample, False, rng)
+            chains[(index, name)] = chain
+            counts[(name, chain.kind if chain is not None else FAILED)] += 1
+    return chains, counts
+
+
+def attach_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None, **options) -> list[Annotation]:
+    """``rows`` with their chains in ``Annotation.extra`` (the in-memory form the reflect tasks read); rows of no
+    reflect task are returned as they are. ``options`` are those of :func:`build_chains`."""
+    chains, _ = build_chains(rows, tasks, **options)
+    by_row: dict[int, dict[str, Chain]] = {}
+    for (index, name), chain in chains.items():
+        if chain is not None:
+            by_row.setdefault(index, {})[name] = chain
+    return [replace(ann, extra={**ann.extra, CHAINS_KEY: by_row[i]}) if i in by_row else ann
+            for i, ann in enumerate(rows)]
+
+
+def _raw_records(path: Path) -> tuple[list[str], dict[int, list[str]]]:
+    """Header and the records of a CSV by the row numbers :func:`read_annotations` gives them."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        records = {line: record for line, record in enumerate(reader, start=2) if any(c.strip() for c in record)}
+    return header, records
+
+
+def reflect_file(annotations: str | Path, out: str | Path, builder: str = "template", seed: int = 0,
+                 corrective_ratio: float = 0.5, tasks: Iterable[str] | None = None,
+                 views: ViewOptions = DEFAULT_VIEWS, **builder_kwargs) -> Counter:
+    """Write ``annotations`` with reflection chains to ``out`` (see the module doc); returns the counts."""
+    source = Path(annotations)
+    rows = read_annotations(source)
+    chains, counts = build_chains(rows, tasks, builder, seed, corrective_ratio, views, **builder_kwargs)
+    header, records = _raw_records(source)
+    chain_keys = {c.lower() for c in CHAIN_COLUMNS}
+    keep = [i for i, h in enumerate(header) if h.strip().lower() not in chain_keys]  # a re-run replaces old chains
+    columns = [header[i].strip() for i in keep] + list(CHAIN_COLUMNS)
+    by_row: dict[int, list[tuple[str, Chain | None]]] = {}
+    for (index, name), chain in chains.items():
+        by_row.setdefault(index, []).append((name, chain))
+    out_rows = []
+    for index, ann in enumerate(rows):
+        cells = dict(zip(columns, (records[ann.row][i] for i in keep)))
+        for name, chain in by_row.get(index) or [("", None)]:
+            chain_cells = chain.columns() if chain is not None else dict.fromkeys(CHAIN_COLUMNS, "")
+            if chain is None and name:
+                chain_cells["Chain Task"] = name  # failed: the task keeps the row and falls back to confirming
+            out_rows.append({**cells, **chain_cells})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(out_rows)
+    return counts
+
+
+def format_counts(counts: Counter) -> str:
+    """``task: N corrective, N confirming, N failed`` lines, then the totals."""
+    names = sorted({task for task, _ in counts})
+    kinds = (CORRECTIVE, CONFIRMING, FAILED)
+    lines = [f"  {name}: " + ", ".join(f"{counts[(name, k)]} {k}" for k in kinds) for name in names]
+    lines.append("  total: " + ", ".join(f"{sum(counts[(n, k)] for n in names)} {k}" for k in kinds))
+    return "\n".join(lines)
+
+
+USAGE = ("usage: python -m vau data reflect annotations=FILE out=FILE [builder=template] [seed=0] "
+         "[corrective_ratio=0.5] [tasks=qa_reflect,tag_reflect,...] [KEY=VALUE: builder options]")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vau data reflect ...``: returns the exit code (2 for bad arguments or input)."""
+    args = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            print(f"error: {arg!r} is not KEY=VALUE\n{USAGE}", file=sys.stderr)
+            return 2
+        args[key] = value
+    missing = [k for k in ("annotations", "out") if not args.get(k)]
+    if missing:
+        print(f"error: missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}", file=sys.stderr)
+        return 2
+    annotations, out = args.pop("annotations"), args.pop("out")
+    builder = args.pop("builder", "template")
+    try:
+        seed = int(args.pop("seed", 0))
+        ratio = float(args.pop("corrective_ratio", 0.5))
+        tasks = [t for t in args.pop("tasks", "").split(",") if t] or None
+        for name in tasks or ():
+            if not isinstance(get_task(name), ReflectMixin):
+                raise ValueError(f"tasks={name}: not a reflect task; reflect tasks: {', '.join(reflect_tasks())}")
+        counts = reflect_file(annotations, out, builder, seed, ratio, tasks, **args)
+    except (AnnotationError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"reflection chains (builder={builder}, seed={seed}, corrective_ratio={ratio}) for {annotations} -> {out}")
+    print(format_counts(counts))
+    return 0

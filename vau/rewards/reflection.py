@@ -1,0 +1,109 @@
+"""Rewards of reflection-aware replies (SRVAU-R1; the reflect tasks of :mod:`vau.tasks.reflect`).
+
+The format reward (``format``) already asks each sample's task for its tags, so it checks the reflect format
+``<think><answer><reflect><think><answer>``; the ``accuracy`` / ``choice_accuracy`` / ``class_match`` /
+``temporal_iou`` rewards score the final (last) answer. The rewards here read the initial answer too, through
+``Task.parse_initial`` / ``Task.initial_accuracy``, and return None for samples of tasks without them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vau.parsing import _tag_spans  # linear pairing of tags (a regex is quadratic on unclosed ones)
+from vau.registry import REWARDS
+from vau.tasks import Sample, task_of
+
+
+def _reflect_task(sample: Sample):
+    task = task_of(sample)
+    return task if task is not None and callable(getattr(task, "initial_accuracy", None)) else None
+
+
+def _unit(value, default: float) -> float:
+    """A keyword weight clipped to [0, 1] (so the documented range holds whatever a config passes)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return default
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else default
+
+
+@REWARDS.register("self_correction")
+def self_correction(completions: list[str], samples: list[Sample], gain: float = 1.0, loss: float = 1.0,
+                    **ctx) -> list[float | None]:
+    """+gain when the reflection turns a wrong initial answer right, -loss right -> wrong, else 0; range [-1, 1].
+
+    "Right" is the task's own criterion (``Task.is_correct``: exact answers; TAG: IoU >= 0.5). None for samples of
+    tasks without an initial answer (non-reflect tasks), without a ground truth, or replies that do not reflect
+    (no ``<reflect>`` block or no answer before it).
+
+    Args:
+        gain: reward of a wrong -> right correction, clipped to [0, 1].
+        loss: penalty of a right -> wrong change, clipped to [0, 1].
+    """
+    gain, loss = _unit(gain, 1.0), _unit(loss, 1.0)
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = _reflect_task(sample)
+        initial = task.initial_accuracy(text, sample) if task is not None else None
+        if initial is None:
+            out.append(None)
+            continue
+        before, after = task.is_correct(initial), task.is_correct(task.accuracy(text, sample))
+        out.append(gain if after and not before else -loss if before and not after else 0.0)
+    return out
+
+
+@REWARDS.register("iou_gain")
+def iou_gain(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """Final IoU minus initial IoU of a reflecting TAG reply; range [-1, 1].
+
+    None for samples whose task does not answer with an interval or has no initial answer, for an unknown ground
+    truth, and for replies that do not reflect. A missing interval scores IoU 0 on either side.
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = _reflect_task(sample)
+        if task is None or task.answer_kind != "interval":
+            out.append(None)
+            continue
+        initial = task.initial_accuracy(text, sample)
+        final = task.accuracy(text, sample) if initial is not None else None
+        out.append(None if final is None else min(1.0, max(-1.0, float(final) - float(initial))))
+    return out
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+@REWARDS.register("reflection_length")
+def reflection_length(completions: list[str], samples: list[Sample], budget: int = 128, ramp: int = 128,
+                      **ctx) -> list[float | None]:
+    """0 while the <reflect> text is within ``budget`` words, then linearly down to -1 at budget + ramp; range [-1, 0].
+
+    Counts whitespace-separated words of the reply's ``<reflect>`` block (all of them, if it has several), so it
+    needs no tokenizer and behaves the same in training, evaluation and ``score``. None for samples of tasks
+    without a reflection format; 0 for a reply without a reflection (the format reward covers that).
+
+    Args:
+        budget: words a reflection may use for free (>= 0).
+        ramp: words over the budget at which the penalty reaches -1 (>= 1).
+    """
+    budget = max(0.0, _number(budget) if _number(budget) is not None else 128.0)
+    ramp = max(1.0, _number(ramp) if _number(ramp) is not None else 128.0)
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = task_of(sample)
+        if task is None or "reflect" not in tuple(task.format_tags):
+            out.append(None)
+            continue
+        text = text if isinstance(text, str) else ""
+        words = sum(len(text[start:end].split()) for _, start, end, _ in _tag_spans(text, "reflect"))
+        out.append(-min(1.0, max(0.0, (words - budget) / ramp)))
+    return out

@@ -1,0 +1,284 @@
+"""Reflection-aware variants of the scored tasks (SRVAU-R1, arXiv 2602.01004).
+
+A reflect task asks the same question as its base task, but the reply carries an initial reasoning and answer, a
+self-reflection that checks the answer against what the video shows, then a revised reasoning and the final answer::
+
+    <think>initial reasoning</think><answer>initial answer</answer>
+    <reflect>self-reflection</reflect>
+    <think>revised reasoning</think><answer>final answer</answer>
+
+The **last** ``<answer>`` is the final answer everywhere (:func:`vau.parsing.answer_body`): the inherited
+``truth``/``parse``/``accuracy`` read it, so rewards, metrics and ``python -m vau score`` score the final answer and
+a reply without reflection still scores. :meth:`ReflectMixin.parse_initial` reads the answer given before the
+first complete ``<reflect>`` block (None when the reply does not reflect).
+
+Targets (SFT): when the sample carries a reflection chain (``sample.extra["reflection"]``, a :class:`Chain` built by
+``python -m vau data reflect`` or by the DataModule's ``data.reflect`` option) the target is that chain; otherwise a
+*confirming* chain built from the annotation: the initial answer is the truth and the reflection checks it against
+the annotated evidence and keeps it.
+
+A chain reaches a sample through its annotation row: the columns :data:`CHAIN_COLUMNS` of a reflected CSV
+(``Annotation.extra``), or the in-memory map ``Annotation.extra[CHAINS_KEY]`` (task -> :class:`Chain`). A reflected
+CSV holds one row per (annotation row, reflect task); a reflect task keeps only rows whose ``Chain Task`` is
+empty or its own name, so each row is used once per task.
+
+Built-in variants: ``qa_reflect``, ``tag_reflect``, ``cls_reflect``, ``cls_binary_reflect``. A plugin task gets a
+reflect variant the same way: ``class MyReflect(ReflectMixin, MyTask)`` with ``base_task = "my_task"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from vau.datamodules.annotations import ANOMALY_CLASSES, Annotation
+from vau.parsing import extract_tag
+from vau.registry import TASKS
+from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, ViewOptions
+from vau.tasks.cls import AnomalyClassification, BinaryClassification
+from vau.tasks.qa import MultipleChoiceQA
+from vau.tasks.tag import TemporalGrounding
+
+CORRECTIVE = "corrective"
+CONFIRMING = "confirming"
+# The columns `python -m vau data reflect` adds to an annotation CSV (in this order).
+CHAIN_COLUMNS = ("Initial Reasoning", "Initial Answer", "Reflection", "Revised Reasoning", "Chain Kind", "Chain Task")
+CHAINS_KEY = "vau.reflection_chains"  # Annotation.extra key of in-memory chains (task name -> Chain)
+SAMPLE_KEY = "reflection"  # Sample.extra key of the sample's chain
+REFLECT_TAGS = ("think", "answer", "reflect", "think", "answer")
+REFLECT_INSTRUCTION = (
+    "First reason briefly inside <think> </think> and give an initial answer inside <answer> </answer>. "
+    "Then reflect inside <reflect> </reflect>: check that answer against what the video shows. "
+    "Then give your revised reasoning inside <think> </think> and the final answer inside <answer> </answer>."
+)
+_REFLECT_OPEN = re.compile(r"<reflect>", re.IGNORECASE)
+_KEY_EVIDENCE = re.compile(r"^\W*key evidence\W*:\s*(\S.*)$", re.IGNORECASE | re.MULTILINE)
+_FIRST_SENTENCE = re.compile(r".*?(?:[.!?](?=\s|$)|$)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One reflection chain: what the reply teaches before its final answer.
+
+    Attributes:
+        initial_reasoning, initial_answer: the first ``<think>`` and ``<answer>`` (answer text in the task's format).
+        reflection: the ``<reflect>`` text.
+        revised_reasoning: the second ``<think>``; the final answer is always the task's ground truth.
+        kind: ``corrective`` (the initial answer is wrong and the reflection corrects it) or ``confirming``.
+        task: the reflect task the chain was built for ("" = any).
+    """
+
+    initial_reasoning: str
+    initial_answer: str
+    reflection: str
+    revised_reasoning: str
+    kind: str = CONFIRMING
+    task: str = ""
+
+    def columns(self) -> dict[str, str]:
+        """The chain as the cells of :data:`CHAIN_COLUMNS`."""
+        values = (self.initial_reasoning, self.initial_answer, self.reflection, self.revised_reasoning, self.kind,
+                  self.task)
+        return dict(zip(CHAIN_COLUMNS, values))
+
+    @classmethod
+    def from_columns(cls, cells: Mapping[str, Any]) -> Chain | None:
+        """The chain in a row's extra cells (headers matched ignoring case/spaces); None without one."""
+        by_key = {str(k).strip().lower(): "" if v is None else str(v).strip() for k, v in cells.items()}
+        values = [by_key.get(c.lower(), "") for c in CHAIN_COLUMNS]
+        if not (values[1] and values[2]):  # no initial answer or no reflection: no chain
+            return None
+        return cls(*values[:4], kind=values[4] or CONFIRMING, task=values[5])
+
+
+def chain_task(ann: Annotation) -> str:
+    """The ``Chain Task`` cell of a reflected CSV row ("" when the row has none)."""
+    extra = getattr(ann, "extra", None) or {}
+    return next((str(v).strip() for k, v in extra.items() if str(k).strip().lower() == "chain task"), "")
+
+
+def annotation_chain(ann: Annotation, task: str) -> Chain | None:
+    """The chain of ``ann`` for ``task``: an in-memory one first, else the row's chain columns."""
+    extra = getattr(ann, "extra", None) or {}
+    chains = extra.get(CHAINS_KEY)
+    if isinstance(chains, Mapping) and chains.get(task) is not None:
+        return chains[task]
+    chain = Chain.from_columns({k: v for k, v in extra.items() if k != CHAINS_KEY})
+    return chain if chain is not None and chain.task in ("", task) else None
+
+
+def sample_chain(sample: Sample) -> Chain | None:
+    extra = sample.extra if isinstance(sample.extra, dict) else {}
+    chain = extra.get(SAMPLE_KEY)
+    return chain if isinstance(chain, Chain) else None
+
+
+def reflect_body(reply: str) -> str | None:
+    """The reply before its first complete ``<reflect>`` block, or None when it does not reflect."""
+    text = reply if isinstance(reply, str) else ""
+    match = _REFLECT_OPEN.search(text)
+    if match is None or extract_tag(text[match.start():], "reflect") is None:
+        return None
+    return text[:match.start()]
+
+
+def reflects(reply: str) -> bool:
+    """Whether a reply holds a non-blank ``<reflect>`` block."""
+    return bool(extract_tag(reply if isinstance(reply, str) else "", "reflect"))
+
+
+class ReflectMixin:
+    """What every reflect task adds to its base task (listed first among the bases: ``(ReflectMixin, Base)``).
+
+    Attributes:
+        base_task: the registered name of the base task (its metric names are renamed after this task).
+        correct_threshold: an answer whose score (``Task.accuracy``) reaches it counts as correct for the
+            wrong -> right / right -> wrong rates and the ``self_correction`` reward (1 = exact; TAG: IoU 0.5).
+        score_name: the name of the task's main score in metric names (``accuracy``; TAG: ``miou``).
+    """
+
+    base_task: str = ""
+    format_tags = REFLECT_TAGS
+    correct_threshold: float = 1.0
+    score_name: str = "accuracy"
+    default_rewards = {"format": {"weight": 1.0}, "accuracy": {"weight": 1.0}, "self_correction": {"weight": 1.0}}
+
+    # -- rows -------------------------------------------------------------------------------------------------
+    def has_truth(self, ann: Annotation) -> bool:
+        return chain_task(ann) in ("", self.name) and super().has_truth(ann)
+
+    def drop_reason(self, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> str | None:
+        other = chain_task(ann)
+        if other not in ("", self.name):
+            return "reflection chain of another task"
+        return super().drop_reason(ann, train, options)
+
+    def sample(self, ann: Annotation, video_path: str = "") -> Sample:
+        sample = super().sample(ann, video_path)
+        chain = annotation_chain(ann, self.name)
+        return sample if chain is None else replace(sample, extra={**sample.extra, SAMPLE_KEY: chain})
+
+    # -- text -------------------------------------------------------------------------------------------------
+    def prompt(self, sample: Sample) -> str:
+        prompt = super().prompt(sample)
+        if THINK_INSTRUCTION in prompt:
+            return prompt.replace(THINK_INSTRUCTION, REFLECT_INSTRUCTION)
+        return f"{prompt} {REFLECT_INSTRUCTION}"
+
+    def final_answer_text(self, sample: Sample) -> str:
+        """The final answer as the base task's target writes it."""
+        return extract_tag(super().target(sample), "answer") or ""
+
+    def rationale(self, sample: Sample) -> str:
+        return (sample.reasoning or sample.description).strip() or "The video gives no further detail."
+
+    def evidence(self, sample: Sample) -> str:
+        """The annotated evidence a reflection cites: the key object, the description, and the rationale's
+        ``Key Evidence:`` line (else its first sentence) -- not the whole rationale, which the revised reasoning
+        already holds."""
+        parts = []
+        if sample.key_object.strip():
+            parts.append(f"The key object is {' '.join(sample.key_object.split()).rstrip('.')}.")
+        description = " ".join(sample.description.split())
+        if description:
+            parts.append(description if description.endswith((".", "!", "?")) else f"{description}.")
+        reasoning = sample.reasoning.strip()
+        key = _KEY_EVIDENCE.search(reasoning)
+        cited = key.group(1).strip() if key else _FIRST_SENTENCE.match(" ".join(reasoning.split())).group(0).strip()
+        if cited and cited.rstrip(".") not in description:
+            parts.append(f"Key evidence: {cited.rstrip('.')}." if key else cited)
+        return " ".join(parts)
+
+    def confirming_chain(self, sample: Sample) -> Chain:
+        """A chain whose initial answer is the truth and whose reflection checks it against the evidence."""
+        answer = self.final_answer_text(sample)
+        evidence = self.evidence(sample) or "Nothing in the video contradicts it."
+        return Chain(
+            initial_reasoning=self.rationale(sample), initial_answer=answer,
+            reflection=f"Let me check the answer {answer} against what the video shows. {evidence} "
+                       f"This agrees with {answer}, so I keep it.",
+            revised_reasoning="The check found nothing that contradicts the first answer, so it stands.",
+            kind=CONFIRMING, task=self.name,
+        )
+
+    def target(self, sample: Sample) -> str:
+        chain = sample_chain(sample) or self.confirming_chain(sample)
+        revised = chain.revised_reasoning.strip() or self.rationale(sample)
+        return (f"<think>{chain.initial_reasoning.strip() or self.rationale(sample)}</think>\n"
+                f"<answer>{chain.initial_answer.strip()}</answer>\n"
+                f"<reflect>{chain.reflection.strip()}</reflect>\n"
+                f"<think>{revised}</think>\n<answer>{self.final_answer_text(sample)}</answer>")
+
+    # -- answers ----------------------------------------------------------------------------------------------
+    def initial_reply(self, reply: str) -> str | None:
+        """``<answer>initial answer</answer>`` of a reply that reflects, or None (no reflection, no initial answer)."""
+        before = reflect_body(reply)
+        body = extract_tag(before, "answer") if before is not None else None
+        return None if body is None else f"<answer>{body}</answer>"
+
+    def parse_initial(self, reply: str, sample: Sample) -> Any | None:
+        """The answer given before the reflection, parsed like the final one; None when the reply does not reflect."""
+        initial = self.initial_reply(reply)
+        return None if initial is None else self.parse(initial, sample)
+
+    def initial_accuracy(self, reply: str, sample: Sample) -> float | None:
+        """:meth:`accuracy` of the initial answer; None without a truth or without a reflection."""
+        if self.truth(sample) is None:
+            return None
+        initial = self.initial_reply(reply)
+        return None if initial is None else self.accuracy(initial, sample)
+
+    def is_correct(self, score: float | None) -> bool:
+        return score is not None and score >= self.correct_threshold
+
+    def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
+        """The base task's metrics bound to this task (final answer; names renamed after it), plus the initial
+        score, the wrong -> right and right -> wrong rates and the share of replies that reflect."""
+        from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
+
+        out = {}
+        for key, metric in super().metrics(classes).items():
+            if key.startswith(f"{self.base_task}_"):
+                key = f"{self.name}{key[len(self.base_task):]}"
+            out[key if key.startswith(self.name) else f"{self.name}_{key}"] = metric
+        out[f"{self.name}_initial_{self.score_name}"] = InitialScore(self, anomalous_only=self.answer_kind == "interval")
+        out[f"{self.name}_delta_i2c"] = WrongToRight(self)
+        out[f"{self.name}_delta_c2i"] = RightToWrong(self)
+        out[f"{self.name}_reflect_rate"] = ReflectRate(self)
+        return out
+
+
+@TASKS.register("qa_reflect")
+class ReflectQA(ReflectMixin, MultipleChoiceQA):
+    """The qa rows, answered with an initial letter, a self-reflection and a final letter (SRVAU-R1)."""
+
+    base_task = "qa"
+    default_rewards = {"format": {"weight": 1.0}, "choice_accuracy": {"weight": 1.0},
+                       "self_correction": {"weight": 1.0}}
+
+
+@TASKS.register("tag_reflect")
+class ReflectGrounding(ReflectMixin, TemporalGrounding):
+    """The tag rows, answered with an initial interval, a self-reflection and a final [start, end] (SRVAU-R1)."""
+
+    base_task = "tag"
+    correct_threshold = 0.5  # our choice: "right" = IoU >= 0.5, the R@0.5 criterion
+    score_name = "miou"
+    default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}, "iou_gain": {"weight": 1.0}}
+
+
+@TASKS.register("cls_reflect")
+class ReflectClassification(ReflectMixin, AnomalyClassification):
+    """The cls rows, answered with an initial class, a self-reflection and a final class (SRVAU-R1)."""
+
+    base_task = "cls"
+    default_rewards = {"format": {"weight": 1.0}, "class_match": {"weight": 1.0}, "self_correction": {"weight": 1.0}}
+
+
+@TASKS.register("cls_binary_reflect")
+class ReflectBinaryClassification(ReflectMixin, BinaryClassification):
+    """The cls_binary rows, answered Anomaly / Normal first, then after a self-reflection (SRVAU-R1)."""
+
+    base_task = "cls_binary"
