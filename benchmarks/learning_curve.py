@@ -59,8 +59,10 @@ def distinct_answers(run_dir: Path) -> str:
 
 
 def table(values: dict, reward_tag: str, metric_tag: str) -> str:
-    rewards = values.get(reward_tag, [])
-    evals = values.get(metric_tag, [])
+    # One value per step: the last step's scalars can be written twice (vau.callbacks.LogLastStep makes sure a
+    # run's final step is logged even off the log_every_n_steps grid).
+    rewards = sorted(dict(values.get(reward_tag, [])).items())
+    evals = sorted(dict(values.get(metric_tag, [])).items())
     lines = [f"| step | mean {reward_tag} since previous row | held-out {metric_tag} |", "|---:|---:|---:|"]
     previous = -1
     for step, metric in evals:

@@ -84,3 +84,23 @@ def test_fit_with_the_example_plugin_reward(overrides, tmp_path):
     expected = REWARDS.get("brevity")(replies, [None] * len(replies))
     assert metrics["test/reward/brevity"] == pytest.approx(sum(expected) / len(expected))
     assert _scalars(run_dir, "test/reward/brevity")
+
+
+def test_torch_threads_apply_to_the_run_and_are_restored(overrides, tmp_path, monkeypatch):
+    import lightning as L
+    import torch
+
+    import vau.trainer
+
+    seen: list[int] = []
+
+    class Threads(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(torch.get_num_threads())
+
+    real = vau.trainer.build_trainer
+    monkeypatch.setattr("vau.run.build_trainer",
+                        lambda *a, **k: (lambda t: (t.callbacks.append(Threads()), t)[1])(real(*a, **k)))
+    before = torch.get_num_threads()
+    run("fit", compose("demo", [*overrides, f"run_dir={tmp_path}", "test_after_fit=false", "torch_threads=1"]))
+    assert seen == [1] and torch.get_num_threads() == before

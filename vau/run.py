@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vau.callbacks import BadVideoMonitor
@@ -91,12 +92,17 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     algorithm = ALGORITHMS.get(cfg.module.name)  # an unknown name fails before any work
     existed = bool(cfg.get("run_dir")) and Path(cfg.run_dir).exists()
     run_dir = make_run_dir(cfg)
+    threads = torch.get_num_threads()
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     try:
         return _run(stage, cfg, run_dir, algorithm, started)
     except BaseException:
         if not existed:
             remove_unused_run_dir(run_dir, auto_named=not cfg.get("run_dir"))
         raise
+    finally:
+        torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests, notebooks)
 
 
 def remove_unused_run_dir(run_dir: Path, auto_named: bool) -> None:
