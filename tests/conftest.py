@@ -54,3 +54,23 @@ def overrides(cache_dir, demo_root, tmp_path):
         "data.eval_batch_size=2",
         "module.generation.max_new_tokens=8",
     ]
+
+
+@pytest.fixture
+def fit_with(monkeypatch):
+    """``fit_with(cfg, *callbacks)``: ``vau.run.run("fit", cfg)`` with extra Lightning callbacks on its Trainer."""
+    import vau.trainer
+    from vau.run import run
+
+    def fit(cfg, *callbacks):
+        real = vau.trainer.build_trainer
+
+        def with_callbacks(*args, **kwargs):
+            trainer = real(*args, **kwargs)
+            trainer.callbacks.extend(callbacks)
+            return trainer
+
+        monkeypatch.setattr("vau.run.build_trainer", with_callbacks)
+        return run("fit", cfg)
+
+    return fit

@@ -86,11 +86,9 @@ def test_fit_with_the_example_plugin_reward(overrides, tmp_path):
     assert _scalars(run_dir, "test/reward/brevity")
 
 
-def test_torch_threads_apply_to_the_run_and_are_restored(overrides, tmp_path, monkeypatch):
+def test_torch_threads_apply_to_the_run_and_are_restored(overrides, tmp_path, fit_with):
     import lightning as L
     import torch
-
-    import vau.trainer
 
     seen: list[int] = []
 
@@ -98,9 +96,6 @@ def test_torch_threads_apply_to_the_run_and_are_restored(overrides, tmp_path, mo
         def on_train_start(self, trainer, pl_module):
             seen.append(torch.get_num_threads())
 
-    real = vau.trainer.build_trainer
-    monkeypatch.setattr("vau.run.build_trainer",
-                        lambda *a, **k: (lambda t: (t.callbacks.append(Threads()), t)[1])(real(*a, **k)))
     before = torch.get_num_threads()
-    run("fit", compose("demo", [*overrides, f"run_dir={tmp_path}", "test_after_fit=false", "torch_threads=1"]))
+    fit_with(compose("demo", [*overrides, f"run_dir={tmp_path}", "test_after_fit=false", "torch_threads=1"]), Threads())
     assert seen == [1] and torch.get_num_threads() == before

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from vau.config import compose
-from vau.run import run
 
 ON_CPU = os.environ.get("VAU_GPU_TESTS_ON_CPU") == "1"
 pytestmark = [
@@ -30,22 +29,13 @@ STEPS = ["module.optim.lr=1e-6", "module.optim.warmup_ratio=0.0", "trainer.max_s
 
 
 @pytest.mark.parametrize("mode", ["full fp32 master", "qlora nf4"])
-def test_training_on_the_gpu_keeps_every_small_update(mode, overrides, tmp_path, monkeypatch):
-    import vau.trainer
+def test_training_on_the_gpu_keeps_every_small_update(mode, overrides, tmp_path, fit_with):
     from tests.test_precision import UpdateWatch
 
     extra = (["backbone.dtype=float32"] if mode == "full fp32 master" else
              ["backbone.quantization=nf4", "backbone.dtype=bfloat16", "lora.enabled=true", "lora.r=4"])
     watch = UpdateWatch()
-    real = vau.trainer.build_trainer
-
-    def with_watch(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.callbacks.append(watch)
-        return trainer
-
-    monkeypatch.setattr("vau.run.build_trainer", with_watch)
-    run("fit", compose("demo", [*overrides, *STEPS, *extra, f"run_dir={tmp_path}"]))
+    fit_with(compose("demo", [*overrides, *STEPS, *extra, f"run_dir={tmp_path}"]), watch)
     assert all(p.device.type == DEVICE for p in watch.params.values())
     assert all(p.dtype == torch.float32 for p in watch.params.values())
     assert watch.changed_fraction() >= 0.99

@@ -53,19 +53,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_one_precision_mode_keeps_every_small_update(mode, overrides, tmp_path, monkeypatch):
-    import vau.trainer
-
+def test_one_precision_mode_keeps_every_small_update(mode, overrides, tmp_path, fit_with):
     watch = UpdateWatch()
-    real = vau.trainer.build_trainer
-
-    def with_watch(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        trainer.callbacks.append(watch)
-        return trainer
-
-    monkeypatch.setattr("vau.run.build_trainer", with_watch)
-    run("fit", compose("demo", [*overrides, *STEPS, *MODES[mode], f"run_dir={tmp_path}"]))
+    fit_with(compose("demo", [*overrides, *STEPS, *MODES[mode], f"run_dir={tmp_path}"]), watch)
     assert all(p.dtype == torch.float32 for p in watch.params.values()), "trainable weights are fp32 masters"
     assert sum(int(t.sum()) for t in watch.touched.values()) > 0
     assert watch.changed_fraction() >= 0.99, f"{mode}: {watch.changed_fraction():.2%} of the updates landed"

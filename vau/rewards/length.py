@@ -8,7 +8,7 @@ from vau.registry import REWARDS
 from vau.tasks import Sample
 
 
-def _number(value) -> float | None:
+def finite_number(value) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -28,15 +28,15 @@ def overlong_penalty(completions: list[str], samples: list[Sample], buffer: int 
         buffer: width of the linear ramp in tokens; default a quarter of ``max_new_tokens``.
     """
     lengths = ctx.get("completion_lengths")
-    limit = _number(ctx.get("max_new_tokens"))
+    limit = finite_number(ctx.get("max_new_tokens"))
     if lengths is None or limit is None or limit <= 0:
         return [None] * len(completions)
-    ramp = _number(buffer) if buffer is not None else limit / 4
+    ramp = finite_number(buffer) if buffer is not None else limit / 4
     ramp = min(max(ramp or 1.0, 1.0), limit)
     free = limit - ramp
     out: list[float | None] = []
     for index in range(len(completions)):
-        length = _number(lengths[index]) if index < len(lengths) else None
+        length = finite_number(lengths[index]) if index < len(lengths) else None
         if length is None:
             out.append(None)
         elif length >= limit:

@@ -12,6 +12,7 @@ import math
 
 from vau.parsing import _tag_spans  # linear pairing of tags (a regex is quadratic on unclosed ones)
 from vau.registry import REWARDS
+from vau.rewards.length import finite_number
 from vau.tasks import Sample, task_of
 
 
@@ -74,14 +75,6 @@ def iou_gain(completions: list[str], samples: list[Sample], **ctx) -> list[float
     return out
 
 
-def _number(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 @REWARDS.register("reflection_length")
 def reflection_length(completions: list[str], samples: list[Sample], budget: int = 128, ramp: int = 128,
                       **ctx) -> list[float | None]:
@@ -95,8 +88,8 @@ def reflection_length(completions: list[str], samples: list[Sample], budget: int
         budget: words a reflection may use for free (>= 0).
         ramp: words over the budget at which the penalty reaches -1 (>= 1).
     """
-    budget = max(0.0, _number(budget) if _number(budget) is not None else 128.0)
-    ramp = max(1.0, _number(ramp) if _number(ramp) is not None else 128.0)
+    budget = max(0.0, finite_number(budget) if finite_number(budget) is not None else 128.0)
+    ramp = max(1.0, finite_number(ramp) if finite_number(ramp) is not None else 128.0)
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
         task = task_of(sample)
