@@ -9,6 +9,7 @@ from vau.tasks import Sample
 
 
 def finite_number(value) -> float | None:
+    """``value`` as a finite float, or None (rewards read config and context values through it, never raising)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
