@@ -134,19 +134,9 @@ def one_step(module, prompt, optimizer, completion: int, autocast: bool) -> None
     from vau.modules.grpo_loss import completion_mask
 
     device_type = prompt["input_ids"].device.type
-    G = module.G
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        forced = {"do_sample": True, "min_new_tokens": completion}
-        if module.shared_prompt:
-            encoded = None
-            if module.vision_frozen():
-                with torch.no_grad():
-                    encoded = module.backbone.encode_vision(module.model, prompt)
-            ids = module.generate_ids(prompt, completion, times=G, encoded_vision=encoded, **forced)
-            repeated = None
-        else:
-            encoded, repeated = None, module.backbone.repeat_vision(prompt, G)
-            ids = module.generate_ids(repeated, completion, **forced)
+        # The module's own rollout sampling, every completion exactly `completion` tokens (max_new_tokens too).
+        ids, encoded, repeated = module.sample_completions(prompt, min_new_tokens=completion)
         mask, truncated = completion_mask(ids, module.backbone.eos_token_ids)
         rows = ids.shape[0]
         rollout = Rollout(prompt, ids, mask, truncated, [""] * rows, [None] * rows, [None] * rows,

@@ -159,8 +159,21 @@ class GRPOModule(VAUModule):
         from vau.datamodules.encoding import model_inputs
 
         prompt = model_inputs(batch, prompt_only=True)
+        ids, encoded, repeated = self.sample_completions(prompt)
+        # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
+        mask, truncated = completion_mask(ids, self.backbone.eos_token_ids)
+        if self.cfg["mask_truncated_completions"]:
+            mask = mask * (~truncated).float().unsqueeze(1)
+        samples = [s for s in batch["samples"] for _ in range(self.G)]
+        durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
+        return Rollout(prompt, ids, mask, truncated, self.decode(ids), samples, durations, encoded_vision=encoded,
+                       repeated=repeated)
+
+    def sample_completions(self, prompt: dict[str, torch.Tensor], **generate_kwargs):
+        """G sampled completions of every prompt: (ids (B*G, T), frozen vision outputs or None, the prompt
+        repeated G times or None). ``generate_kwargs`` add to / override the configured sampling."""
         sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
-                    "top_k": int(self.cfg["top_k"]) or None}
+                    "top_k": int(self.cfg["top_k"]) or None, **generate_kwargs}
         encoded = repeated = None
         if self.shared_prompt:
             # Each prompt once: generation prefills it once; a frozen vision tower runs once for the whole step.
@@ -173,14 +186,7 @@ class GRPOModule(VAUModule):
         else:
             repeated = self.backbone.repeat_vision(prompt, self.G)
             ids = self.generate_ids(repeated, int(self.cfg["max_new_tokens"]), **sampling)
-        # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
-        mask, truncated = completion_mask(ids, self.backbone.eos_token_ids)
-        if self.cfg["mask_truncated_completions"]:
-            mask = mask * (~truncated).float().unsqueeze(1)
-        samples = [s for s in batch["samples"] for _ in range(self.G)]
-        durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
-        return Rollout(prompt, ids, mask, truncated, self.decode(ids), samples, durations, encoded_vision=encoded,
-                       repeated=repeated)
+        return ids, encoded, repeated
 
     def vision_frozen(self) -> bool:
         """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""
