@@ -171,3 +171,24 @@ def test_qwen3_vl_with_the_demo_pixel_budget_fails_before_reading_weights(tmp_pa
     cfg = compose("demo", ["backbone=qwen3_vl", f"backbone.path={tmp_path / 'never-read'}"]).backbone
     with pytest.raises(ValueError, match=r"backbone\.min_pixels=4096 > backbone\.max_pixels=3136"):
         BACKBONES.get("qwen3_vl")(cfg)
+
+
+def test_two_pass_self_correction_runs_on_every_twin(twin, batch):
+    """The second pass continues each row's conversation (first reply, then the check-request turn) and the model
+    generates from it; the joined reply holds both."""
+    from vau.tasks.base import SECOND_PASS_PROMPT, split_passes
+
+    module = SFTModule(twin, {"name": "adamw", "lr": 1e-3}, "qa", generation={"self_correct": True, "max_new_tokens": 5})
+    prompt = model_inputs(batch, prompt_only=True)
+    first = module.generate_ids(prompt, 5, do_sample=False)
+    second = module.second_pass(prompt, first)
+    tok = twin.processor.tokenizer
+    for row in range(2):
+        kept = second["input_ids"][row][second["attention_mask"][row].bool()]
+        text = tok.decode(kept)
+        assert text.endswith(tok.decode(twin.follow_up_ids(SECOND_PASS_PROMPT))) and SECOND_PASS_PROMPT in text
+        if "mm_token_type_ids" in second:
+            assert (second["mm_token_type_ids"][row][second["attention_mask"][row].bool()] != 0).sum() == \
+                (prompt["mm_token_type_ids"][row] != 0).sum()
+    replies = module.generate_replies(batch)
+    assert len(replies) == 2 and all(split_passes(r) is not None for r in replies)

@@ -205,7 +205,8 @@ def test_self_correction_values():
     assert _reward("self_correction", texts[:2], [QA_R] * 2, gain=0.5, loss=0.25) == [0.5, -0.25]
     assert _reward("self_correction", texts[:2], [QA_R] * 2, gain=7, loss="x") == [1.0, -1.0]  # clipped / default
     qa = Sample(task="qa", video="q.mp4", options=OPTIONS, answer="B")
-    assert _reward("self_correction", [reply("A", "B")], [qa]) == [None]  # not a reflect task
+    # any task's reply that reflects (e.g. a two-pass one) has an initial answer; one that does not, none
+    assert _reward("self_correction", [reply("A", "B"), "<answer>B</answer>"], [qa, qa]) == [1.0, None]
     tag = [reply("[0, 1]", "[4, 7]"), reply("[4, 7]", "[4, 5]"), reply("[1, 2]", "[0, 0]")]
     assert _reward("self_correction", tag, [TAG_R, TAG_R, TAG_R_NORMAL]) == [1.0, -1.0, 1.0]
 

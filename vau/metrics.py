@@ -244,13 +244,22 @@ def task_metrics(task: str | Task, classes: Sequence[str] = ANOMALY_CLASSES) -> 
     return metrics
 
 
-def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES) -> dict[str, Metric]:
+def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
+                 reflection: bool = False) -> dict[str, Metric]:
     """The metrics of every task of a view (one task, or those of ``data.task=mixed``), keyed by log name.
+
+    ``reflection=True`` (two-pass self-correction, ``generation.self_correct``) adds each scored task's reflection
+    metrics (:meth:`vau.tasks.Task.reflection_metrics`: initial score, Δ(i→c), Δ(c→i)) where it lacks them.
 
     A name two tasks both report (``cls`` and ``cls_binary`` both give ``cls_binary_accuracy``) is prefixed with
     each task's name, so the numbers of different tasks never mix; one format rate covers all replies.
     """
     per_task = {name: task_metrics(name, classes) for name in tasks}
+    if reflection:
+        for name, metrics in per_task.items():
+            task = _resolve(name)
+            if task.scored:
+                metrics.update({k: m for k, m in task.reflection_metrics().items() if k not in metrics})
     counts: dict[str, int] = {}
     for metrics in per_task.values():
         for key in metrics:

@@ -371,3 +371,21 @@ def parse_reply(text: str, tags: tuple[str, ...] = (), options: Sequence[str] = 
         interval=parse_interval(text), anomaly_class=parse_class(text, classes),
         anomalous=parse_anomalous(text, classes),
     )
+
+
+# ------------------------------------------------------------------------------------------- reflection ----
+_REFLECT_OPEN = re.compile(r"<reflect>", re.IGNORECASE)
+
+
+def reflect_body(reply: str) -> str | None:
+    """The reply before its first complete ``<reflect>`` block, or None when it does not reflect."""
+    text = reply if isinstance(reply, str) else ""
+    match = _REFLECT_OPEN.search(text)
+    if match is None or extract_tag(text[match.start():], "reflect") is None:
+        return None
+    return text[:match.start()]
+
+
+def reflects(reply: str) -> bool:
+    """Whether a reply holds a non-blank ``<reflect>`` block."""
+    return bool(extract_tag(reply if isinstance(reply, str) else "", "reflect"))

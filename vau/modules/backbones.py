@@ -130,6 +130,24 @@ class Backbone(ABC):
         msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
         return msgs
 
+    def follow_up_ids(self, text: str) -> list[int]:
+        """Token ids that close an assistant reply and ask ``text`` in a new user turn, ending where the next reply
+        starts (the chat template's own layout, e.g. ``<|im_end|> user ... assistant``).
+
+        Two-pass self-correction (``generation.self_correct``) appends them to a first reply (without its closing
+        token) to ask for a second one in the same context, video included.
+        """
+        mark = "\u2063vau-reply\u2063"  # a string no template writes: where the first reply sits
+        messages = [{"role": "user", "content": [{"type": "text", "text": "question"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": mark}]},
+                    {"role": "user", "content": [{"type": "text", "text": text}]}]
+        rendered = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if rendered.count(mark) != 1:
+            raise ValueError(f"{type(self).__name__}: the chat template does not render an assistant turn as given; "
+                             f"override follow_up_ids for this backbone")
+        tail = rendered.split(mark, 1)[1]
+        return list(self.processor.tokenizer(tail, add_special_tokens=False)["input_ids"])
+
     # -- vision tensors -----------------------------------------------------------------------------------------
     @abstractmethod
     def repeat_vision(self, inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:

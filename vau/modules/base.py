@@ -12,11 +12,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from vau.datamodules.encoding import model_inputs
+from vau.datamodules.encoding import TEXT_KEYS, model_inputs
 from vau.datamodules.views import view_tasks
 from vau.metrics import view_metrics
 from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
+from vau.tasks.base import SECOND_PASS_PROMPT, join_passes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ class VAUModule(L.LightningModule):
         backbone: the loaded model + processor.
         optim: config node with ``lr``, ``weight_decay``, ``warmup_ratio``, ``decay``, ``min_lr_ratio``.
         task: the ``data.task`` value: a task name, or ``mixed`` with ``mix`` (its tasks pick the eval metrics).
-        generation: config node for eval generation (``max_new_tokens``).
+        generation: config node for eval generation: ``max_new_tokens``; ``self_correct`` (two-pass
+            self-correction: after each reply, ask in a second user turn to check the answer against the video and
+            answer again; the reply becomes :func:`vau.tasks.base.join_passes` of both and the reflection metrics
+            are reported for every task); ``second_pass_prompt`` (that turn's text).
         predictions_dir: where test predictions (JSON lines usable by ``python -m vau score``) are written.
         rewards: optional :class:`vau.rewards.RewardSet`; its per-reward means are logged on eval replies too.
         mix: the ``data.mix`` node when ``task`` is ``mixed``.
@@ -90,12 +94,15 @@ class VAUModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
         self.optim_cfg = optim
         self.task = task
-        self.max_new_tokens = int((generation or {}).get("max_new_tokens", 64))
+        generation = generation or {}
+        self.max_new_tokens = int(generation.get("max_new_tokens", 64))
+        self.self_correct = bool(generation.get("self_correct", False))
+        self.second_pass_prompt = str(generation.get("second_pass_prompt") or SECOND_PASS_PROMPT)
         self.predictions_dir = predictions_dir
         self.rewards = rewards
         self.tasks = view_tasks(task, mix)
-        self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks))
-        self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks))
+        self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
+        self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
         self._predictions: list[dict] = []
 
     # -- construction from config -----------------------------------------------------------------------------
@@ -179,9 +186,44 @@ class VAUModule(L.LightningModule):
         return self.backbone.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def generate_replies(self, batch: dict[str, Any], max_new_tokens: int | None = None) -> list[str]:
-        """Greedy replies, as text."""
+        """Greedy replies, as text; with ``generation.self_correct`` the two-pass replies (:meth:`second_pass`)."""
         inputs = model_inputs(batch, prompt_only=True)
-        return self.decode(self.generate_ids(inputs, max_new_tokens or self.max_new_tokens, do_sample=False))
+        max_new_tokens = max_new_tokens or self.max_new_tokens
+        first = self.generate_ids(inputs, max_new_tokens, do_sample=False)
+        if not self.self_correct:
+            return self.decode(first)
+        second = self.generate_ids(self.second_pass(inputs, first), max_new_tokens, do_sample=False)
+        return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))]
+
+    def second_pass(self, inputs: dict[str, torch.Tensor], first_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Prompt inputs that continue each conversation after its first reply with the second-pass user turn.
+
+        Each row becomes prompt (without its padding) + first reply (up to its closing token) + the chat template's
+        follow-up turn (:meth:`vau.modules.backbones.Backbone.follow_up_ids`), left-padded again. The vision inputs are
+        reused as they are: the video tokens of each row are unchanged, only text follows them.
+        """
+        follow = torch.tensor(self.backbone.follow_up_ids(self.second_pass_prompt), dtype=torch.long)
+        stops = torch.tensor(sorted({*self.backbone.eos_token_ids, self.backbone.pad_id}), device=first_ids.device)
+        mask = inputs["attention_mask"].bool()
+        rows, types = [], []
+        for row in range(first_ids.shape[0]):
+            reply = first_ids[row]
+            stop = torch.isin(reply, stops).nonzero()
+            reply = reply[: int(stop[0]) if len(stop) else len(reply)].cpu()
+            prompt = inputs["input_ids"][row][mask[row]].cpu()
+            rows.append(torch.cat([prompt, reply, follow]))
+            if "mm_token_type_ids" in inputs:
+                mm = inputs["mm_token_type_ids"][row][mask[row]].cpu()
+                types.append(torch.cat([mm, torch.zeros(len(reply) + len(follow), dtype=mm.dtype)]))
+        width = max(len(r) for r in rows)
+        out = {k: v for k, v in inputs.items() if k not in TEXT_KEYS}
+        out["input_ids"] = torch.stack([torch.cat([r.new_full((width - len(r),), self.backbone.pad_id), r]) for r in rows])
+        out["attention_mask"] = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long),
+                                                        torch.ones(len(r), dtype=torch.long)]) for r in rows])
+        if types:
+            out["mm_token_type_ids"] = torch.stack([torch.cat([t.new_zeros(width - len(t)), t]) for t in types])
+        device = inputs["input_ids"].device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) and k in TEXT_KEYS else v for k, v in out.items()}
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> None:

@@ -3,7 +3,8 @@
 The format reward (``format``) already asks each sample's task for its tags, so it checks the reflect format
 ``<think><answer><reflect><think><answer>``; the ``accuracy`` / ``choice_accuracy`` / ``class_match`` /
 ``temporal_iou`` rewards score the final (last) answer. The rewards here read the initial answer too, through
-``Task.parse_initial`` / ``Task.initial_accuracy``, and return None for samples of tasks without them.
+``Task.parse_initial`` / ``Task.initial_accuracy`` (the answer before the first ``<reflect>`` block; any task's
+two-pass reply under ``generation.self_correct`` has one too), and return None for replies without one.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ def self_correction(completions: list[str], samples: list[Sample], gain: float =
                     **ctx) -> list[float | None]:
     """+gain when the reflection turns a wrong initial answer right, -loss right -> wrong, else 0; range [-1, 1].
 
-    "Right" is the task's own criterion (``Task.is_correct``: exact answers; TAG: IoU >= 0.5). None for samples of
-    tasks without an initial answer (non-reflect tasks), without a ground truth, or replies that do not reflect
-    (no ``<reflect>`` block or no answer before it).
+    "Right" is the task's own criterion (``Task.is_correct``: exact answers; TAG: IoU >= 0.5). None for samples
+    without a ground truth, and for replies that do not reflect (no ``<reflect>`` block or no answer before it).
 
     Args:
         gain: reward of a wrong -> right correction, clipped to [0, 1].

@@ -25,6 +25,34 @@ from typing import Any
 from vau.datamodules.annotations import ANOMALY_CLASSES, NORMAL, Annotation
 
 THINK_INSTRUCTION = "First reason briefly inside <think> </think>, then give the final answer inside <answer> </answer>."
+# Two-pass self-correction (``generation.self_correct``): the second user turn, and what stands between the two replies
+# in the joined reply (a ``<reflect>`` block, so the first answer reads as the initial one everywhere).
+SECOND_PASS_PROMPT = ("Check your answer against what the video shows. If it is wrong, correct it. "
+                      "Answer again in the same format.")
+SECOND_PASS_NOTE = "second pass: asked to check the first answer against the video"
+
+
+def join_passes(first: str, second: str) -> str:
+    """One reply from the two replies of two-pass self-correction: the first, a ``<reflect>`` block, the second.
+
+    Every reader of replies then sees the first reply's answer as the initial answer (:meth:`Task.parse_initial`)
+    and the second's as the final one (the last ``<answer>``), so the reflection metrics, the rewards and
+    ``python -m vau score`` measure what the second pass changed, for any task.
+
+    Example:
+        >>> join_passes("<answer>A</answer>", "<answer>B</answer>")
+        '<answer>A</answer>\n<reflect>second pass: asked to check the first answer against the video</reflect>\n<answer>B</answer>'
+    """
+    return f"{first.strip()}\n<reflect>{SECOND_PASS_NOTE}</reflect>\n{second.strip()}"
+
+
+def split_passes(reply: str) -> tuple[str, str] | None:
+    """The two replies of a :func:`join_passes` reply, or None when ``reply`` is not one."""
+    sep = f"\n<reflect>{SECOND_PASS_NOTE}</reflect>\n"
+    if not isinstance(reply, str) or sep not in reply:
+        return None
+    first, second = reply.rsplit(sep, 1)
+    return first, second
 
 
 @dataclass(frozen=True)
@@ -109,12 +137,17 @@ class Task:
         format_tags: the tags a well-formed reply contains, in order (format rewards and the format rate).
         default_rewards: the reward config a GRPO run of this task starts from (``reward=task`` in config).
         missing_truth: why a row without this task's ground truth is left out (``data stats``, the run log).
+        correct_threshold: an answer whose score (:meth:`accuracy`) reaches it counts as right for the
+            wrong -> right / right -> wrong rates and the ``self_correction`` reward (1 = exact; TAG: IoU 0.5).
+        score_name: the name of the task's main score in metric names (``accuracy``; TAG: ``miou``).
     """
 
     answer_kind: str = "text"
     format_tags: tuple[str, ...] = ("think", "answer")
     default_rewards: Mapping[str, Mapping[str, Any]] = {"format": {"weight": 1.0}, "accuracy": {"weight": 1.0}}
     missing_truth: str = "no ground truth for this task"
+    correct_threshold: float = 1.0
+    score_name: str = "accuracy"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -176,11 +209,55 @@ class Task:
             return None
         return float(self.parse(reply, sample) == truth)
 
+    # -- initial answers (a reply that reflects, or a two-pass reply) ----------------------------------------------
+    def initial_reply(self, reply: str) -> str | None:
+        """``<answer>initial answer</answer>``: the answer given before the reply's first complete ``<reflect>``
+        block, or None when the reply does not reflect (then it has no separate initial answer).
+
+        Reflect tasks (:mod:`vau.tasks.reflect`) ask for such replies; two-pass self-correction
+        (``generation.self_correct``, :func:`join_passes`) writes them for any task.
+        """
+        from vau.parsing import extract_tag, reflect_body
+
+        before = reflect_body(reply)
+        body = extract_tag(before, "answer") if before is not None else None
+        return None if body is None else f"<answer>{body}</answer>"
+
+    def parse_initial(self, reply: str, sample: Sample) -> Any | None:
+        """The answer given before the reflection, parsed like the final one; None when the reply does not reflect."""
+        initial = self.initial_reply(reply)
+        return None if initial is None else self.parse(initial, sample)
+
+    def initial_accuracy(self, reply: str, sample: Sample) -> float | None:
+        """:meth:`accuracy` of the initial answer; None without a truth or without a reflection."""
+        if self.truth(sample) is None:
+            return None
+        initial = self.initial_reply(reply)
+        return None if initial is None else self.accuracy(initial, sample)
+
+    def is_correct(self, score: float | None) -> bool:
+        """Whether an answer of this score counts as right (:attr:`correct_threshold`)."""
+        return score is not None and score >= self.correct_threshold
+
+    def reflection_metrics(self) -> dict:
+        """What a reflection did to the answers, keyed by log name: the initial score, Δ(i→c), Δ(c→i) and the share
+        of replies that reflect (:mod:`vau.reflect_metrics`). Reflect tasks report them always; other tasks when
+        their replies are two-pass (``generation.self_correct``)."""
+        from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
+
+        return {f"{self.name}_initial_{self.score_name}": InitialScore(self, anomalous_only=self.answer_kind == "interval"),
+                f"{self.name}_delta_i2c": WrongToRight(self), f"{self.name}_delta_c2i": RightToWrong(self),
+                f"{self.name}_reflect_rate": ReflectRate(self)}
+
     def follows_format(self, reply: str) -> bool:
         """Whether ``reply`` is in this task's format (the ``format`` reward and the format rate): by default exactly
-        :attr:`format_tags` in order, each once, with non-blank content."""
+        :attr:`format_tags` in order, each once, with non-blank content; a two-pass reply (:func:`join_passes`)
+        when both of its replies are."""
         from vau.parsing import has_strict_format
 
+        passes = split_passes(reply)
+        if passes is not None:
+            return all(has_strict_format(part, tuple(self.format_tags)) for part in passes)
         return has_strict_format(reply, tuple(self.format_tags))
 
     def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vau.datamodules.annotations import ANOMALY_CLASSES, Annotation
-from vau.parsing import extract_tag
+from vau.parsing import extract_tag, reflect_body, reflects  # noqa: F401  (re-exported)
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, ViewOptions
 from vau.tasks.cls import AnomalyClassification, BinaryClassification
@@ -53,7 +53,6 @@ REFLECT_INSTRUCTION = (
     "Then reflect inside <reflect> </reflect>: check that answer against what the video shows. "
     "Then give your revised reasoning inside <think> </think> and the final answer inside <answer> </answer>."
 )
-_REFLECT_OPEN = re.compile(r"<reflect>", re.IGNORECASE)
 _KEY_EVIDENCE = re.compile(r"^\W*key evidence\W*:\s*(\S.*)$", re.IGNORECASE | re.MULTILINE)
 _FIRST_SENTENCE = re.compile(r".*?(?:[.!?](?=\s|$)|$)", re.DOTALL)
 
@@ -115,34 +114,15 @@ def sample_chain(sample: Sample) -> Chain | None:
     return chain if isinstance(chain, Chain) else None
 
 
-def reflect_body(reply: str) -> str | None:
-    """The reply before its first complete ``<reflect>`` block, or None when it does not reflect."""
-    text = reply if isinstance(reply, str) else ""
-    match = _REFLECT_OPEN.search(text)
-    if match is None or extract_tag(text[match.start():], "reflect") is None:
-        return None
-    return text[:match.start()]
-
-
-def reflects(reply: str) -> bool:
-    """Whether a reply holds a non-blank ``<reflect>`` block."""
-    return bool(extract_tag(reply if isinstance(reply, str) else "", "reflect"))
-
-
 class ReflectMixin:
     """What every reflect task adds to its base task (listed first among the bases: ``(ReflectMixin, Base)``).
 
     Attributes:
         base_task: the registered name of the base task (its metric names are renamed after this task).
-        correct_threshold: an answer whose score (``Task.accuracy``) reaches it counts as correct for the
-            wrong -> right / right -> wrong rates and the ``self_correction`` reward (1 = exact; TAG: IoU 0.5).
-        score_name: the name of the task's main score in metric names (``accuracy``; TAG: ``miou``).
     """
 
     base_task: str = ""
     format_tags = REFLECT_TAGS
-    correct_threshold: float = 1.0
-    score_name: str = "accuracy"
     default_rewards = {"format": {"weight": 1.0}, "accuracy": {"weight": 1.0}, "self_correction": {"weight": 1.0}}
 
     # -- rows -------------------------------------------------------------------------------------------------
@@ -211,42 +191,15 @@ class ReflectMixin:
                 f"<reflect>{chain.reflection.strip()}</reflect>\n"
                 f"<think>{revised}</think>\n<answer>{self.final_answer_text(sample)}</answer>")
 
-    # -- answers ----------------------------------------------------------------------------------------------
-    def initial_reply(self, reply: str) -> str | None:
-        """``<answer>initial answer</answer>`` of a reply that reflects, or None (no reflection, no initial answer)."""
-        before = reflect_body(reply)
-        body = extract_tag(before, "answer") if before is not None else None
-        return None if body is None else f"<answer>{body}</answer>"
-
-    def parse_initial(self, reply: str, sample: Sample) -> Any | None:
-        """The answer given before the reflection, parsed like the final one; None when the reply does not reflect."""
-        initial = self.initial_reply(reply)
-        return None if initial is None else self.parse(initial, sample)
-
-    def initial_accuracy(self, reply: str, sample: Sample) -> float | None:
-        """:meth:`accuracy` of the initial answer; None without a truth or without a reflection."""
-        if self.truth(sample) is None:
-            return None
-        initial = self.initial_reply(reply)
-        return None if initial is None else self.accuracy(initial, sample)
-
-    def is_correct(self, score: float | None) -> bool:
-        return score is not None and score >= self.correct_threshold
-
     def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
         """The base task's metrics bound to this task (final answer; names renamed after it), plus the initial
         score, the wrong -> right and right -> wrong rates and the share of replies that reflect."""
-        from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
-
         out = {}
         for key, metric in super().metrics(classes).items():
             if key.startswith(f"{self.base_task}_"):
                 key = f"{self.name}{key[len(self.base_task):]}"
             out[key if key.startswith(self.name) else f"{self.name}_{key}"] = metric
-        out[f"{self.name}_initial_{self.score_name}"] = InitialScore(self, anomalous_only=self.answer_kind == "interval")
-        out[f"{self.name}_delta_i2c"] = WrongToRight(self)
-        out[f"{self.name}_delta_c2i"] = RightToWrong(self)
-        out[f"{self.name}_reflect_rate"] = ReflectRate(self)
+        out.update(self.reflection_metrics())
         return out
 
 
@@ -264,8 +217,6 @@ class ReflectGrounding(ReflectMixin, TemporalGrounding):
     """The tag rows, answered with an initial interval, a self-reflection and a final [start, end] (SRVAU-R1)."""
 
     base_task = "tag"
-    correct_threshold = 0.5  # our choice: "right" = IoU >= 0.5, the R@0.5 criterion
-    score_name = "miou"
     default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}, "iou_gain": {"weight": 1.0}}
 
 

@@ -30,6 +30,8 @@ class TemporalGrounding(Task):
 
     answer_kind = "interval"
     default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}}
+    correct_threshold = 0.5  # our choice: "right" = IoU >= 0.5, the R@0.5 criterion
+    score_name = "miou"
 
     def has_truth(self, ann: Annotation) -> bool:
         return ann.interval is not None
