@@ -8,6 +8,9 @@ interval and the held-out accuracy at its end.
 Usage:
     python benchmarks/learning_curve.py                 # QA, the defaults of the two experiments
     python benchmarks/learning_curve.py --task tag      # TAG: SFT on intervals, then GRPO with temporal IoU
+    python benchmarks/learning_curve.py --task qa_reflect   # SRVAU-R1: SFT on reflection chains, GRPO with the
+                                                            # reflection rewards; before/after table of the
+                                                            # initial/final accuracy and the corrections
     python benchmarks/learning_curve.py -- trainer.max_steps=200   # extra overrides for the GRPO stage
 """
 
@@ -22,7 +25,11 @@ from pathlib import Path
 STAGES = {
     "qa": ("demo_sft_shuffled", "demo_grpo", "train/reward/choice_accuracy", "val/qa_accuracy"),
     "tag": ("demo_sft_tag", "demo_grpo_tag", "train/reward/temporal_iou", "val/tag_miou"),
+    "qa_reflect": ("demo_sft_reflect_qa", "demo_grpo_reflect_qa", "train/reward/choice_accuracy",
+                   "val/qa_reflect_accuracy"),
 }
+# Reflect tasks: what the reflection did, before (the SFT policy) and after GRPO, on the test split.
+REFLECTION = ("initial_accuracy", "accuracy", "delta_i2c", "delta_c2i", "reflect_rate")
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -93,6 +100,24 @@ def main() -> None:
     print(f"stage 2 ({grpo_conf}): {grpo_minutes:.1f} min, test {name} after GRPO: {end:.3f}; "
           f"{distinct_answers(grpo_dir)}\n")
     print(table(scalars(grpo_dir), reward_tag, metric_tag))
+    if args.task.endswith("_reflect"):
+        print()
+        print(reflection_table(args.task, scalars(sft_dir), scalars(grpo_dir)))
+
+
+def reflection_table(task: str, before: dict, after: dict) -> str:
+    """Initial and final accuracy, Δ(i→c), Δ(c→i) and the reflect rate of the test split, before and after GRPO."""
+    def last(values: dict, name: str) -> str:
+        points = values.get(f"test/{task}_{name}")
+        return f"{points[-1][1]:.3f}" if points else "-"
+
+    lines = [f"| {task} (test split) | {' | '.join(REFLECTION)} | Δ(i→c) − Δ(c→i) |",
+             "|---|" + "---:|" * (len(REFLECTION) + 1)]
+    for label, values in (("SFT start", before), ("after GRPO", after)):
+        cells = [last(values, name) for name in REFLECTION]
+        net = "-" if "-" in cells[2:4] else f"{float(cells[2]) - float(cells[3]):+.3f}"
+        lines.append(f"| {label} | {' | '.join(cells)} | {net} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

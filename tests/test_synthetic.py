@@ -58,3 +58,37 @@ def test_generation_is_deterministic_and_cached(tmp_path):
     generate(tmp_path / "a", n_train=4, n_val=1, n_test=1, seed=5, min_seconds=1.0, max_seconds=1.5)
     assert (a / "train.csv").stat().st_mtime_ns == mtime  # same spec: nothing rewritten
     assert (c / "train.csv").read_text() != (a / "train.csv").read_text()
+
+
+def test_distractor_flashes_outside_the_anomaly_and_leaves_other_clips_unchanged(tmp_path):
+    from vau.datamodules.reflection import build_chains
+
+    spec = dict(n_train=8, n_val=1, n_test=1, seed=3, min_seconds=3.0, max_seconds=4.0)
+    plain = generate(tmp_path / "plain", **spec)
+    root = generate(tmp_path / "flash", **spec, distractor_ratio=0.5)
+    rows = read_annotations(root / "train.csv")
+    flashed = [r for r in rows if r.extra["Distractor Class"]]
+    assert 1 <= len(flashed) <= 4  # 4 asked for; a clip whose anomaly leaves no gap gets none
+    for ann in rows:
+        same = (root / "videos" / ann.video).read_bytes() == (plain / "videos" / ann.video).read_bytes()
+        assert same is (ann not in flashed), ann.video
+    for ann in flashed:
+        kind = next(k for k in KINDS if k.anomaly_class == ann.extra["Distractor Class"])
+        assert kind.anomaly_class != ann.anomaly_class and ann.extra["Distractor Option"] == "ABCD"[KINDS.index(kind)]
+        start, end = float(ann.extra["Distractor Start"]), float(ann.extra["Distractor End"])
+        if not ann.is_normal:
+            assert end + 0.3 <= ann.interval[0] + 1e-6 or start - 0.3 >= ann.interval[1] - 1e-6
+        reader = decord.VideoReader(str(root / "videos" / ann.video))
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy().astype(int)
+        times = np.arange(len(reader)) / 8.0
+        # Pixels close to the distractor's colour: present during its flash (a small square), absent well outside
+        # it and the anomaly (the anomaly of another colour never produces them).
+        near = (np.abs(frames - np.array(kind.color)).max(axis=-1) < 40).sum(axis=(1, 2))
+        during = (times >= start + 0.13) & (times < end - 0.13)
+        calm = (times < start - 0.3) | (times >= end + 0.3)
+        assert during.any() and near[during].min() > 100 and near[calm].max() < 20
+    chains, _ = build_chains(rows, tasks=["qa_reflect", "cls_reflect"], corrective_ratio=1.0)
+    for index, ann in enumerate(rows):
+        if ann in flashed:  # the corrective first answer is what a first glance at the flash suggests
+            assert chains[(index, "qa_reflect")].initial_answer == ann.extra["Distractor Option"]
+            assert chains[(index, "cls_reflect")].initial_answer == ann.extra["Distractor Class"]

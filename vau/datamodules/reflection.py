@@ -78,6 +78,28 @@ CONFUSABLE = {
 NORMAL_LOOKALIKES = ("Fighting", "Stealing", "Vandalism", "People_falling")  # wrong calls on a normal clip
 
 
+DISTRACTOR_KEY = "distractor"  # Sample.extra key: what a first glance at the clip may take for the event
+
+
+def distractor_of(ann: Annotation) -> dict[str, object] | None:
+    """The row's distractor columns (the demo generator's ``Distractor Option/Class/Start/End``), or None.
+
+    Returns a dict with ``option`` (a letter or ""), ``class`` (a class name or "") and ``interval`` ((start, end)
+    seconds or None): the event a first glance may mistake for the answer, which corrective chains then use.
+    """
+    cells = {str(k).strip().lower(): str(v).strip() for k, v in (ann.extra or {}).items() if isinstance(v, str)}
+    option, cls = cells.get("distractor option", "").upper(), cells.get("distractor class", "")
+    try:
+        interval = (float(cells["distractor start"]), float(cells["distractor end"]))
+    except (KeyError, ValueError):
+        interval = None
+    if interval is not None and not 0.0 <= interval[0] < interval[1]:
+        interval = None
+    if not (option in LETTERS or cls or interval):
+        return None
+    return {"option": option if option in LETTERS else "", "class": cls, "interval": interval}
+
+
 def _fmt(interval: tuple[float, float]) -> str:
     return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
 
@@ -120,7 +142,8 @@ class TemplateBuilder(ReflectionBuilder):
         others = [letter for letter, text in zip(LETTERS, sample.options) if letter != truth and text.strip()]
         if not others or truth not in LETTERS:
             return None
-        letter = rng.choice(others)
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("option")
+        letter = seen if seen in others else rng.choice(others)
         text = _sentence(sample.options[LETTERS.index(letter)]).rstrip(".")
         right = _sentence(sample.options[LETTERS.index(truth)]).rstrip(".")
         return (letter, f"At first glance the clip seems to match option {letter}: {text}.",
@@ -128,6 +151,13 @@ class TemplateBuilder(ReflectionBuilder):
 
     def _interval(self, task, sample, rng):
         truth = task.truth(sample)
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("interval")
+        if seen is not None and interval_iou(seen, truth) < task.correct_threshold:
+            wrong = (round(seen[0], 1), round(seen[1], 1))
+            fix = ("nothing anomalous happens in the clip, so the answer is [0.0, 0.0]" if is_normal_interval(truth)
+                   else f"the anomaly runs from about {truth[0]:.1f} to {truth[1]:.1f} seconds")
+            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
+                    f"What happens at {_fmt(wrong)} is only a brief flash, not the event: {fix}.")
         if is_normal_interval(truth):
             start = round(rng.uniform(0.5, 3.0), 1)
             wrong = (start, round(start + rng.uniform(1.0, 3.0), 1))
@@ -152,6 +182,11 @@ class TemplateBuilder(ReflectionBuilder):
 
     def _class(self, task, sample, rng):
         truth = task.truth(sample)
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("class")
+        if seen and seen != truth and seen in ANOMALY_CLASSES:
+            reject = (f"Nothing anomalous happens, so this is not {seen}; the clip is Normal." if truth == NORMAL
+                      else f"That points to {truth} rather than {seen}.")
+            return seen, f"The scene looks like {seen.replace('_', ' ').lower()}.", reject
         if truth == NORMAL:
             wrong = rng.choice(NORMAL_LOOKALIKES)
             reject = f"Nothing anomalous happens, so this is not {wrong}; the clip is Normal."
@@ -202,6 +237,9 @@ def build_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None,
         corrective = set(order[: round(ratio * len(order))])
         for index in kept:
             sample = task.sample(rows[index])
+            seen = distractor_of(rows[index])
+            if seen is not None:
+                sample = replace(sample, extra={**sample.extra, DISTRACTOR_KEY: seen})
             rng = random.Random(f"{seed}:{name}:{index}")
             chain = maker.build(task, sample, True, rng) if index in corrective else None
             if chain is None:

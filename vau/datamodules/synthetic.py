@@ -6,6 +6,13 @@ it is. Normal clips have no square
 and the VAU-Bench normal convention (start = end = 0.0, class Normal). Options are listed in one fixed order, so a
 model has to see the colour to answer (see docs/data.md for what this demo does and does not test).
 
+With ``distractor_ratio`` > 0, that share of the clips also shows a *distractor*: a small square of another
+anomaly's colour that flashes for under a second without the tint, outside the anomaly interval. A first glance
+can name the distractor's event (or its time), and the video corrects it: the real anomaly is the large square
+with the tint. The CSVs then carry ``Distractor Option`` / ``Distractor Class`` / ``Distractor Start`` /
+``Distractor End`` columns, which the ``template`` reflection builder uses as the plausible wrong first answer of
+its corrective chains (SRVAU-R1 demo). Clips without a distractor are byte-identical to those of ratio 0.
+
 Example (writes mp4 files)::
 
     from vau.datamodules.synthetic import generate
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vau.datamodules.annotations import LETTERS, write_annotations
+from vau.datamodules.annotations import COLUMNS, LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ QUESTIONS = (
     "What is the most notable event in this clip?",
 )
 SPLITS = ("train", "val", "test")
+DISTRACTOR_COLUMNS = ("Distractor Option", "Distractor Class", "Distractor Start", "Distractor End")
 
 
 def corpus() -> list[str]:
@@ -70,6 +78,44 @@ def _reasoning(kind: Kind) -> str:
     if kind.color is None:
         return "No square appears, so nothing unusual happens."
     return f"A {kind.color_name} square appears, so {kind.option[0].lower() + kind.option[1:].lower()}."
+
+
+def _description_with(kind: Kind, distractor: Kind) -> str:
+    event = ("nothing else appears" if kind.color is None
+             else f"then a {kind.color_name} square appears and the scene turns {kind.color_name}")
+    return (f"A grey dot drifts across a dark scene; a small {distractor.color_name} square flashes briefly; "
+            f"{event}.")
+
+
+def _reasoning_with(kind: Kind, distractor: Kind) -> str:
+    flash = f"The small {distractor.color_name} square only flashes for a moment, without the tint, so it is no event."
+    return f"{flash} {_reasoning(kind)}"
+
+
+def add_distractor(frames: np.ndarray, distractor: Kind, window: tuple[float, float], fps: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Draw a small square of ``distractor``'s colour, without the tint, during ``window`` (seconds); in place."""
+    size = frames.shape[1]
+    side = max(size // 6, 4)
+    cy, cx = rng.integers(0, size - side, size=2)
+    for t in range(frames.shape[0]):
+        if window[0] <= t / fps < window[1]:
+            frames[t, cy:cy + side, cx:cx + side] = distractor.color
+    return frames
+
+
+def distractor_window(interval: tuple[float, float] | None, duration: float,
+                      rng: np.random.Generator) -> tuple[float, float] | None:
+    """A flash of 0.5-0.9 s inside the clip and at least 0.3 s away from the anomaly interval; None when none fits."""
+    length = float(rng.uniform(0.5, 0.9))
+    gaps = [(0.0, duration)] if interval is None else [(0.0, interval[0] - 0.3), (interval[1] + 0.3, duration)]
+    gaps = [(a, b) for a, b in gaps if b - a >= length]
+    if not gaps:
+        return None
+    a, b = gaps[int(rng.integers(len(gaps)))]
+    start = round(float(rng.uniform(a, b - length)), 1)
+    end = round(start + length, 1)
+    return (start, end) if end <= b else None
 
 
 def render_clip(kind: Kind, interval: tuple[float, float] | None, fps: int, n_frames: int, size: int,
@@ -137,13 +183,16 @@ class DemoSpec:
     size: int = 112
     min_seconds: float = 4.0
     max_seconds: float = 8.0
+    distractor_ratio: float = 0.0
     version: int = GENERATOR_VERSION
 
 
 def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
-             size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0) -> Path:
+             size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0,
+             distractor_ratio: float = 0.0) -> Path:
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
+    ``distractor_ratio``: the share of clips (per split, exact) that also show a distractor (module doc).
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
     wait for it and reuse the finished data.
@@ -151,7 +200,10 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     Returns:
         ``root``.
     """
-    spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds)
+    if not 0.0 <= float(distractor_ratio) <= 1.0:
+        raise ValueError(f"distractor_ratio={distractor_ratio}: give a share between 0 and 1 "
+                         f"(data.generate.distractor_ratio)")
+    spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio))
     root = Path(root)
     manifest = root / "demo.json"
     if _matches(manifest, spec):
@@ -199,11 +251,14 @@ def _generate(root: Path, spec: DemoSpec) -> None:
     min_seconds, max_seconds = spec.min_seconds, spec.max_seconds
     log.info("generating the demo mini-benchmark in %s (%d/%d/%d clips)", root, n_train, n_val, n_test)
     rng = np.random.default_rng(seed)
+    # Distractors draw from streams of their own, so the main stream (and every clip without one) is unchanged.
+    flash_rng = np.random.default_rng([seed, 13])
     counts = dict(zip(SPLITS, (n_train, n_val, n_test)))
     for split in SPLITS:
         rows = []
         kinds = [KINDS[i % len(KINDS)] for i in range(counts[split])]
         rng.shuffle(kinds)
+        with_flash = set(flash_rng.permutation(len(kinds))[: round(spec.distractor_ratio * len(kinds))].tolist())
         for i, kind in enumerate(kinds):
             name = f"demo_{split}_{i:04d}.mp4"
             duration = float(rng.uniform(min_seconds, max_seconds))
@@ -213,7 +268,15 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                 length = float(rng.uniform(0.4, 0.7)) * duration
                 start = float(rng.uniform(0.05, 0.95 - length / duration)) * duration
                 interval = (round(start, 1), round(start + length, 1))
-            write_mp4(root / "videos" / name, render_clip(kind, interval, fps, n_frames, size, rng), fps)
+            frames = render_clip(kind, interval, fps, n_frames, size, rng)
+            distractor, window = None, None
+            if i in with_flash:
+                others = [k for k in KINDS if k.color is not None and k is not kind]
+                distractor = others[int(flash_rng.integers(len(others)))]
+                window = distractor_window(interval, n_frames / fps, flash_rng)
+                if window is not None:
+                    add_distractor(frames, distractor, window, fps, flash_rng)
+            write_mp4(root / "videos" / name, frames, fps)
             start_s, end_s = interval if interval is not None else (0.0, 0.0)
             rows.append({
                 "Video Name": name,
@@ -227,9 +290,21 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                 "Start Time": f"{start_s:.1f}",
                 "End Time": f"{end_s:.1f}",
             })
-        write_annotations(root / f"{split}.csv", rows)
+            if spec.distractor_ratio > 0:  # the columns exist in every row of such a file (empty without a flash)
+                flash = distractor is not None and window is not None
+                rows[-1].update({
+                    "Distractor Option": LETTERS[KINDS.index(distractor)] if flash else "",
+                    "Distractor Class": distractor.anomaly_class if flash else "",
+                    "Distractor Start": f"{window[0]:.1f}" if flash else "",
+                    "Distractor End": f"{window[1]:.1f}" if flash else "",
+                })
+                if flash:
+                    rows[-1]["Description"] = _description_with(kind, distractor)
+                    rows[-1]["Reasoning"] = _reasoning_with(kind, distractor)
+        columns = (*COLUMNS, *DISTRACTOR_COLUMNS) if spec.distractor_ratio > 0 else COLUMNS
+        write_annotations(root / f"{split}.csv", rows, columns)
         if split == "train":
-            write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed))
+            write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed), columns)
 
 
 def write_broken_videos(folder: str | Path, fps: int = 8) -> dict[str, Path]:
