@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -299,33 +300,38 @@ def test_score_reports_the_reflect_metrics_of_a_predictions_file(tmp_path, capsy
 
 
 # ------------------------------------------------------------------------------------------------- fits ----
-def test_demo_sft_reflect_qa_fits_two_steps_on_template_chains(overrides, tmp_path, caplog):
-    from vau.config import compose
-    from vau.run import run
-
-    run_dir = tmp_path / "run"
-    cfg = compose("demo_sft_reflect_qa", [*overrides, f"run_dir={run_dir}"])
-    assert cfg.data.reflect.builder == "template"
-    metrics = run("fit", cfg)
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert {"test/qa_reflect_accuracy", "test/qa_reflect_initial_accuracy", "test/qa_reflect_delta_i2c",
-            "test/qa_reflect_delta_c2i", "test/qa_reflect_reflect_rate", "test/format_rate"} <= set(metrics)
-    records = [json.loads(line) for line in (run_dir / "predictions_rank0.jsonl").read_text().splitlines()]
-    assert records and {r["task"] for r in records} == {"qa_reflect"}
+DEMO_REFLECT = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("demo_*reflect*.yaml"))
 
 
-def test_demo_grpo_reflect_qa_fits_two_steps_with_the_reflect_rewards(overrides, tmp_path):
+def test_every_reflect_task_has_demo_experiments():
+    assert {"demo_sft_reflect_qa", "demo_grpo_reflect_qa", "demo_sft_reflect_tag", "demo_grpo_reflect_tag"} <= set(DEMO_REFLECT)
+
+
+@pytest.mark.parametrize("conf", DEMO_REFLECT)
+def test_demo_reflect_experiment_fits_two_steps(conf, overrides, tmp_path):
+    """Every demo reflect experiment trains 2 steps (SFT on template chains; GRPO with the reflect rewards) and
+    reports the reflection metrics of its task."""
     from tests.test_components import _scalars
     from vau.config import compose
     from vau.run import run
 
     run_dir = tmp_path / "run"
-    cfg = compose("demo_grpo_reflect_qa", [*overrides, f"run_dir={run_dir}", "init_from=null",
-                                           "module.grpo.max_new_tokens=8", "module.grpo.num_generations=2"])
+    extra = ["init_from=null", "module.grpo.max_new_tokens=8", "module.grpo.num_generations=2"] if "grpo" in conf else []
+    cfg = compose(conf, [*overrides, f"run_dir={run_dir}", *extra])
+    task = cfg.data.task
     metrics = run("fit", cfg)
-    for name in ("format", "choice_accuracy", "reflection_length"):
-        assert len(_scalars(run_dir, f"train/reward/{name}")) == 2, name
-    assert "test/qa_reflect_accuracy" in metrics and "test/qa_reflect_delta_i2c" in metrics
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    score = get_task(task).score_name
+    assert {f"test/{task}_{score}", f"test/{task}_initial_{score}", f"test/{task}_delta_i2c",
+            f"test/{task}_delta_c2i", f"test/{task}_reflect_rate", "test/format_rate"} <= set(metrics)
+    records = [json.loads(line) for line in (run_dir / "predictions_rank0.jsonl").read_text().splitlines()]
+    assert records and {r["task"] for r in records} == {task}
+    if "grpo" in conf:
+        # self_correction / iou_gain are None for replies that do not reflect (8 tokens here): nothing to log
+        for name in set(cfg.reward) - {"self_correction", "iou_gain"}:
+            assert len(_scalars(run_dir, f"train/reward/{name}")) == 2, name
+    else:
+        assert cfg.data.reflect.builder == "template"
 
 
 def test_the_datamodule_builds_chains_when_data_reflect_asks(overrides, tiny_backbone):
