@@ -109,17 +109,17 @@ def metric_tables(score: dict, fmt: _Format) -> str:
         rows = [("overall", entry.get("overall") or {})]
         rows += [(f"source: {name}", row) for name, row in sorted((entry.get("by_source") or {}).items())]
         rows = [(name, row) for name, row in rows if isinstance(row, dict)]
-        parts.append(f"<h3>{_e(task)}</h3>" + _table(rows, fmt, "rows"))
+        parts.append(f'<div class="card"><h3>{_e(task)}</h3>' + _table(rows, fmt, "rows") + "</div>")
     qa = score.get("qa_position")
     if isinstance(qa, dict):
         row = {"raw": qa.get("raw"), "circular": qa.get("circular")}
         row.update({f"always {letter}": v for letter, v in (qa.get("constant") or {}).items()})
         row["n"] = qa.get("n")
         shifts = ", ".join(str(s) for s in qa.get("shifts") or [])
-        parts.append("<h3>QA: answer position</h3>" + _table([("QA", row)], fmt, "")
-                     + f'<p class="note">raw: original option order; circular: right under every cyclic shift '
-                       f'of the options ({_e(shifts) or "none"}); always X: the accuracy of answering X to every '
-                       f'question.</p>')
+        parts.append('<div class="card"><h3>QA: answer position</h3>' + _table([("QA", row)], fmt, "")
+                     + f'<p class="note">raw: options in their original order; circular: right under every cyclic '
+                       f'shift of the options ({_e(shifts) or "none"}); always X: accuracy of answering X to every '
+                       f"question.</p></div>")
     if not parts:
         return '<p class="note">score.json holds no metric tables.</p>'
     return "".join(parts)
@@ -140,7 +140,7 @@ def plot_figures(score: dict, plot_dir: Path) -> str:
         kind = "svg+xml" if path.suffix.lower() == ".svg" else "png"
         figures.append(f'<figure><img alt="{_e(name)}" src="data:image/{kind};base64,{data}">'
                        f"<figcaption>{_e(name)}</figcaption></figure>")
-    return f'<div class="plots">{"".join(figures)}</div>' if figures else ""
+    return "".join(figures)
 
 
 # ------------------------------------------------------------------------------------------------- clips ----
@@ -278,8 +278,7 @@ def write_html_report(score: dict, out_path, *, plot_dir=None, thumbs: int = THU
 <header><h1>vau score report</h1><dl>{info}</dl>
 <p id="summary" class="summary">{_e("; ".join(facts))}</p></header>
 <section id="metrics"><h2>Metrics <span class="unit">(percent; n = rows in the denominator)</span></h2>
-{metric_tables(score, fmt)}</section>
-{'<section id="plots"><h2>Plots</h2>' + plot_figures(score, plot_dir) + "</section>" if score.get("plots") else ""}
+<div class="cards">{metric_tables(score, fmt)}{plot_figures(score, plot_dir)}</div></section>
 <section id="clips"><h2>Clips</h2>
 <div class="filters">
 <label><input type="checkbox" id="f-wrong"> wrong only</label>

@@ -119,5 +119,9 @@
   filters.text.addEventListener("input", refilter);
   $("prev").addEventListener("click", function () { page -= 1; render(); window.scrollTo(0, $("clips").offsetTop); });
   $("next").addEventListener("click", function () { page += 1; render(); window.scrollTo(0, $("clips").offsetTop); });
+  // A plot is shown small next to the tables; a click shows it at full size.
+  Array.prototype.forEach.call(document.querySelectorAll(".cards figure img"), function (img) {
+    img.addEventListener("click", function () { img.classList.toggle("big"); });
+  });
   refilter();
 })();
