@@ -14,6 +14,7 @@ STAGES = {
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered task, training algorithm, backbone, frame sampler and reward",
     "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary]",
+    "report": "re-render the HTML page of a score: score=DIR/score.json [out=DIR/report.html] [thumbs=8]",
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos), "
             "`data reflect` (reflection chains)",
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             load_plugins()  # tasks of installed plugin packages can be scored too
 
             return score_main(rest)
+        if stage == "report":
+            from vau.html_report import main as report_main
+
+            return report_main(rest)
         if stage == "export":
             from vau.export import main as export_main
 
