@@ -2,7 +2,7 @@
 histogram and per-clip records, computed from samples and prediction records.
 
 One function, :func:`evaluate`, serves both ``python -m vau score`` (samples made from the annotation rows) and the
-test stage of fit/test (the samples the test loader produced; :class:`vau.callbacks.TestReportLogger` logs the
+test stage of fit/test (the samples the test loader produced; :class:`vau.callbacks.ScoreReportLogger` logs the
 result to TensorBoard). Metrics are the tasks' own torchmetrics (:mod:`vau.metrics`), run once per source.
 
 Protocol (as ``score``): every sample given is in its task's denominator, one without a reply counts as an empty
@@ -52,7 +52,15 @@ def short_name(task: str, metric: str) -> str:
 
 
 def _value(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 6)
+    return None if math.isnan(x) else x
+
+
+def _local(metric):
+    """``metric`` computing over this process's updates only: the report is built on one rank from records already
+    gathered, so a torchmetrics sync inside ``compute`` would wait for ranks that never call it."""
+    metric.sync_on_compute = False
+    metric._to_sync = False  # what compute() reads; reset from sync_on_compute only by forward()
+    return metric
 
 
 def _shift(record: Mapping, choice: bool) -> int:
@@ -101,6 +109,7 @@ def group_metrics(task: Task, samples: Sequence[Sample], completions: Sequence[s
     out: dict = {"n": len(samples)}
     counts, names = {}, {}
     for name, metric in metrics.items():
+        metric = _local(metric)
         metric.update(list(completions), list(samples))
         key = short_name(task.name, name)
         out[key] = _value(float(metric.compute()))
@@ -148,7 +157,7 @@ def clip_record(task: Task, sample: Sample, record: Mapping | None) -> dict:
     return {
         "video": sample.video, "task": task.name, "source": sample.source, "anomaly_class": sample.anomaly_class,
         "response": response, "prediction": _display(task, prediction, sample), "truth": _display(task, truth, sample),
-        "score": None if score is None else round(float(score), 6), "correct": bool(correct),
+        "score": None if score is None else float(score), "correct": bool(correct),
         "pred_interval": list(prediction) if interval and prediction is not None else None,
         "true_interval": list(truth) if interval and truth is not None else None,
         "frame_times": extra.get("frame_times"), "video_path": extra.get("video_path") or sample.video_path or None,
@@ -172,7 +181,7 @@ def confusion(task: Task, samples: Sequence[Sample], completions: Sequence[str],
             call = task.anomalous_reply(reply, sample)
             matrix[0 if truth else 1][2 if call is None else (0 if call else 1)] += 1
         return {"task": task.name, "classes": names, "columns": [*names, UNPARSED], "matrix": matrix}
-    metric = ClassAccuracy(classes, task=task)  # its confusion state is the matrix
+    metric = _local(ClassAccuracy(classes, task=task))  # its confusion state is the matrix
     metric.update(list(completions), list(samples))
     full = metric.confusion.to(dtype=int).tolist()
     k = len(classes)
@@ -221,7 +230,8 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
     matched = match(samples, records)
     by_task, replies = matched["samples"], matched["replies"]
     order = task_names()
-    tasks = list(tasks) if tasks is not None else sorted(by_task, key=lambda t: order.index(t) if t in order else 1e9)
+    if tasks is None:  # text tasks (describe) have nothing to score
+        tasks = sorted((t for t in by_task if get_task(t).scored), key=lambda t: order.index(t) if t in order else 1e9)
     classes = tuple(classes) if classes is not None else class_list(samples)
     report: dict = {"tasks": {}, "qa_position": None, "confusion": None, "iou_histogram": None, "clips": [],
                     "unmatched": matched["unmatched"], "duplicates": matched["duplicates"],
@@ -240,6 +250,7 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
             entry["by_source"][source] = group_metrics(task, [s for s, _ in part], [c for _, c in part], classes)
         per_class = task.per_class_metric(classes)
         if per_class is not None:
+            per_class = _local(per_class)
             per_class.update(completions, rows)
             recall, support = per_class.compute().tolist(), per_class.support().tolist()
             entry["per_class"] = {c: {"value": None if math.isnan(r) else round(100.0 * r, 2), "n": int(n)}
