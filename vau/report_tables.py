@@ -49,7 +49,13 @@ def task_table(task: str, entry: Mapping) -> list[str]:
             columns.append(("n", key))
     rows = [[name, *(_pct(g.get(k)) if kind == "value" else str(g["counts"].get(k, 0)) for kind, k in columns)]
             for name, g in groups]
-    return [f"### {task.upper()} (percent)", "", *_table(header, rows)]
+    lines = [f"### {task.upper()} (percent)", "", *_table(header, rows)]
+    if entry.get("per_class"):  # already in percent (the layout of ``score``'s ``per_class`` entry)
+        per_class = [[name, "-" if v["value"] is None else f"{v['value']:.2f}", str(v["n"])]
+                     for name, v in entry["per_class"].items()]
+        lines += ["", f"{task.upper()} per-class accuracy (percent, overall):", "",
+                  *_table(["Class", "Acc.", "n"], per_class)]
+    return lines
 
 
 def position_table(position: Mapping) -> list[str]:
