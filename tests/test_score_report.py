@@ -187,11 +187,12 @@ def test_without_shifted_records_circular_is_absent_and_baselines_still_reported
     assert "Always A" in out and "Circular: -" in out
 
 
-@pytest.mark.parametrize("shift, fragment", [(4, "shifts 0..3"), (-1, "non-negative integer"),
-                                             ("1", "non-negative integer")])
-def test_bad_shift_is_an_error_naming_the_record(bench, tmp_path, capsys, shift, fragment):
+@pytest.mark.parametrize("extra, fragment", [({"shift": 4}, "shifts 0..3"), ({"shift": -1}, "non-negative integer"),
+                                             ({"shift": "1"}, "non-negative integer"),
+                                             ({"shift": 1, "options": "A fire"}, "list of option texts")])
+def test_bad_shift_or_options_is_an_error_naming_the_record(bench, tmp_path, capsys, extra, fragment):
     preds = tmp_path / "p.jsonl"
-    preds.write_text(json.dumps(_qa("msad_Fire_1.mp4", "A", shift)) + "\n")
+    preds.write_text(json.dumps({**_qa("msad_Fire_1.mp4", "A"), **extra}) + "\n")
     assert main([f"annotations={bench}", f"predictions={preds}"]) == 2
     err = capsys.readouterr().err
     assert fragment in err and ("msad_Fire_1.mp4" in err or "line 1" in err)
@@ -316,3 +317,16 @@ def test_ddp_test_stage_reports_the_samples_of_both_ranks(cache_dir, demo_root, 
     text = acc.Tensors("test/report/text_summary")[-1].tensor_proto.string_val[0].decode()
     rows = scored["tasks"]["cls"]["rows"]
     assert scored["tasks"]["cls"]["missing"] == [] and f"| {rows} |" in text.split("### CLS")[1].split("###")[0]
+
+
+def test_report_of_a_task_without_rows_writes_no_empty_plot(tmp_path, capsys):
+    """task=cls on a file whose rows have no known class: the tables say n 0 and no confusion PNG is drawn."""
+    path = tmp_path / "bench.csv"
+    write_annotations(path, [_row("msad_x_1.mp4", "A", "2", "6", "Unheard-of class")])
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps(_qa("msad_x_1.mp4", "A")) + "\n")
+    assert main([f"annotations={path}", f"predictions={preds}", "task=qa,cls", f"report={tmp_path / 'r'}"]) == 0
+    score = json.loads((tmp_path / "r" / "score.json").read_text())
+    assert score["tasks"]["cls"]["overall"]["n"] == 0 and score["tasks"]["cls"]["overall"]["accuracy"] is None
+    assert score["confusion"]["matrix"] == [] and "confusion" not in score["plots"]
+    assert not list((tmp_path / "r").glob("confusion_*.png")) and "| Overall | - |" in capsys.readouterr().out

@@ -76,7 +76,7 @@ def write_plots(report: Mapping, folder: Path) -> dict[str, str]:
     drawn = {}
     for key, draw in (("confusion", confusion_figure), ("iou_histogram", iou_figure)):
         part = report.get(key)
-        if part:
+        if part and (part.get("matrix") or part.get("n")):  # nothing to draw without a scored clip
             name = PLOT_FILES[key].format(task=part["task"])
             save_png(draw(part), Path(folder) / name)
             drawn[key] = name
@@ -90,7 +90,7 @@ def log_report(writer, report: Mapping, step: int, prefix: str = "test") -> list
 
     tags = []
     confusion = report.get("confusion")
-    if confusion:
+    if confusion and confusion["matrix"]:
         tag = f"{prefix}/confusion_{confusion['task']}"
         writer.add_figure(tag, confusion_figure(confusion), global_step=step, close=False)
         tags.append(tag)
