@@ -299,3 +299,59 @@ class VauProgressBar(RichProgressBar):
         if len(self.validation_description) > len(description):
             description = f"{description:{len(self.validation_description)}}"
         return description
+
+
+class ScoreReportLogger(L.Callback):
+    """At the end of the test stage, log the evaluation report of ``python -m vau score`` to TensorBoard: the CLS
+    confusion matrix (figure), the TAG IoU histogram (histogram and figure), per-source scalars and the tables.
+
+    It reads the test replies the module collected (``VAUModule._predictions``, the records of
+    ``predictions_rank*.jsonl``) and the samples of the test batches, and scores them with
+    :func:`vau.report.evaluate`, the function ``score`` uses. Under DDP every rank's samples and records are
+    gathered (``all_gather_object``) and rank 0 alone writes. Lightning runs callbacks' ``on_test_epoch_end``
+    before the module's, which writes and clears the records.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list = []
+        self.report: dict | None = None  # the last report logged (rank 0)
+        self.tags: list[str] = []  # the TensorBoard tags it wrote
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.samples = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(batch, dict):
+            self.samples += list(batch.get("samples") or [])
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        import torch.distributed as dist
+
+        records = list(getattr(pl_module, "_predictions", None) or [])
+        samples = self.samples
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            every: list = [None] * dist.get_world_size()
+            dist.all_gather_object(every, (samples, records))
+            samples = [s for part, _ in every for s in part]
+            records = [r for _, part in every for r in part]
+        if not trainer.is_global_zero or not samples:
+            return
+        writer = _tensorboard(trainer)
+        if writer is None:
+            return
+        from vau.report import evaluate
+        from vau.report_plots import log_report
+
+        self.report = evaluate(samples, records)
+        self.tags = log_report(writer, self.report, trainer.global_step)
+        log.info("test report logged to TensorBoard (%d tags)", len(self.tags))
+
+
+def _tensorboard(trainer):
+    """The SummaryWriter of the trainer's TensorBoard logger, or None without one."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None

@@ -13,7 +13,7 @@ STAGES = {
     "validate": "evaluate on the val split (ckpt_path=PATH|last to load weights)",
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
     "list": "print every registered task, training algorithm, backbone, frame sampler and reward",
-    "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary]",
+    "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary] [report=DIR]",
     "report": "re-render the HTML page of a score: score=DIR/score.json [out=DIR/report.html] [thumbs=8]",
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos), "

@@ -158,6 +158,24 @@ class BinaryAnomalyAccuracy(_Ratio):
         self._add(sum(task.anomalous_reply(c, s) is task.anomalous_truth(s) for c, s in kept), len(kept))
 
 
+class BinaryFalseAlarmRate(_Ratio):
+    """Fraction of normal clips whose classification reply does not call them normal; lower is better.
+
+    Like :class:`FalseAlarmRate` for TAG, a reply that says neither anomalous nor normal counts as a false alarm.
+    The denominator is the task's samples whose truth is normal (``Task.anomalous_truth`` is False).
+    """
+
+    higher_is_better = False
+
+    def __init__(self, task: str | Task = "cls", **kwargs) -> None:
+        super().__init__(task, **kwargs)
+
+    def update(self, completions: list[str], samples: list[Sample]) -> None:
+        task = self.task
+        kept = [(c, s) for c, s in zip(completions, samples) if task.owns(s) and task.anomalous_truth(s) is False]
+        self._add(sum(task.anomalous_reply(c, s) is not False for c, s in kept), len(kept))
+
+
 class _Confusion(Metric):
     """Confusion counts over a fixed class list; the last row/column is "none of the listed classes".
 

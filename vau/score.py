@@ -1,11 +1,17 @@
-"""``python -m vau score annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary] [output=metrics.json]``.
+"""``python -m vau score annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary] [report=DIR] [output=FILE]``.
 
 Scores a predictions file against a VAU-Bench annotation CSV with the metrics of :mod:`vau.metrics` and prints
-the paper's table (percent, two decimals) with the denominator n of every number.
+the paper's tables (percent, two decimals; rows = MSAD / UCF-Crime / ECVA / overall) with the denominator n of
+every number, the answer-position table of QA (raw and circular accuracy beside the constant-letter baselines), the
+CLS confusion matrix and the TAG IoU histogram (:mod:`vau.report`, docs/scoring.md). ``report=DIR`` writes
+DIR/score.json, DIR/score.md and the PNG plots; ``output=FILE`` writes the same JSON as score.json to FILE.
 
 Predictions are either JSON lines, one object per reply (what ``python -m vau test`` writes)::
 
     {"video": "Assault_2.mp4", "task": "qa", "response": "<think>...</think><answer>A</answer>"}
+
+optionally with ``shift`` (QA asked with its options rotated by k: reply letter j answers original option
+(j + k) mod n), ``options`` (as asked), ``frame_times``, ``video_path`` and ``duration`` (copied to the clip list),
 
 or a VAU-R1 style CSV: a ``Video Name`` column plus one or more of ``QA answer`` (qa), ``Temporal Grounding``
 (tag) and ``CLS answer`` / ``Classification`` / ``Anomaly Class`` (cls). Several files may be given separated
@@ -26,14 +32,15 @@ import csv
 import glob
 import io
 import json
-import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
-from vau.metrics import task_metrics
 from vau.parsing import canonical_class
+from vau.report import ReportError, evaluate
+from vau.report_plots import write_plots
+from vau.report_tables import report_tables
 from vau.tasks import ANOMALY_CLASSES, get_task, task_names
 
 
@@ -42,14 +49,11 @@ def scored_tasks() -> list[str]:
     return [n for n in task_names() if get_task(n).scored]
 
 
-KEYS = ("annotations", "predictions", "task", "output")
+KEYS = ("annotations", "predictions", "task", "report", "output")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
-         "[task=NAME[,NAME...]] [output=metrics.json]")
+         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json]")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
                "anomaly class": "cls"}
-LABELS = {"qa_accuracy": "Acc.", "tag_miou": "mIoU", "tag_r30": "R@0.3", "tag_r50": "R@0.5", "tag_r70": "R@0.7",
-          "tag_false_alarm": "FA(normal)", "cls_binary_accuracy": "Bin.Acc.", "cls_accuracy": "Acc.",
-          "cls_macro_f1": "MacroF1", "format_rate": "Format"}
 SHOW = 5  # example names listed per coverage problem
 
 
@@ -63,6 +67,7 @@ class Prediction:
     task: str
     response: str
     where: str  # "file, line N" for messages
+    record: dict = field(default_factory=dict, compare=False)  # the prediction record (JSON lines: every key)
 
 
 # ----------------------------------------------------------------------------------------------- reading ----
@@ -131,8 +136,21 @@ def _read_jsonl(path: Path, text: str) -> list[Prediction]:
             raise ScoreError(f"{where}: key 'video' must be a non-empty file name string")
         if not isinstance(record["response"], str):
             raise ScoreError(f"{where}: key 'response' must be a string (use \"\" for no answer)")
-        rows.append(Prediction(record["video"].strip(), record["task"], record["response"], where))
+        _check_extras(record, where)
+        record = {**record, "video": record["video"].strip()}
+        rows.append(Prediction(record["video"], record["task"], record["response"], where, record))
     return rows
+
+
+def _check_extras(record: dict, where: str) -> None:
+    """The optional keys score reads must have the contract's types (a bad shift would mis-score silently)."""
+    shift = record.get("shift")
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int) or shift < 0):
+        raise ScoreError(f"{where}: key 'shift' must be a non-negative integer (the cyclic option shift k), "
+                         f"got {shift!r}")
+    options = record.get("options")
+    if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
+        raise ScoreError(f"{where}: key 'options' must be a list of option texts as asked, got {options!r}")
 
 
 def _read_csv(path: Path, text: str) -> list[Prediction]:
@@ -158,7 +176,8 @@ def _read_csv(path: Path, text: str) -> list[Prediction]:
         video = record[name_at].strip()
         if not video:
             raise ScoreError(f"{where}, column 'Video Name': empty")
-        rows += [Prediction(video, task, record[i], where) for i, task in columns.items()]
+        rows += [Prediction(video, task, record[i], where, {"video": video, "task": task, "response": record[i]})
+                 for i, task in columns.items()]
     return rows
 
 
@@ -176,49 +195,49 @@ def class_list(annotations: list[Annotation]) -> tuple[str, ...]:
     return (*ANOMALY_CLASSES, *dict.fromkeys(extra))
 
 
-def _percent(value: float) -> float | None:
-    return None if math.isnan(value) else round(100.0 * value, 2)
+def scored_rows(annotations: list[Annotation], predictions: list[Prediction], task: str) -> tuple[list, int]:
+    """The rows ``task`` scores, and how many normal clips were left out.
+
+    Every row with the task's ground truth, except for an interval task (TAG) whose predictions cover no normal
+    clip: then its normal clips are left out (a VAU-R1-protocol test never asks about them), so the false-alarm
+    rate is reported only when normal clips were asked about.
+    """
+    from vau.parsing import is_normal_interval
+
+    spec = get_task(task)
+    kept = [a for a in annotations if spec.has_truth(a)]
+    if spec.answer_kind != "interval":
+        return kept, 0
+    find = _lookup(annotations)
+    normal = [a for a in kept if is_normal_interval(spec.truth(spec.sample(a)))]
+    predicted = {find(p.video).video for p in predictions if p.task == task and find(p.video) is not None}
+    if any(a.video in predicted for a in normal):
+        return kept, 0
+    return [a for a in kept if a not in normal], len(normal)
 
 
 def score(annotations: list[Annotation], predictions: list[Prediction], tasks: list[str]) -> dict:
-    """Compute every metric of ``tasks``; returns the report (values in percent) that ``format_report`` prints."""
+    """The evaluation report of ``tasks`` (:func:`vau.report.evaluate` over the annotation rows) plus coverage.
+
+    ``tasks[t]["metrics"]`` holds percent values keyed by metric name (what ``output=`` has always written);
+    ``overall`` / ``by_source`` hold fractions (contract of ``score.json``).
+    """
     find = _lookup(annotations)
-    replies: dict[tuple[str, str], str] = {}
-    unknown: list[str] = []
-    duplicates = conflicting = 0
-    for p in predictions:
-        ann = find(p.video)
-        if ann is None:
-            unknown.append(p.video)
-            continue
-        key = (ann.video, p.task)
-        if key in replies:
-            duplicates += 1
-            conflicting += replies[key] != p.response
-            continue
-        replies[key] = p.response
-    classes = class_list(annotations)
-    report: dict = {"tasks": {}, "unknown_videos": sorted(set(unknown)), "duplicates": duplicates,
-                    "conflicting_duplicates": conflicting}
+    samples, left_out = [], {}
     for task in tasks:
         spec = get_task(task)
-        kept = [a for a in annotations if spec.has_truth(a)]
-        samples = [spec.sample(a) for a in kept]
-        completions = [replies.get((a.video, task), "") for a in kept]
-        missing = [a.video for a in kept if (a.video, task) not in replies]
-        unscored = sorted(v for v, t in replies if t == task and not spec.has_truth(find(v)))
-        metrics = task_metrics(task, classes)
-        per_class = spec.per_class_metric(classes)
-        entry: dict = {"metrics": {}, "rows": len(kept), "missing": missing, "no_ground_truth": unscored}
-        for name, metric in metrics.items():
-            metric.update(completions, samples)
-            entry["metrics"][name] = {"value": _percent(float(metric.compute())), "n": int(metric.total)}
-        if per_class is not None:
-            per_class.update(completions, samples)
-            recall, support = per_class.compute().tolist(), per_class.support().tolist()
-            entry["per_class"] = {c: {"value": _percent(r), "n": int(n)}
-                                  for c, r, n in zip(classes, recall, support) if n > 0}
-        report["tasks"][task] = entry
+        rows, left_out[task] = scored_rows(annotations, predictions, task)
+        samples += [spec.sample(a) for a in rows]
+    try:
+        report = evaluate(samples, [p.record for p in predictions], tasks, class_list(annotations))
+    except ReportError as err:
+        raise ScoreError(str(err)) from None
+    unknown = sorted({video for video, _ in report["unmatched"] if find(video) is None})
+    for task, entry in report["tasks"].items():
+        entry["no_ground_truth"] = sorted({v for v, t in report["unmatched"] if t == task and find(v) is not None})
+        entry["normal_clips_not_asked"] = left_out[task]
+    report["unknown_videos"] = unknown
+    del report["unmatched"]
     return report
 
 
@@ -226,27 +245,17 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:SHOW]) + (f", ... ({len(names) - SHOW} more)" if len(names) > SHOW else "")
 
 
-def format_report(report: dict, title: str) -> str:
-    """The paper's layout: one block per task, metrics as columns, a value row (percent) and an n row."""
-    lines = [title]
-    for task, entry in report["tasks"].items():
-        names = [k for k in entry["metrics"] if k != "format_rate"] + ["format_rate"]
-        width = max(10, *(len(LABELS.get(k, k)) + 2 for k in names))
-        lines.append("")
-        lines.append(f"{task.upper():<8}" + "".join(f"{LABELS.get(k, k):>{width}}" for k in names))
-        values = [entry["metrics"][k]["value"] for k in names]
-        lines.append(f"{'  %':<8}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{width}}" for v in values))
-        lines.append(f"{'  n':<8}" + "".join(f"{entry['metrics'][k]['n']:>{width}}" for k in names))
-        if entry.get("per_class"):
-            lines.append("  per-class accuracy:")
-            lines += [f"    {c:<24}{v['value']:>8.2f}  n={v['n']}" for c, v in entry["per_class"].items()]
-    lines.append("")
-    lines.append("Coverage:")
+def coverage_lines(report: dict) -> list[str]:
+    """Which rows had no prediction, which predictions were not scored, and repeats."""
+    lines = ["Coverage:"]
     for task, entry in report["tasks"].items():
         missing = entry["missing"]
         lines.append(f"  {task}: {entry['rows'] - len(missing)}/{entry['rows']} annotation rows predicted"
                      + (f"; {len(missing)} without a prediction, counted wrong: {_names(missing)}" if missing else ""))
-        if entry["no_ground_truth"]:
+        if entry.get("normal_clips_not_asked"):
+            lines.append(f"  {task}: no prediction on any of the {entry['normal_clips_not_asked']} normal clips: "
+                         f"they are left out and the false-alarm rate is not measured")
+        if entry.get("no_ground_truth"):
             lines.append(f"  {task}: {len(entry['no_ground_truth'])} predictions for rows without {task} ground "
                          f"truth, not scored: {_names(entry['no_ground_truth'])}")
     if report["unknown_videos"]:
@@ -255,7 +264,24 @@ def format_report(report: dict, title: str) -> str:
     if report["duplicates"]:
         lines.append(f"  {report['duplicates']} repeated predictions ({report['conflicting_duplicates']} with a "
                      f"different reply); the first of each counts")
-    return "\n".join(lines)
+    return lines
+
+
+def format_report(report: dict, title: str) -> str:
+    """The paper's layout (Markdown tables: rows = sources, columns = metrics, with n), then the coverage."""
+    return "\n".join([title, "", report_tables(report), "", *coverage_lines(report)])
+
+
+def write_report(report: dict, text: str, folder: Path) -> dict:
+    """``folder``/score.json, score.md (``text``) and the PNG plots; returns the report with its ``plots``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {**report, "plots": write_plots(report, folder)}
+        (folder / "score.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "score.md").write_text(text + "\n")
+    except OSError as err:
+        raise ScoreError(f"report={folder}: cannot write the report: {err}") from None
+    return report
 
 
 def main(argv: list[str]) -> int:
@@ -277,7 +303,12 @@ def main(argv: list[str]) -> int:
         report.update(annotations=str(args["annotations"]), predictions=[str(f) for f in files])
         title = (f"VAU-Bench scores (percent) of {', '.join(f.name for f in files)} against "
                  f"{Path(args['annotations']).name} ({len(annotations)} rows)")
-        print(format_report(report, title))
+        text = format_report(report, title)
+        print(text)
+        if args.get("report"):
+            folder = Path(args["report"])
+            report = write_report(report, text, folder)
+            print(f"report written to {folder}: score.json, score.md, {', '.join(report['plots'].values()) or 'no plots'}")
         if args.get("output"):
             out = Path(args["output"])
             try:

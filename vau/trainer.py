@@ -10,7 +10,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from vau.callbacks import BadVideoMonitor, LogLastStep, ModelSize, ProgressLog, ReseedOnSetup, VauProgressBar
+from vau.callbacks import (
+    BadVideoMonitor,
+    LogLastStep,
+    ModelSize,
+    ProgressLog,
+    ReseedOnSetup,
+    ScoreReportLogger,
+    VauProgressBar,
+)
 from vau.checkpoints import AtomicCheckpointIO
 from vau.config import ConfigError
 
@@ -49,6 +57,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None) -> L.Trainer:
         ReseedOnSetup(int(cfg.seed)),
         ProgressLog(),  # a line per epoch in the log, which reaches a file when the output is redirected
         LogLastStep(),
+        ScoreReportLogger(),  # the score report (confusion matrix, IoU histogram, per-source table) in TensorBoard
     ]
     if kwargs.get("enable_progress_bar", True) and _RICH_AVAILABLE:
         callbacks.append(VauProgressBar())

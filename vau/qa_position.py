@@ -1,0 +1,96 @@
+"""Position-robust multiple-choice scoring: raw and circular accuracy, and the constant-letter baselines.
+
+VAU-Bench's correct options are skewed towards the first letters (MSAD test: A is right in 68% of the questions),
+so a model that learned "answer A" looks good on raw accuracy. Two numbers expose that:
+
+- the *constant-letter baselines*: the accuracy of always answering A (B, C, D) on the same rows;
+- *circular accuracy*: each question is also asked with its options rotated (``shift`` k = 1..n-1), and a row
+  counts as right only when the reply is right under every shift 0..n-1 (a missing shift counts wrong).
+
+Shift convention (the prediction-record contract): under shift k the option shown with letter i is the original
+option (i + k) mod n, so a reply letter j answers original option (j + k) mod n; shift 0 is the original order.
+
+Example:
+    >>> original_option(0, 1, 4)  # letter A under shift 1 shows original option B
+    1
+    >>> shown_options(("a", "b", "c", "d"), 1)
+    ('b', 'c', 'd', 'a')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from vau.datamodules.annotations import LETTERS
+
+
+def original_option(letter_index: int, shift: int, n: int) -> int:
+    """The original option index that reply letter ``letter_index`` names when the options were shifted by ``shift``."""
+    if n <= 0:
+        raise ValueError(f"a question needs at least one option (got n={n})")
+    return (letter_index + shift) % n
+
+
+def shown_options(options: Sequence[str], shift: int) -> tuple[str, ...]:
+    """The options in the order a question under ``shift`` shows them (letter i shows original option i + shift)."""
+    n = len(options)
+    return tuple(options[original_option(i, shift, n)] for i in range(n))
+
+
+def original_letter(reply_letter: str | None, shift: int, n: int) -> str | None:
+    """The original letter a reply letter answers under ``shift``; None for no (or an out-of-range) letter."""
+    if reply_letter is None or reply_letter not in LETTERS[:n]:
+        return None
+    return LETTERS[original_option(LETTERS.index(reply_letter), shift, n)]
+
+
+def shifted_answer(task, reply: str, sample, shift: int, options: Sequence[str] | None = None) -> str | None:
+    """The original letter ``reply`` chooses when ``sample`` was asked under ``shift``.
+
+    Args:
+        task: the choice task (its ``parse`` reads the letter; an option's full text counts too).
+        reply: the model's reply.
+        sample: the sample in the original option order.
+        shift: the cyclic shift the question was asked with.
+        options: the options as asked, when the prediction record carries them; else the rotated originals.
+    """
+    asked = tuple(options) if options else shown_options(sample.options, shift)
+    letter = task.parse(reply, replace(sample, options=asked))
+    return original_letter(letter, shift, len(sample.options))
+
+
+def constant_baselines(samples: Sequence) -> dict[str, float | None]:
+    """Accuracy of always answering each letter on ``samples`` (their ``answer`` is the correct letter)."""
+    width = max((len(s.options) for s in samples), default=len(LETTERS))
+    return {letter: (sum(s.answer == letter for s in samples) / len(samples) if samples else None)
+            for letter in LETTERS[:width]}
+
+
+def position_scores(task, samples: Sequence, replies: Mapping[tuple[str, int], Mapping]) -> dict:
+    """Raw accuracy, circular accuracy and the constant-letter baselines of ``samples``.
+
+    Args:
+        task: the choice task.
+        samples: the rows (each once) in the denominator.
+        replies: ``(video, shift) -> prediction record`` (``response`` and optional ``options`` as asked).
+
+    Returns:
+        ``{"raw", "circular", "shifts", "n", "constant": {"A": .., ...}}``; ``circular`` is None when no record
+        has a shift other than 0. Fractions in [0, 1] (None without rows).
+    """
+    shifts = sorted({shift for _, shift in replies})
+    n = len(samples)
+
+    def right(sample, shift: int) -> bool:
+        record = replies.get((sample.video, shift))
+        if record is None:
+            return False
+        return shifted_answer(task, record.get("response", ""), sample, shift, record.get("options")) == sample.answer
+
+    raw = sum(right(s, 0) for s in samples)
+    circular = None
+    if any(k != 0 for k in shifts) and n:
+        circular = sum(all(right(s, k) for k in range(len(s.options))) for s in samples) / n
+    return {"raw": raw / n if n else None, "circular": circular, "shifts": shifts or [0], "n": n,
+            "constant": constant_baselines(samples)}

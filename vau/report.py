@@ -1,0 +1,277 @@
+"""The evaluation report: per-source task metrics, position-robust QA, the CLS confusion matrix, the TAG IoU
+histogram and per-clip records, computed from samples and prediction records.
+
+One function, :func:`evaluate`, serves both ``python -m vau score`` (samples made from the annotation rows) and the
+test stage of fit/test (the samples the test loader produced; :class:`vau.callbacks.ScoreReportLogger` logs the
+result to TensorBoard). Metrics are the tasks' own torchmetrics (:mod:`vau.metrics`), run once per source.
+
+Protocol (as ``score``): every sample given is in its task's denominator, one without a reply counts as an empty
+(wrong) reply; the first record of a (video, task, shift) counts. Records with a ``shift`` other than 0 are used
+only by the position analysis (:mod:`vau.qa_position`). Values in ``overall`` / ``by_source`` are fractions in
+[0, 1] (None when a metric has no rows); ``counts`` holds each metric's denominator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vau.metrics import BinaryFalseAlarmRate, ClassAccuracy, task_metrics
+from vau.parsing import canonical_class, is_normal_interval
+from vau.qa_position import position_scores
+from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task
+
+SOURCES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}
+IOU_EDGES = [round(i / 10, 1) for i in range(11)]
+CORRECT_IOU = 0.5  # a TAG clip counts as "correct" in the clip list at IoU >= 0.5 (the R@0.5 criterion)
+UNPARSED = "unparsed"
+
+
+class ReportError(ValueError):
+    """A prediction record the report cannot use (e.g. a shift outside the question's options)."""
+
+
+def source_name(source: str) -> str:
+    """Display name of a source key (``ucf`` -> ``UCF-Crime``); an unknown key as given, "" as ``unknown``."""
+    return SOURCES.get(source, source or "unknown")
+
+
+def source_order(sources) -> list[str]:
+    """The paper's source order (MSAD, UCF-Crime, ECVA), then other sources by name."""
+    present = set(sources)
+    return [s for s in SOURCES if s in present] + sorted(present - set(SOURCES))
+
+
+def short_name(task: str, metric: str) -> str:
+    """The metric's name without its task prefix (``qa_accuracy`` -> ``accuracy``, ``tag_r50`` -> ``r50``)."""
+    for prefix in (f"{task}_", f"{task.split('_')[0]}_"):
+        if metric.startswith(prefix) and len(metric) > len(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
+def _value(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _local(metric):
+    """``metric`` computing over this process's updates only: the report is built on one rank from records already
+    gathered, so a torchmetrics sync inside ``compute`` would wait for ranks that never call it."""
+    metric.sync_on_compute = False
+    metric._to_sync = False  # what compute() reads; reset from sync_on_compute only by forward()
+    return metric
+
+
+def _shift(record: Mapping, choice: bool) -> int:
+    shift = record.get("shift", 0) if choice else 0
+    return 0 if shift is None else int(shift)
+
+
+def match(samples: Sequence[Sample], records: Sequence[Mapping]) -> dict:
+    """Pair records with samples by (task, video name, or its stem) and shift; the first record of each counts.
+
+    Returns ``{"samples": {task: [sample, ...]}, "replies": {(task, video, shift): record}, "unmatched":
+    [(video, task)], "duplicates": n, "conflicting_duplicates": n}`` (a repeated sample is kept once).
+    """
+    by_task: dict[str, dict[str, Sample]] = {}
+    for s in samples:
+        by_task.setdefault(s.task, {}).setdefault(s.video, s)
+    stems = {t: {Path(v).stem: s for v, s in vs.items()} for t, vs in by_task.items()}
+    replies: dict[tuple[str, str, int], Mapping] = {}
+    unmatched, duplicates, conflicting = [], 0, 0
+    for record in records:
+        task, video = record["task"], record["video"]
+        sample = by_task.get(task, {}).get(video) or stems.get(task, {}).get(Path(video).stem)
+        if sample is None:
+            unmatched.append((video, task))
+            continue
+        shift = _shift(record, get_task(task).answer_kind == "choice")
+        if not 0 <= shift < max(1, len(sample.options)):
+            raise ReportError(f"prediction for {video} ({task}) has shift {shift}; a question with "
+                              f"{len(sample.options)} options takes shifts 0..{len(sample.options) - 1}")
+        key = (task, sample.video, shift)
+        if key in replies:
+            duplicates += 1
+            conflicting += replies[key].get("response") != record.get("response")
+            continue
+        replies[key] = record
+    return {"samples": {t: list(vs.values()) for t, vs in by_task.items()}, "replies": replies,
+            "unmatched": unmatched, "duplicates": duplicates, "conflicting_duplicates": conflicting}
+
+
+def group_metrics(task: Task, samples: Sequence[Sample], completions: Sequence[str],
+                  classes: Sequence[str]) -> dict:
+    """The task's metrics over one group of samples: ``{"n", <short name>: fraction, "counts": {...}}``."""
+    metrics = dict(task_metrics(task, classes))
+    if task.answer_kind in ("class", "binary"):
+        metrics[f"{task.name}_false_alarm"] = BinaryFalseAlarmRate(task)
+    out: dict = {"n": len(samples)}
+    counts, names = {}, {}
+    for name, metric in metrics.items():
+        metric = _local(metric)
+        metric.update(list(completions), list(samples))
+        key = short_name(task.name, name)
+        out[key] = _value(float(metric.compute()))
+        counts[key], names[key] = int(metric.total), name
+    out["counts"], out["names"] = counts, names
+    return out
+
+
+def percent_metrics(group: Mapping) -> dict:
+    """``{log name: {"value": percent (2 decimals) or None, "n"}}`` of a :func:`group_metrics` result (the layout
+    of ``score``'s ``metrics`` entry since its first version)."""
+    return {name: {"value": None if group[key] is None else round(100.0 * group[key], 2), "n": group["counts"][key]}
+            for key, name in group["names"].items()}
+
+
+def _display(task: Task, value, sample: Sample) -> str | None:
+    if value is None:
+        return None
+    if task.answer_kind == "choice":
+        index = "ABCD".find(str(value))
+        text = sample.options[index] if 0 <= index < len(sample.options) else ""
+        return f"{value}. {text}" if text else str(value)
+    if task.answer_kind == "interval":
+        start, end = value
+        return "normal [0.0, 0.0]" if is_normal_interval(value) else f"[{float(start):.1f}, {float(end):.1f}]"
+    if task.answer_kind == "binary":
+        return "Anomaly" if value else "Normal"
+    return str(value)
+
+
+def clip_record(task: Task, sample: Sample, record: Mapping | None) -> dict:
+    """One clip of the report: reply, prediction and truth as display text, score (TAG: IoU) and correctness."""
+    response = (record or {}).get("response", "")
+    truth = task.truth(sample)
+    prediction = task.parse(response, sample)
+    score = task.accuracy(response, sample)
+    if hasattr(task, "is_correct"):
+        correct = task.is_correct(score)
+    elif task.answer_kind == "interval":
+        correct = score is not None and score >= CORRECT_IOU
+    else:
+        correct = score is not None and score >= 1.0
+    interval = task.answer_kind == "interval"
+    extra = record or {}
+    return {
+        "video": sample.video, "task": task.name, "source": sample.source, "anomaly_class": sample.anomaly_class,
+        "response": response, "prediction": _display(task, prediction, sample), "truth": _display(task, truth, sample),
+        "score": None if score is None else float(score), "correct": bool(correct),
+        "pred_interval": list(prediction) if interval and prediction is not None else None,
+        "true_interval": list(truth) if interval and truth is not None else None,
+        "frame_times": extra.get("frame_times"), "video_path": extra.get("video_path") or sample.video_path or None,
+        "duration": extra.get("duration"), "missing": record is None,
+    }
+
+
+def confusion(task: Task, samples: Sequence[Sample], completions: Sequence[str], classes: Sequence[str]) -> dict:
+    """Truth rows x predicted columns over the classes that occur, plus an ``unparsed`` column.
+
+    A class task uses the confusion counts of :class:`vau.metrics.ClassAccuracy`; a binary task counts
+    Anomaly / Normal calls.
+    """
+    if task.answer_kind == "binary":
+        names = ["Anomaly", "Normal"]
+        matrix = [[0, 0, 0], [0, 0, 0]]
+        for sample, reply in zip(samples, completions):
+            truth = task.anomalous_truth(sample)
+            if truth is None:
+                continue
+            call = task.anomalous_reply(reply, sample)
+            matrix[0 if truth else 1][2 if call is None else (0 if call else 1)] += 1
+        return {"task": task.name, "classes": names, "columns": [*names, UNPARSED], "matrix": matrix}
+    metric = _local(ClassAccuracy(classes, task=task))  # its confusion state is the matrix
+    metric.update(list(completions), list(samples))
+    full = metric.confusion.to(dtype=int).tolist()
+    k = len(classes)
+    keep = [i for i in range(k) if any(full[i]) or any(row[i] for row in full)]
+    rows = keep + ([k] if any(full[k]) else [])  # truths outside the class list (none when it covers the data)
+    names = [classes[i] for i in keep]
+    return {"task": task.name, "classes": names + (["other"] if len(rows) > len(keep) else []),
+            "columns": [*names, UNPARSED], "matrix": [[full[r][c] for c in [*keep, k]] for r in rows]}
+
+
+def iou_histogram(task: Task, samples: Sequence[Sample], completions: Sequence[str]) -> dict:
+    """Counts of the TAG IoUs of anomalous clips (no parseable interval = IoU 0) in 10 bins of [0, 1]; the last
+    bin holds IoU 1."""
+    ious = [task.accuracy(r, s) for s, r in zip(samples, completions)
+            if task.truth(s) is not None and not is_normal_interval(task.truth(s))]
+    counts = [0] * (len(IOU_EDGES) - 1)
+    for iou in ious:  # comparisons with the edges, so a clip counted by R@0.5 is in a bin from 0.5 up
+        counts[sum(iou >= edge for edge in IOU_EDGES[1:-1])] += 1
+    return {"task": task.name, "edges": list(IOU_EDGES), "counts": counts, "n": len(ious)}
+
+
+def class_list(samples: Sequence[Sample]) -> tuple[str, ...]:
+    """:data:`ANOMALY_CLASSES` plus any class of the samples it does not spell."""
+    extra = sorted({s.anomaly_class for s in samples
+                    if s.anomaly_class and canonical_class(s.anomaly_class, ANOMALY_CLASSES) is None})
+    return (*ANOMALY_CLASSES, *extra)
+
+
+def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Sequence[str] | None = None,
+             classes: Sequence[str] | None = None) -> dict:
+    """The report of ``records`` (prediction records, contract (1)) against ``samples`` (the denominators).
+
+    Args:
+        samples: every scored sample (one per row and task); repeats are kept once.
+        records: dicts with ``video``, ``task``, ``response`` and optional ``shift``, ``options``, ``frame_times``,
+            ``video_path``, ``duration``.
+        tasks: the tasks to report, in order (default: those of the samples, in registry order).
+        classes: the CLS class list (default: :func:`class_list` of the samples).
+
+    Returns:
+        ``{"tasks": {task: {"overall", "by_source", "rows", "missing", ...}}, "qa_position", "confusion",
+        "iou_histogram", "clips", "unmatched", "duplicates", "conflicting_duplicates"}``.
+    """
+    from vau.tasks import task_names
+
+    matched = match(samples, records)
+    by_task, replies = matched["samples"], matched["replies"]
+    order = task_names()
+    if tasks is None:  # text tasks (describe) have nothing to score
+        tasks = sorted((t for t in by_task if get_task(t).scored), key=lambda t: order.index(t) if t in order else 1e9)
+    classes = tuple(classes) if classes is not None else class_list(samples)
+    report: dict = {"tasks": {}, "qa_position": None, "confusion": None, "iou_histogram": None, "clips": [],
+                    "unmatched": matched["unmatched"], "duplicates": matched["duplicates"],
+                    "conflicting_duplicates": matched["conflicting_duplicates"]}
+    confusions: dict[str, dict] = {}  # the first class task's, else the first binary task's
+    for name in tasks:
+        task = get_task(name)
+        rows = by_task.get(name, [])
+        raw = [replies.get((name, s.video, 0)) for s in rows]
+        completions = [r.get("response", "") if r else "" for r in raw]
+        entry: dict = {"rows": len(rows), "missing": [s.video for s, r in zip(rows, raw) if r is None],
+                       "overall": group_metrics(task, rows, completions, classes), "by_source": {}}
+        entry["metrics"] = percent_metrics(entry["overall"])
+        for source in source_order(s.source for s in rows):
+            part = [(s, c) for s, c in zip(rows, completions) if s.source == source]
+            entry["by_source"][source] = group_metrics(task, [s for s, _ in part], [c for _, c in part], classes)
+        per_class = task.per_class_metric(classes)
+        if per_class is not None:
+            per_class = _local(per_class)
+            per_class.update(completions, rows)
+            recall, support = per_class.compute().tolist(), per_class.support().tolist()
+            entry["per_class"] = {c: {"value": None if math.isnan(r) else round(100.0 * r, 2), "n": int(n)}
+                                  for c, r, n in zip(classes, recall, support) if n > 0}
+        report["tasks"][name] = entry
+        report["clips"] += [clip_record(task, s, r) for s, r in zip(rows, raw)]
+        if task.answer_kind == "choice" and report["qa_position"] is None:
+            report["qa_position"] = _position(task, rows, replies)
+        if task.answer_kind in ("class", "binary"):
+            confusions.setdefault(task.answer_kind, confusion(task, rows, completions, classes))
+        if task.answer_kind == "interval" and report["iou_histogram"] is None:
+            report["iou_histogram"] = iou_histogram(task, rows, completions)
+    report["confusion"] = confusions.get("class") or confusions.get("binary")
+    return report
+
+
+def _position(task: Task, rows: Sequence[Sample], replies: Mapping) -> dict:
+    """:func:`vau.qa_position.position_scores` overall and per source."""
+    mine = {(video, shift): record for (name, video, shift), record in replies.items() if name == task.name}
+    out = {"task": task.name, **position_scores(task, rows, mine), "by_source": {}}
+    for source in source_order(s.source for s in rows):
+        part = [s for s in rows if s.source == source]
+        out["by_source"][source] = position_scores(task, part, mine)
+    return out
