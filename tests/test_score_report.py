@@ -216,6 +216,8 @@ def test_report_dir_writes_json_markdown_and_deterministic_plots(bench, tmp_path
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert image[..., :3].std() > 0  # something is drawn
         assert (folder / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    page = (folder / "report.html").read_text()  # the HTML page of the same report (vau.html_report)
+    assert "msad_Fire_1.mp4" in page and "report.html" in out
 
 
 def test_output_and_report_write_the_same_json(bench, tmp_path, capsys):
@@ -223,6 +225,28 @@ def test_output_and_report_write_the_same_json(bench, tmp_path, capsys):
     written = json.loads((tmp_path / "r" / "score.json").read_text())
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert written == metrics
+
+
+def test_two_pass_replies_get_the_reflection_metrics(bench, tmp_path, capsys):
+    """A predictions file of two-pass self-correction (generation.self_correct) of a plain task: score reports the
+    initial accuracy and the corrections beside the final accuracy."""
+    from vau.tasks.base import join_passes
+
+    def two(video, first, second):
+        reply = join_passes(f"<think>t</think><answer>{first}</answer>", f"<think>u</think><answer>{second}</answer>")
+        return {"video": video, "task": "qa", "response": reply}
+
+    records = [two("msad_Fire_1.mp4", "B", "A"),      # wrong -> right
+               two("msad_normal_1.mp4", "A", "A"),    # right -> right
+               two("ucf_Fighting_1.mp4", "B", "C"),   # right -> wrong
+               two("ucf_normal_2.mp4", "A", "D")]     # wrong -> wrong; the two other rows: no reply (wrong)
+    _score(capsys, bench, tmp_path, records, "task=qa", f"output={tmp_path / 'm.json'}")
+    overall = json.loads((tmp_path / "m.json").read_text())["tasks"]["qa"]["overall"]
+    assert overall["accuracy"] == pytest.approx(2 / 6) and overall["n"] == 6
+    names = {v: k for k, v in overall["names"].items()}
+    assert overall[names["qa_initial_accuracy"]] == pytest.approx(2 / 6)
+    assert overall[names["qa_delta_i2c"]] == pytest.approx(1 / 6)
+    assert overall[names["qa_delta_c2i"]] == pytest.approx(1 / 6)
 
 
 # ------------------------------------------------------------------------------------------ real MSAD file ----

@@ -21,6 +21,7 @@ from vau.metrics import BinaryFalseAlarmRate, ClassAccuracy, task_metrics
 from vau.parsing import canonical_class, is_normal_interval
 from vau.qa_position import position_scores
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task
+from vau.tasks.base import split_passes
 
 SOURCES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}
 IOU_EDGES = [round(i / 10, 1) for i in range(11)]
@@ -104,6 +105,8 @@ def group_metrics(task: Task, samples: Sequence[Sample], completions: Sequence[s
                   classes: Sequence[str]) -> dict:
     """The task's metrics over one group of samples: ``{"n", <short name>: fraction, "counts": {...}}``."""
     metrics = dict(task_metrics(task, classes))
+    if any(split_passes(c) is not None for c in completions):  # two-pass replies (generation.self_correct)
+        metrics.update({k: m for k, m in task.reflection_metrics().items() if k not in metrics})
     if task.answer_kind in ("class", "binary"):
         metrics[f"{task.name}_false_alarm"] = BinaryFalseAlarmRate(task)
     out: dict = {"n": len(samples)}

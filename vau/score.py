@@ -308,7 +308,11 @@ def main(argv: list[str]) -> int:
         if args.get("report"):
             folder = Path(args["report"])
             report = write_report(report, text, folder)
-            print(f"report written to {folder}: score.json, score.md, {', '.join(report['plots'].values()) or 'no plots'}")
+            from vau.html_report import write_html_report
+
+            page = write_html_report(report, folder / "report.html")
+            print(f"report written to {folder}: score.json, score.md, {page.name}, "
+                  f"{', '.join(report['plots'].values()) or 'no plots'}")
         if args.get("output"):
             out = Path(args["output"])
             try:
