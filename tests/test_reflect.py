@@ -212,6 +212,13 @@ def test_self_correction_values():
     assert _reward("self_correction", tag, [TAG_R, TAG_R, TAG_R_NORMAL]) == [1.0, -1.0, 1.0]
 
 
+def test_initial_accuracy_values():
+    texts = [reply("A", "B"), reply("B", "A"), reply("B", None), "<answer>B</answer>"]
+    assert _reward("initial_accuracy", texts, [QA_R] * 4) == [0.0, 1.0, None, None]
+    tag = [reply("[4, 6]", "[4, 8]"), reply("[0, 1]", "[4, 8]")]
+    assert _reward("initial_accuracy", tag, [TAG_R, TAG_R]) == [0.5, 0.0]
+
+
 def test_iou_gain_values():
     texts = [reply("[4, 6]", "[4, 8]"), reply("[4, 8]", "[0, 1]"), reply("[4, 8]", None), reply("x", "[4, 8]")]
     assert _reward("iou_gain", texts, [TAG_R] * 4) == [0.5, -1.0, None, 1.0]
@@ -327,8 +334,8 @@ def test_demo_reflect_experiment_fits_two_steps(conf, overrides, tmp_path):
     records = [json.loads(line) for line in (run_dir / "predictions_rank0.jsonl").read_text().splitlines()]
     assert records and {r["task"] for r in records} == {task}
     if "grpo" in conf:
-        # self_correction / iou_gain are None for replies that do not reflect (8 tokens here): nothing to log
-        for name in set(cfg.reward) - {"self_correction", "iou_gain"}:
+        # self_correction / iou_gain / initial_accuracy are None for replies that do not reflect (8 tokens here): nothing to log
+        for name in set(cfg.reward) - {"self_correction", "iou_gain", "initial_accuracy"}:
             assert len(_scalars(run_dir, f"train/reward/{name}")) == 2, name
     else:
         assert cfg.data.reflect.builder == "template"

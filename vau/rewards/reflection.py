@@ -56,6 +56,24 @@ def self_correction(completions: list[str], samples: list[Sample], gain: float =
     return out
 
 
+@REWARDS.register("initial_accuracy")
+def initial_accuracy(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+    """Score of the initial answer, the one before the reflection (the task's accuracy: 1/0, TAG: IoU); range [0, 1].
+
+    ``self_correction`` alone pays a policy for opening with a wrong answer and correcting it: on the CPU demo GRPO
+    learned exactly that (docs/experiments.md, "learning proof of the reflect demo"). Weighted at least as much as
+    the self-correction gain, this term makes right -> right pay at least as much as wrong -> right, so the first
+    answer is worth getting right (SCoRe, arXiv 2409.12917, rewards both attempts for the same reason). None for
+    samples without a ground truth and for replies that do not reflect.
+    """
+    out: list[float | None] = []
+    for text, sample in zip(completions, samples):
+        task = _reflect_task(sample)
+        score = task.initial_accuracy(text, sample) if task is not None else None
+        out.append(None if score is None else min(1.0, max(0.0, float(score))))
+    return out
+
+
 @REWARDS.register("iou_gain")
 def iou_gain(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
     """Final IoU minus initial IoU of a reflecting TAG reply; range [-1, 1].
