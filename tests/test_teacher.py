@@ -146,6 +146,25 @@ def test_teacher_needs_exactly_one_model_and_known_options():
         build_chains([], builder="teacher")
     with pytest.raises(ValueError, match="unknown option"):
         build_chains([], builder="teacher", **{"teacher.base_url": "http://x", "teacher.modle": "m"})
+    with pytest.raises(ValueError, match="unknown option.*teacher.modle"):  # the nested (config) form
+        build_chains([], builder="teacher", teacher={"base_url": "http://x", "modle": "m"})
+
+
+def test_teacher_from_a_config_node_builds_chains_in_memory(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vau.datamodules.annotations import read_annotations as read
+    from vau.datamodules.reflection import attach_chains
+
+    source = tmp_path / "val.csv"
+    write_rows(source, ["flames", "smoke"])
+    with ChatServer(Teacher(), delay=0.0) as server:
+        node = OmegaConf.create({"builder": "teacher", "teacher": {"base_url": server.base_url, "model": "m",
+                                                                   "cache": str(tmp_path / "c.jsonl")}})
+        rows = attach_chains(read(source), ["qa_reflect"], **dict(node))
+    chains = [get_task("qa_reflect").sample(row).extra["reflection"] for row in rows]
+    assert all(f"the {row.key_object}" in chain.reflection for row, chain in zip(rows, chains))  # the model's text
+    assert len(server.requests) == 2 and (tmp_path / "c.jsonl").is_file()
 
 
 def test_teacher_on_real_val_rows_every_task(tmp_path):

@@ -12,8 +12,11 @@ Options (``python -m vau data reflect ... builder=teacher teacher.KEY=VALUE``):
   [teacher.api_key_env=OPENAI_API_KEY]`` (endpoint);
 - ``teacher.concurrency=4``, ``teacher.retries=3``, ``teacher.backoff=1.0`` (seconds, doubled per retry),
   ``teacher.max_new_tokens=512``, ``teacher.timeout=120``, ``teacher.batch_size=8`` (local model);
-- ``teacher.cache=FILE`` (default: ``<out stem>.teacher_cache.jsonl`` next to ``out``; ``none`` = off): replies
-  are appended as they arrive, so an interrupted run resumes where it stopped.
+- ``teacher.cache=FILE`` (default: ``<out stem>.teacher_cache.jsonl`` next to ``out``, or
+  ``~/.cache/vau/teacher_cache.jsonl`` for in-memory chains; ``none`` = off): replies are appended as they arrive,
+  so an interrupted run resumes where it stopped.
+
+In a config, ``data.reflect: {builder: teacher, teacher: {base_url: ..., model: ...}}`` takes the same options.
 
 Every reply is validated; a chain that fails gets no chain (counted as failed, with its reason):
 ``request_failed`` (no reply after the retries), ``no_reflection`` / ``no_revised_reasoning`` /
@@ -127,6 +130,11 @@ class TeacherBuilder(ReflectionBuilder):
     reflection and revised reasoning, validated against the ground truth."""
 
     def __init__(self, **kwargs) -> None:
+        nested = kwargs.pop("teacher", None)  # data.reflect: {builder: teacher, teacher: {base_url: ...}} in a config
+        if nested is not None:
+            if not hasattr(nested, "items"):
+                raise ValueError(f"builder=teacher: `teacher` must be a mapping of options, got {nested!r}")
+            kwargs = {**{f"teacher.{k}": v for k, v in nested.items()}, **kwargs}
         super().__init__(**kwargs)
         unknown = sorted(k for k in kwargs if not (k.startswith("teacher.") and k[len("teacher."):] in KEYS))
         if unknown:
