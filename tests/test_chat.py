@@ -139,3 +139,6 @@ def test_local_backend_generates_text_from_the_tiny_vl_checkpoint(tiny_path, tmp
 def test_local_backend_refuses_a_folder_without_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         LocalChat(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "no_such_model"}')
+    with pytest.raises(ValueError, match=f"path={tmp_path}: cannot load"):
+        LocalChat(tmp_path).complete(conv("hi"))

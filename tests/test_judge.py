@@ -32,6 +32,7 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
         {"video": "ucf_2.mp4", "task": "describe", "response": "Nothing to see. garbage"},
         {"video": "ucf_3.mp4", "task": "qa", "response": "<think>Flames at the counter. limited</think><answer>B</answer>"},
         {"video": "ucf_4.mp4", "task": "cls", "response": "<answer>Fire</answer>"},  # no reasoning: skipped
+        {"video": "ucf_3.mp4", "task": "qa", "shift": 1, "response": "<think>other order</think><answer>A</answer>"},
         {"video": "ucf_9.mp4", "task": "describe", "response": "Unknown clip."},  # no annotation row
         {"video": "ucf_blank.mp4", "task": "describe", "response": "A quiet street."},  # nothing to compare with
         {"video": "ucf_4.mp4", "task": "tag_reflect", "response": "<think>fire starts json</think><answer>[1, 2]"
@@ -77,7 +78,8 @@ def test_judge_end_to_end_against_a_server(tmp_path):
         report = json.loads((out / "judge.json").read_text())
         assert report["asked"] == 5 and report["n"] == 4 and report["fallback"] == 1 and report["errors"] == 0
         assert report["parsed"] == {"json": 3, "text": 1}
-        assert report["skipped"] == {"nothing_to_judge": 1, "no_annotation_row": 1, "no_reference_text": 1}
+        assert report["skipped"] == {"nothing_to_judge": 1, "no_annotation_row": 1, "no_reference_text": 1,
+                                     "qa_shift_not_0": 1}
         assert report["means"]["fluency"] == (3 * 10 + 9) / 4 and report["means"]["classification"] == 8
         assert report["total_mean"] == sum(SCORES.values()) + 3 / 4
         assert report["by_task"]["qa"]["n"] == 1 and report["by_task"]["describe"]["n"] == 2

@@ -173,6 +173,9 @@ def judge(records: list[dict], annotations: list[Annotation], runner, tasks: set
         if tasks is not None and record["task"] not in tasks:
             skipped["task_not_selected"] += 1
             continue
+        if record.get("shift") not in (None, 0):  # the reasoning of one reply per QA row: the original order
+            skipped["qa_shift_not_0"] += 1
+            continue
         text = judged_text(record["task"], record["response"])
         ann = find(record["video"].strip(), record.get("row"))
         if not text:

@@ -132,6 +132,12 @@ class LocalChat(ChatBackend):
         return {"backend": "local", "path": str(self.path.resolve()), "max_new_tokens": self.max_new_tokens}
 
     def _load(self) -> None:
+        try:
+            self._load_checkpoint()
+        except (OSError, ValueError, KeyError, ImportError) as err:
+            raise ValueError(f"path={self.path}: cannot load this checkpoint with transformers: {err}") from None
+
+    def _load_checkpoint(self) -> None:
         import torch
         import transformers
 

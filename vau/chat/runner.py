@@ -161,6 +161,9 @@ class ChatRunner:
                     for i, reply in zip(group, future.result()):
                         replies[i] = reply
                         counts["ok" if reply.text is not None else "failed"] += 1
+                        if reply.text is None and counts["failed"] == 1:  # say why once (e.g. HTTP 401)
+                            log.warning("%s: a request failed after %d attempt(s): %s", self.desc, reply.attempts,
+                                        reply.error)
                         bar.update(1)
                         bar.set_postfix(counts, refresh=False)
                         if on_reply is not None:
