@@ -154,7 +154,8 @@ class TeacherBuilder(ReflectionBuilder):
     def build_many(self, requests: Sequence[tuple[Task, Sample, bool, random.Random]]) -> list[Chain | None]:
         initials = [self._initial(*request) for request in requests]
         asked = [i for i, chain in enumerate(initials) if chain is not None]
-        self.failures["no_ground_truth"] += len(requests) - len(asked)
+        if len(asked) < len(requests):
+            self.failures["no_ground_truth"] += len(requests) - len(asked)
         default = (self.output.with_name(f"{self.output.stem}.teacher_cache.jsonl") if self.output is not None
                    else Path("~/.cache/vau/teacher_cache.jsonl").expanduser())
         runner = runner_from_options(self.backend, self.settings, "teacher", default, PROMPT_VERSION, "teacher")
@@ -170,5 +171,4 @@ class TeacherBuilder(ReflectionBuilder):
                 self.failures[reason] += 1
                 log.debug("teacher: %s row %s (%s): %s", task.name, sample.video, reason,
                           reply.error or (reply.text or "")[:200])
-        self.failures += type(self.failures)()  # drop zero counts
         return out
