@@ -18,6 +18,8 @@ STAGES = {
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos), "
             "`data reflect` (reflection chains)",
+    "judge": "score free-text replies (describe; <think> reasoning) with a judge model on VAU-Eval's five "
+             "dimensions: predictions=FILE annotations=FILE [out=DIR] judge.path=DIR | judge.base_url=URL judge.model=NAME",
 }
 
 
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             from vau.html_report import main as report_main
 
             return report_main(rest)
+        if stage == "judge":
+            from vau.judge import main as judge_main
+
+            return judge_main(rest)
         if stage == "export":
             from vau.export import main as export_main
 
@@ -156,6 +162,8 @@ DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect> [conf=N
              (default folders: the config's data.video_root / data.video_roots); exit code 1 on any problem
   reflect    add SRVAU-R1 reflection chains (one per row of each reflect task) to an annotation CSV
              annotations=FILE out=FILE [builder=template] [seed=0] [corrective_ratio=0.5] [tasks=qa_reflect,...]
+             builder=teacher (a model writes the reflections): teacher.path=DIR | teacher.base_url=URL
+             teacher.model=NAME [teacher.concurrency=4 teacher.retries=3 teacher.cache=FILE]
 
 Other key=value arguments are config overrides, e.g. data=vau_bench data.views.tag_eval_normal=true."""
 

@@ -134,7 +134,8 @@ class PluginImportError(ImportError):
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
 BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
-                   "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection")
+                   "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection",
+                   "vau.datamodules.teacher")
 
 
 def load_builtins() -> None:

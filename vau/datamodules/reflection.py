@@ -11,8 +11,11 @@ reflection-oriented chain-of-thought dataset; VAU-Bench's annotations have none,
   rationale; and *confirming* chains, whose initial answer is right and whose reflection checks it against the
   evidence and keeps it. ``corrective_ratio`` (default 0.5, i.e. 1:1) is the exact share of corrective chains
   among each task's rows.
-- A builder that asks a model (a local transformers model or an OpenAI-compatible endpoint) is not built yet;
-  it registers in :data:`vau.registry.REFLECTORS` like ``template``: a :class:`ReflectionBuilder` subclass.
+- ``teacher`` (:mod:`vau.datamodules.teacher`): the same initial answers and reasoning as ``template``; a language
+  model (a local transformers checkpoint or an OpenAI-compatible endpoint) writes the reflection and the revised
+  reasoning, each reply validated (failures counted by reason). Builders register in
+  :data:`vau.registry.REFLECTORS`: a :class:`ReflectionBuilder` subclass (``build`` per sample, or ``build_many``
+  to batch).
 
 Two ways to use the chains:
 
@@ -61,10 +64,25 @@ class ReflectionBuilder:
 
     def __init__(self, **kwargs) -> None:
         self.options = kwargs
+        self.failures: Counter = Counter()  # why chains failed ({reason: n}), printed by `data reflect`
+        self.output: Path | None = None
+
+    def bind_output(self, out: str | Path) -> None:
+        """Told where ``data reflect`` writes (a builder may keep its files, e.g. a cache, next to it)."""
+        self.output = Path(out)
 
     def build(self, task: Task, sample: Sample, corrective: bool, rng: random.Random) -> Chain | None:
         """A corrective (wrong initial answer) or confirming chain, or None when this sample gets none."""
         raise NotImplementedError
+
+    def build_many(self, requests: Sequence[tuple[Task, Sample, bool, random.Random]]) -> list[Chain | None]:
+        """One chain per ``(task, sample, corrective, rng)``, in order; a corrective request the builder cannot
+        serve gets a confirming chain (same rng). Builders that ask a model override this to batch the requests."""
+        out = []
+        for task, sample, corrective, rng in requests:
+            chain = self.build(task, sample, True, rng) if corrective else None
+            out.append(chain if chain is not None else self.build(task, sample, False, rng))
+        return out
 
 
 # a wrong class that is easy to mistake for each class (our choice: same kind of event or scene)
@@ -210,6 +228,7 @@ def _keeps(task: Task, ann: Annotation, views: ViewOptions) -> bool:
 
 def build_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None, builder: str = "template",
                  seed: int = 0, corrective_ratio: float = 0.5, views: ViewOptions = DEFAULT_VIEWS,
+                 output: str | Path | None = None,
                  **builder_kwargs) -> tuple[dict[tuple[int, str], Chain | None], Counter]:
     """One chain per (row, reflect task that keeps the row).
 
@@ -220,15 +239,16 @@ def build_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None,
 
     Returns:
         ``{(row index, task): chain or None}`` and the counts ``Counter({(task, kind): n})`` with kind
-        ``corrective`` / ``confirming`` / ``failed``.
+        ``corrective`` / ``confirming`` / ``failed``, plus ``("reason", why): n`` for failed chains whose builder
+        said why (:attr:`ReflectionBuilder.failures`; none with ``template``).
     """
     ratio = float(corrective_ratio)
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"corrective_ratio={corrective_ratio}: give a share between 0 and 1")
-    maker = REFLECTORS.get(builder)(**builder_kwargs)
+    maker = make_builder(builder, output, **builder_kwargs)
     names = reflect_tasks() if tasks is None else [t for t in tasks if isinstance(get_task(t), ReflectMixin)]
-    chains: dict[tuple[int, str], Chain | None] = {}
-    counts: Counter = Counter()
+    where: list[tuple[int, str]] = []
+    requests = []
     for name in names:
         task = get_task(name)
         kept = [i for i, ann in enumerate(rows) if _keeps(task, ann, views)]
@@ -236,17 +256,27 @@ def build_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None,
         random.Random(f"{seed}:{name}").shuffle(order)
         corrective = set(order[: round(ratio * len(order))])
         for index in kept:
+            where.append((index, name))
             sample = task.sample(rows[index])
             seen = distractor_of(rows[index])
             if seen is not None:
                 sample = replace(sample, extra={**sample.extra, DISTRACTOR_KEY: seen})
-            rng = random.Random(f"{seed}:{name}:{index}")
-            chain = maker.build(task, sample, True, rng) if index in corrective else None
-            if chain is None:
-                chain = maker.build(task, sample, False, rng)
-            chains[(index, name)] = chain
-            counts[(name, chain.kind if chain is not None else FAILED)] += 1
+            requests.append((task, sample, index in corrective, random.Random(f"{seed}:{name}:{index}")))
+    built = maker.build_many(requests)
+    chains: dict[tuple[int, str], Chain | None] = dict(zip(where, built))
+    counts: Counter = Counter()
+    for (_, name), chain in chains.items():
+        counts[(name, chain.kind if chain is not None else FAILED)] += 1
+    counts.update({("reason", reason): n for reason, n in maker.failures.items()})
     return chains, counts
+
+
+def make_builder(builder: str, output: str | Path | None = None, **builder_kwargs) -> ReflectionBuilder:
+    """The registered builder ``builder`` with its options, told where the chains go (when known)."""
+    maker = REFLECTORS.get(builder)(**builder_kwargs)
+    if output is not None:
+        maker.bind_output(output)
+    return maker
 
 
 def attach_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None, **options) -> list[Annotation]:
@@ -276,7 +306,7 @@ def reflect_file(annotations: str | Path, out: str | Path, builder: str = "templ
     """Write ``annotations`` with reflection chains to ``out`` (see the module doc); returns the counts."""
     source = Path(annotations)
     rows = read_annotations(source)
-    chains, counts = build_chains(rows, tasks, builder, seed, corrective_ratio, views, **builder_kwargs)
+    chains, counts = build_chains(rows, tasks, builder, seed, corrective_ratio, views, output=out, **builder_kwargs)
     header, records = _raw_records(source)
     chain_keys = {c.lower() for c in CHAIN_COLUMNS}
     keep = [i for i, h in enumerate(header) if h.strip().lower() not in chain_keys]  # a re-run replaces old chains
@@ -303,15 +333,21 @@ def reflect_file(annotations: str | Path, out: str | Path, builder: str = "templ
 
 def format_counts(counts: Counter) -> str:
     """``task: N corrective, N confirming, N failed`` lines, then the totals."""
-    names = sorted({task for task, _ in counts})
+    names = sorted({task for task, _ in counts if task != "reason"})
     kinds = (CORRECTIVE, CONFIRMING, FAILED)
     lines = [f"  {name}: " + ", ".join(f"{counts[(name, k)]} {k}" for k in kinds) for name in names]
     lines.append("  total: " + ", ".join(f"{sum(counts[(n, k)] for n in names)} {k}" for k in kinds))
+    reasons = sorted((reason, n) for (task, reason), n in counts.items() if task == "reason" and n)
+    if reasons:
+        lines.append("  failed because: " + ", ".join(f"{n} {reason}" for reason, n in reasons))
     return "\n".join(lines)
 
 
-USAGE = ("usage: python -m vau data reflect annotations=FILE out=FILE [builder=template] [seed=0] "
-         "[corrective_ratio=0.5] [tasks=qa_reflect,tag_reflect,...] [KEY=VALUE: builder options]")
+USAGE = ("usage: python -m vau data reflect annotations=FILE out=FILE [builder=template|teacher] [seed=0] "
+         "[corrective_ratio=0.5] [tasks=qa_reflect,tag_reflect,...] [KEY=VALUE: builder options]\n"
+         "  builder=teacher: teacher.path=DIR | teacher.base_url=URL teacher.model=NAME "
+         "[teacher.api_key_env=OPENAI_API_KEY] [teacher.concurrency=4] [teacher.retries=3] [teacher.cache=FILE] "
+         "[teacher.max_new_tokens=512]")
 
 
 def main(argv: list[str]) -> int:

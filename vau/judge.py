@@ -1,0 +1,270 @@
+"""``python -m vau judge``: score free-text replies with a judge model on VAU-Eval's five dimensions.
+
+VAU-R1 scores descriptions and reasoning with an LLM judge (VAU-Eval) on five dimensions, each 0-10 (total 0-50):
+classification correctness, key object and action matching, fluency and coherence, informativeness and domain
+awareness, factual consistency. Here the judge is any chat model of :mod:`vau.chat` (a local checkpoint or an
+OpenAI-compatible server), greedy, asked for one JSON object; its reply is read without ``eval``: the first JSON
+object in the text (numbers clamped to 0..10), else ``dimension: N`` lines. A reply that gives no score for every
+dimension is a *fallback*: counted and reported, left out of the means. Replies are cached (``judge.cache``) so
+an interrupted run resumes.
+
+Which text is judged: the whole reply (tags stripped) of a free-text task (``describe``), and the ``<think>``
+reasoning of any other reply (qa, cls, tag and their reflect variants); a reply with neither is skipped. The
+reference is the annotation row's Description and Reasoning (with its class and key object).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from vau.chat import backend_from_options, first_json_object, prefixed, runner_from_options
+from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = "judge-v1"
+DIMENSIONS = ("classification", "key_object_action", "fluency", "informativeness", "factual_consistency")
+TITLES = {"classification": "Classification correctness", "key_object_action": "Key object and action matching",
+          "fluency": "Fluency and coherence", "informativeness": "Informativeness and domain awareness",
+          "factual_consistency": "Factual consistency"}
+# how a key or a line names each dimension (normalised words, lower case)
+_NAMES = {"classification": re.compile(r"classif|category|anomaly.?type"),
+          "key_object_action": re.compile(r"key.?object|object.?and.?action|action.?match"),
+          "fluency": re.compile(r"fluen|coheren"), "informativeness": re.compile(r"informat|domain"),
+          "factual_consistency": re.compile(r"factual|consisten|hallucin")}
+_LINE_SCORE = re.compile(r"([A-Za-z][A-Za-z _&/\-]{2,60}?)[\"'*]*\s*[:=\-]\s*[\"'*]*\s*(\d+(?:\.\d+)?)")
+_THINK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"</?[a-zA-Z_]+>")
+SYSTEM = (
+    "You are a strict, impartial judge of video anomaly understanding. You compare a model's description or "
+    "reasoning about a video with the reference annotation and score it on five dimensions, each an integer from "
+    "0 (worst) to 10 (best):\n"
+    "- classification: does it identify the right anomaly type (or correctly call the video normal)?\n"
+    "- key_object_action: does it name the key objects and actions of the reference?\n"
+    "- fluency: is it fluent, coherent and well organised?\n"
+    "- informativeness: is it informative, specific and aware of the surveillance / anomaly domain?\n"
+    "- factual_consistency: does it avoid claims that contradict the reference or are not supported by it?\n"
+    'Reply with one JSON object and nothing else: {"classification": N, "key_object_action": N, "fluency": N, '
+    '"informativeness": N, "factual_consistency": N}'
+)
+USAGE = ("usage: python -m vau judge predictions=FILE[,FILE...] annotations=FILE [out=DIR] [tasks=describe,qa,...] "
+         "(judge.path=DIR | judge.base_url=URL judge.model=NAME [judge.api_key_env=OPENAI_API_KEY]) "
+         "[judge.concurrency=4] [judge.retries=3] [judge.cache=FILE|none] [judge.max_new_tokens=256]")
+
+
+def judged_text(task: str, response: str) -> str:
+    """The text a judge scores: ``<think>`` reasoning when the reply has some, else (free-text tasks only)
+    the reply without tags; "" when there is nothing to judge."""
+    thoughts = [t.strip() for t in _THINK.findall(response or "") if t.strip()]
+    if thoughts:
+        return "\n".join(thoughts)
+    if task == "describe":
+        return " ".join(_TAG.sub(" ", response or "").split())
+    return ""
+
+
+def _clamp(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        match = re.search(r"-?\d+(?:\.\d+)?", value)
+        value = float(match.group(0)) if match else None
+    if not isinstance(value, (int, float)) or value != value:  # NaN
+        return None
+    return min(10.0, max(0.0, float(value)))
+
+
+def _dimension(name: str) -> str | None:
+    key = re.sub(r"[^a-z]+", "_", name.lower())
+    return next((d for d, pattern in _NAMES.items() if pattern.search(key)), None)
+
+
+def parse_scores(text: str) -> tuple[dict[str, float] | None, str]:
+    """The five scores of a judge reply and how they were read (``json`` / ``text``), or ``(None, "fallback")``."""
+    data = first_json_object(text)
+    found: dict[str, float] = {}
+    if data is not None:
+        flat = dict(data)
+        for value in data.values():  # {"scores": {...}} nests them one level down
+            if isinstance(value, dict):
+                flat.update(value)
+        for key, value in flat.items():
+            dim, score = _dimension(str(key)), _clamp(value)
+            if dim is not None and score is not None and dim not in found:
+                found[dim] = score
+        if len(found) == len(DIMENSIONS):
+            return found, "json"
+    for name, number in _LINE_SCORE.findall(text or ""):  # JSON scores found so far stand; lines add the rest
+        dim = _dimension(name)
+        if dim is not None and dim not in found:
+            found[dim] = min(10.0, float(number))
+    if len(found) == len(DIMENSIONS):
+        return found, "text"
+    return None, "fallback"
+
+
+def messages(reference: Annotation, task: str, text: str) -> list[dict[str, str]]:
+    lines = [f"Anomaly class: {reference.anomaly_class or 'unknown'}"]
+    if reference.key_object:
+        lines.append(f"Key object: {' '.join(reference.key_object.split())}")
+    lines += [f"Description: {' '.join(reference.description.split()) or '(none)'}",
+              f"Reasoning: {reference.reasoning.strip() or '(none)'}"]
+    what = "description" if task == "describe" else "reasoning"
+    user = "\n".join(["Reference annotation:", *lines, "", f"Model's {what} to score:", text, "",
+                      "Score it on the five dimensions; reply with the JSON object only."])
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+class JudgeError(ValueError):
+    """Bad arguments or input; the message names the file/line/key."""
+
+
+def read_records(paths: list[Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise JudgeError(f"predictions file {path} cannot be read: {err}") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise JudgeError(f"{path}, line {number}: not valid JSON ({err.msg}); each line must be one object "
+                                 f'like {{"video": "a.mp4", "task": "describe", "response": "..."}}') from None
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in
+                                                       ("video", "task", "response")):
+                raise JudgeError(f"{path}, line {number}: needs string keys video, task and response")
+            records.append(record)
+    if not records:
+        raise JudgeError(f"no predictions in {', '.join(map(str, paths))}")
+    return records
+
+
+def _finder(annotations: list[Annotation]):
+    by_row = {(a.video, a.row): a for a in annotations}
+    exact = {a.video: a for a in annotations}
+    by_stem = {Path(a.video).stem: a for a in annotations}
+    return lambda video, row: (by_row.get((video, row)) or exact.get(video) or by_stem.get(Path(video).stem))
+
+
+def _means(rows: list[dict]) -> dict:
+    scored = [r for r in rows if r["scores"] is not None]
+    means = {d: (round(sum(r["scores"][d] for r in scored) / len(scored), 3) if scored else None)
+             for d in DIMENSIONS}
+    total = round(sum(r["total"] for r in scored) / len(scored), 3) if scored else None
+    return {"n": len(scored), "means": means, "total_mean": total}
+
+
+def judge(records: list[dict], annotations: list[Annotation], runner, tasks: set[str] | None = None,
+          on_reply=None) -> tuple[list[dict], dict]:
+    """Judge every record with text to judge; returns (per-row results, report)."""
+    find = _finder(annotations)
+    skipped: Counter = Counter()
+    todo: list[tuple[dict, Annotation, str]] = []
+    for record in records:
+        if tasks is not None and record["task"] not in tasks:
+            skipped["task_not_selected"] += 1
+            continue
+        if record.get("shift") not in (None, 0):  # the reasoning of one reply per QA row: the original order
+            skipped["qa_shift_not_0"] += 1
+            continue
+        text = judged_text(record["task"], record["response"])
+        ann = find(record["video"].strip(), record.get("row"))
+        if not text:
+            skipped["nothing_to_judge"] += 1
+        elif ann is None:
+            skipped["no_annotation_row"] += 1
+        elif not (ann.description.strip() or ann.reasoning.strip()):
+            skipped["no_reference_text"] += 1
+        else:
+            todo.append((record, ann, text))
+    replies = runner.run([messages(ann, rec["task"], text) for rec, ann, text in todo], on_reply=on_reply)
+    rows = []
+    for (record, ann, text), reply in zip(todo, replies):
+        scores, how = parse_scores(reply.text) if reply.text is not None else (None, "error")
+        rows.append({"video": record["video"], "task": record["task"], "row": ann.row, "source": ann.source,
+                     "status": how, "scores": scores, "total": sum(scores.values()) if scores else None,
+                     "judged": text, "judge_reply": reply.text, "error": reply.error})
+    status = Counter(r["status"] for r in rows)
+    report = {**_means(rows), "asked": len(rows), "fallback": status["fallback"], "errors": status["error"],
+              "parsed": {"json": status["json"], "text": status["text"]}, "skipped": dict(skipped),
+              "by_task": {t: _means([r for r in rows if r["task"] == t]) for t in sorted({r["task"] for r in rows})}}
+    return rows, report
+
+
+def format_markdown(report: dict) -> str:
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    tasks = report["by_task"]
+    lines = ["# VAU-Eval style judge scores (0-10 per dimension, total 0-50)", "",
+             "| Dimension | all | " + " | ".join(tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for dim in DIMENSIONS:
+        lines.append(f"| {TITLES[dim]} | {cell(report['means'][dim])} | "
+                     + " | ".join(cell(t["means"][dim]) for t in tasks.values()) + " |")
+    lines.append(f"| **Total** | {cell(report['total_mean'])} | "
+                 + " | ".join(cell(t["total_mean"]) for t in tasks.values()) + " |")
+    lines.append(f"| n | {report['n']} | " + " | ".join(str(t["n"]) for t in tasks.values()) + " |")
+    lines += ["", f"Judged {report['asked']} replies: {report['parsed']['json']} read as JSON, "
+                  f"{report['parsed']['text']} from `dimension: N` lines, {report['fallback']} fallback (unreadable, "
+                  f"left out of the means), {report['errors']} request errors."]
+    if report["skipped"]:
+        lines.append("Skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(report["skipped"].items())) + ".")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vau judge ...``; exit code 2 for bad arguments or input."""
+    args = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            print(f"error: {arg!r} is not KEY=VALUE\n{USAGE}", file=sys.stderr)
+            return 2
+        args[key] = value
+    try:
+        unknown = sorted(k for k in args if k not in ("predictions", "annotations", "out", "tasks")
+                         and not k.startswith("judge."))
+        if unknown:
+            raise JudgeError(f"unknown argument(s) {unknown}")
+        missing = [k for k in ("predictions", "annotations") if not args.get(k)]
+        if missing:
+            raise JudgeError(f"missing {' and '.join(k + '=FILE' for k in missing)}")
+        from vau.score import ScoreError, prediction_files
+
+        try:
+            paths = prediction_files(args["predictions"])  # comma lists and globs (predictions_rank*.jsonl)
+        except ScoreError as err:
+            raise JudgeError(str(err)) from None
+        out = Path(args.get("out") or paths[0].parent / "judge")
+        options = prefixed(args, "judge")
+        options.setdefault("max_new_tokens", 256)
+        backend = backend_from_options(options, "judge")
+        runner = runner_from_options(backend, options, "judge", out / "judge_cache.jsonl", PROMPT_VERSION, "judge")
+        records = read_records(paths)
+        annotations = read_annotations(args["annotations"])
+        tasks = {t for t in args.get("tasks", "").split(",") if t} or None
+        rows, report = judge(records, annotations, runner, tasks)
+    except (JudgeError, AnnotationError, ValueError) as err:
+        print(f"error: {err}\n{USAGE}", file=sys.stderr)
+        return 2
+    report = {"predictions": [str(p) for p in paths], "annotations": args["annotations"],
+              "judge": backend.identity(), **report}
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "judge.jsonl").open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "judge.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    markdown = format_markdown(report)
+    (out / "judge.md").write_text(markdown + "\n", encoding="utf-8")
+    print(markdown)
+    print(f"\nper-row scores: {out / 'judge.jsonl'}; report: {out / 'judge.json'}, {out / 'judge.md'}")
+    return 0
