@@ -116,6 +116,19 @@ def test_an_interrupted_run_resumes_asking_only_the_rest(tmp_path):
     assert [r.text for r in replies] == [f"echo: {t}" for t in texts]
 
 
+def test_a_torn_last_cache_line_does_not_swallow_the_next_reply(tmp_path):
+    """A run killed mid-write leaves a line without its newline; the next run's first reply must still be kept."""
+    cache = tmp_path / "cache.jsonl"
+    with ChatServer(echo) as server:
+        ChatRunner(OpenAIChat(server.base_url, "m"), cache, concurrency=1).run([conv("a")])
+        cache.write_text(cache.read_text() + '{"key": "torn', encoding="utf-8")  # killed while writing a line
+        ChatRunner(OpenAIChat(server.base_url, "m"), cache, concurrency=1).run([conv("b")])
+        asked = len(server.user_texts())
+        replies = ChatRunner(OpenAIChat(server.base_url, "m"), cache, concurrency=1).run([conv("a"), conv("b")])
+        assert len(server.user_texts()) == asked  # both cached: nothing asked again
+    assert [r.text for r in replies] == ["echo: a", "echo: b"]
+
+
 def test_first_json_object_skips_chatter_and_broken_braces():
     assert first_json_object('{broken {"a": {"b": 1}} tail {"c": 2}') == {"a": {"b": 1}}
     assert first_json_object("[1, 2] no object") is None and first_json_object(None) is None

@@ -140,7 +140,10 @@ class ChatRunner:
         handle = None
         if self.cache is not None:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.cache.is_file() and self.cache.stat().st_size > 0 and not self.cache.read_bytes().endswith(b"\n")
             handle = self.cache.open("a", encoding="utf-8")
+            if torn:  # a run killed mid-write: end its torn line, or it would swallow the first reply appended now
+                handle.write("\n")
         local = isinstance(self.backend, LocalChat)
         groups = ([ask[i:i + self.batch_size] for i in range(0, len(ask), self.batch_size)] if local
                   else [[i] for i in ask])

@@ -40,8 +40,10 @@ def join_passes(first: str, second: str) -> str:
     ``python -m vau score`` measure what the second pass changed, for any task.
 
     Example:
-        >>> join_passes("<answer>A</answer>", "<answer>B</answer>")
-        '<answer>A</answer>\n<reflect>second pass: asked to check the first answer against the video</reflect>\n<answer>B</answer>'
+        >>> print(join_passes("<answer>A</answer>", "<answer>B</answer>"))
+        <answer>A</answer>
+        <reflect>second pass: asked to check the first answer against the video</reflect>
+        <answer>B</answer>
     """
     return f"{first.strip()}\n<reflect>{SECOND_PASS_NOTE}</reflect>\n{second.strip()}"
 
