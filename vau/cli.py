@@ -12,6 +12,8 @@ STAGES = {
     "fit": "train (SFT or GRPO, per module=...), then evaluate on the test split",
     "validate": "evaluate on the val split (ckpt_path=PATH|last to load weights)",
     "test": "evaluate on the test split and write predictions (ckpt_path=PATH|last)",
+    "predict": "run a checkpoint (ckpt=PATH|last) or a model (backbone.path=) on annotations=FILE or videos=DIR: "
+               "task=NAME out=FILE.jsonl [qa_shifts=all] (resumable; JSON lines + CSV)",
     "list": "print every registered task, training algorithm, backbone, frame sampler and reward",
     "score": "score a predictions file against annotations: annotations=FILE predictions=FILE [task=qa|tag|cls|cls_binary] [report=DIR]",
     "report": "re-render the HTML page of a score: score=DIR/score.json [out=DIR/report.html] [thumbs=8]",
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from vau.judge import main as judge_main
 
             return judge_main(rest)
+        if stage == "predict":
+            from vau.predict import main as predict_main
+
+            return predict_main(rest)
         if stage == "export":
             from vau.export import main as export_main
 

@@ -53,6 +53,7 @@ class SampleEncoder:
         item["mm_token_type_ids"] = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
         item["vision"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
         item["duration"] = clip.total_frames / clip.fps  # seconds; duration-aware rewards need it
+        item["frame_times"] = [round(float(t), 3) for t in clip.timestamps]  # what the model saw (predictions)
         if with_target:
             target_text = self.spec_for(sample).target(sample)
             target = self.processor.tokenizer(target_text, add_special_tokens=False)["input_ids"]
@@ -128,6 +129,7 @@ class Collator:
         batch["vision"] = {key: torch.cat([torch.as_tensor(it["vision"][key]) for it in good]) for key in good[0]["vision"]}
         batch["samples"] = SampleList([it["sample"] for it in good])
         batch["durations"] = [float(it.get("duration", float("nan"))) for it in good]
+        batch["frame_times"] = [list(it.get("frame_times", ())) for it in good]
         return batch
 
 

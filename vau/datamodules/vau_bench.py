@@ -131,13 +131,23 @@ class VAUBenchDataModule(L.LightningDataModule):
             if not samples:
                 raise ValueError(f"{path}: no rows usable for task {self.task!r} (config key data.annotations.{split}); "
                                  f"`python -m vau data stats annotations={path}` shows what each task keeps")
-            train = split == "train"
-            self.datasets[split] = VideoTaskDataset(
-                samples, self.encoder, self.sampler if train else self.eval_sampler, train=train, seed=self.seed,
-                with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
-                num_threads=int(self.cfg.get("decode_threads", 1)), decoder=self.decoder,
-            )
+            self.datasets[split] = self.dataset_of(samples, train=split == "train")
         return self.datasets[split]
+
+    def dataset_of(self, samples: list[Sample], train: bool = False) -> VideoTaskDataset:
+        """A dataset of given samples with this DataModule's encoder, frame sampler, resize and decoder (``predict``
+        builds its samples from a file or a folder of videos)."""
+        return VideoTaskDataset(
+            samples, self.encoder, self.sampler if train else self.eval_sampler, train=train, seed=self.seed,
+            with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
+            num_threads=int(self.cfg.get("decode_threads", 1)), decoder=self.decoder,
+        )
+
+    def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:
+        """An in-order loader over ``dataset`` (no shuffling, every sample once)."""
+        workers = int(self.cfg.get("num_workers", 0))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=self.collate,
+                          drop_last=False)
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:

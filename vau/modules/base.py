@@ -243,8 +243,34 @@ class VAUModule(L.LightningModule):
             for name, value in result.means().items():
                 self.log(f"{stage}/reward/{name}", value, batch_size=batch["size"], sync_dist=True)
         if stage == "test":
-            self._predictions += [{"video": s.video, "task": s.task, "response": r}
-                                  for s, r in zip(batch["samples"], replies)]
+            self._predictions += self.prediction_records(batch, replies)
+
+    @staticmethod
+    def prediction_records(batch: dict[str, Any], replies: list[str]) -> list[dict[str, Any]]:
+        """One record per reply, as ``python -m vau score`` / ``predict`` / the HTML report read them: video, task,
+        raw reply, parsed prediction, the sampled frames' times, and where the clip came from (docs/predict.md)."""
+        from vau.tasks import get_task
+
+        records = []
+        times = batch.get("frame_times") or [[] for _ in replies]
+        durations = batch.get("durations") or [None] * len(replies)
+        for sample, reply, frames, duration in zip(batch["samples"], replies, times, durations):
+            parsed = get_task(sample.task).parse(reply, sample)
+            record = {"video": sample.video, "task": sample.task, "response": reply,
+                      "prediction": list(parsed) if isinstance(parsed, tuple) else parsed,
+                      "frame_times": list(frames), "video_path": sample.video_path, "source": sample.source,
+                      "row": sample.row or None,
+                      "duration": None if duration is None or duration != duration else round(float(duration), 3)}
+            if "shift" in sample.extra:
+                record.update(shift=int(sample.extra["shift"]), options=list(sample.options))
+            records.append(record)
+        return records
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Greedy replies of a batch as prediction records (``python -m vau predict``)."""
+        if not batch["size"]:
+            return []
+        return self.prediction_records(batch, self.generate_replies(batch))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")

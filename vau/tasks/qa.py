@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vau.datamodules.annotations import LETTERS, Annotation
 from vau.parsing import parse_choice
 from vau.registry import TASKS
@@ -39,3 +41,26 @@ class MultipleChoiceQA(Task):
         from vau.metrics import AnswerAccuracy
 
         return {"qa_accuracy": AnswerAccuracy(self)}
+
+
+def shift_options(sample: Sample, shift: int) -> Sample:
+    """``sample`` asked with its options cyclically shifted: the option shown with letter i is original option
+    (i + shift) mod n, and the answer letter moves with its option (docs/scoring.md, circular accuracy).
+
+    Example:
+        >>> s = Sample(task="qa", video="v.mp4", options=("a", "b", "c", "d"), answer="B")
+        >>> t = shift_options(s, 1)
+        >>> t.options, t.answer, t.extra["shift"]
+        (('b', 'c', 'd', 'a'), 'A', 1)
+    """
+    from vau.qa_position import original_option, shown_options
+
+    n = len(sample.options)
+    if not n:
+        raise ValueError(f"{sample.video}: a question without options cannot be shifted")
+    shift = int(shift) % n
+    answer = sample.answer
+    if answer in LETTERS[:n]:
+        answer = next(LETTERS[i] for i in range(n) if original_option(i, shift, n) == LETTERS.index(answer))
+    return replace(sample, options=tuple(shown_options(sample.options, shift)), answer=answer,
+                   extra={**sample.extra, "shift": shift})

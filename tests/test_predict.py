@@ -1,0 +1,161 @@
+"""``python -m vau predict``: real videos of several containers, sizes and lengths; checkpoints; resume; shifts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from vau.cli import main
+from vau.config import compose
+from vau.run import run
+from vau.tasks import Sample
+from vau.tasks.qa import shift_options
+
+OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight breaks out", "A car crashes")
+
+
+def _write_video(path, size, seconds, fps=8, codec="libx264", pix="yuv420p"):
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(seconds * 100 + width)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix
+        for t in range(int(seconds * fps)):  # a bright square moving over noise: real content, not a flat frame
+            frame = rng.integers(0, 40, (height, width, 3), dtype=np.uint8)
+            x = int((width - 16) * t / max(1, seconds * fps - 1))
+            frame[height // 3: height // 3 + 16, x: x + 16] = (220, 60, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A folder of real videos (mp4, mkv, avi; 64x48 to 320x240; 1 to 6 s) plus a corrupt and an empty file."""
+    folder = tmp_path_factory.mktemp("clips")
+    (folder / "street").mkdir()
+    _write_video(folder / "a_small.mp4", (64, 48), 1)
+    _write_video(folder / "street" / "b_wide.mkv", (320, 240), 6)
+    _write_video(folder / "c_mid.avi", (160, 120), 3, codec="mpeg4")
+    (folder / "d_corrupt.mp4").write_bytes((folder / "a_small.mp4").read_bytes()[:300])
+    (folder / "e_empty.mov").write_bytes(b"")
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _predict(capsys, *args):
+    code = main(["predict", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_shift_options_round_trips_and_moves_the_answer():
+    sample = Sample(task="qa", video="v.mp4", options=OPTIONS, answer="C")
+    for k in range(4):
+        shifted = shift_options(sample, k)
+        assert shifted.options[ord(shifted.answer) - 65] == OPTIONS[2]  # the answer follows its option
+        back = shift_options(Sample(task="qa", video="v", options=shifted.options, answer=shifted.answer), -k)
+        assert back.options == OPTIONS and back.answer == "C"
+
+
+@pytest.mark.parametrize("task", ["tag", "cls", "describe"])
+def test_predict_on_a_folder_of_videos(task, clips, overrides, tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    code, printed, err = _predict(capsys, *overrides, f"videos={clips}", f"task={task}", f"out={out}",
+                                  "trainer.enable_progress_bar=false")
+    assert code == 0, err
+    records = _records(out)
+    assert sorted(r["video"] for r in records) == ["a_small.mp4", "c_mid.avi", "street/b_wide.mkv"]
+    durations = {"a_small.mp4": 1.0, "c_mid.avi": 3.0, "street/b_wide.mkv": 6.0}
+    for r in records:
+        assert r["task"] == task and isinstance(r["response"], str) and r["video_path"].startswith(str(clips))
+        assert r["frame_times"] and 0 <= min(r["frame_times"]) <= max(r["frame_times"]) < durations[r["video"]] + 0.01
+        assert r["duration"] == pytest.approx(durations[r["video"]], abs=0.2)
+    assert "3 predicted, 0 already" in printed and "2 unreadable" in printed
+    unreadable = (tmp_path / "preds.jsonl.unreadable.txt").read_text()
+    assert "d_corrupt.mp4" in unreadable and "e_empty.mov" in unreadable
+    with open(tmp_path / "preds.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and rows[0]["frame_times"]
+
+
+def test_qa_on_raw_videos_needs_questions_and_asks_every_shift(clips, overrides, tmp_path, capsys):
+    code, _, err = _predict(capsys, *overrides, f"videos={clips}", "task=qa", f"out={tmp_path / 'q.jsonl'}")
+    assert code == 2 and "questions=FILE" in err
+    questions = tmp_path / "questions.csv"
+    with questions.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Video Name", "Question", "Option 1", "Option 2", "Option 3", "Option 4"])
+        writer.writerow(["a_small.mp4", "What happens?", *OPTIONS])
+        writer.writerow(["street/b_wide.mkv", "Which event is shown?", *OPTIONS])
+    out = tmp_path / "q.jsonl"
+    code, _, err = _predict(capsys, *overrides, f"videos={clips}", "task=qa", f"questions={questions}", f"out={out}",
+                            "qa_shifts=all", "trainer.enable_progress_bar=false")
+    assert code == 0, err
+    records = _records(out)
+    assert sorted((r["video"], r["shift"]) for r in records) == sorted(
+        (v, k) for v in ("a_small.mp4", "street/b_wide.mkv") for k in range(4))
+    for r in records:
+        assert tuple(r["options"]) == tuple(OPTIONS[(i + r["shift"]) % 4] for i in range(4))
+
+
+def test_predict_from_a_checkpoint_matches_the_test_stage_and_resumes(overrides, demo_root, tmp_path, capsys):
+    cfg = compose("demo", overrides)  # the run folder goes under paths.output_dir/demo/, where ckpt=last looks
+    run("fit", cfg)
+    (run_dir,) = (tmp_path / "outputs" / "demo").iterdir()
+    tested = {r["video"]: r for r in _records(run_dir / "predictions_rank0.jsonl")}
+    ckpt = sorted((run_dir / "checkpoints").glob("step*.ckpt"))[-1]  # the checkpoint the test stage used
+    out = tmp_path / "p.jsonl"
+    args = [f"ckpt={ckpt}", f"annotations={demo_root / 'test.csv'}", "task=qa", f"out={out}",
+            "trainer.enable_progress_bar=false", "data.eval_batch_size=3"]
+    code, printed, err = _predict(capsys, *args)
+    assert code == 0, err
+    records = _records(out)
+    assert {r["video"] for r in records} == set(tested)
+    for r in records:  # same weights, frames and greedy decoding: the same replies, batched differently
+        assert r["response"] == tested[r["video"]]["response"]
+        assert r["prediction"] == tested[r["video"]]["prediction"] and r["frame_times"] == tested[r["video"]]["frame_times"]
+    # Interrupted after the first record: a re-run predicts only the rest.
+    out.write_text(out.read_text().splitlines(keepends=True)[0] + '{"video": "torn')
+    code, printed, err = _predict(capsys, *args)
+    assert code == 0, err
+    assert f"{len(tested) - 1} predicted, 1 already" in printed
+    again = _records_lenient(out)
+    assert sorted(r["video"] for r in again) == sorted(tested)
+    # ckpt=last: the newest run of the experiment under paths.output_dir (its last.ckpt: the same 2 steps)
+    last = tmp_path / "last.jsonl"
+    code, _, err = _predict(capsys, "conf=demo", *overrides, "ckpt=last", f"annotations={demo_root / 'test.csv'}",
+                            "task=qa", f"out={last}")
+    assert code == 0, err
+    assert sorted((r["video"], r["response"]) for r in _records(last)) == sorted(
+        (v, r["response"]) for v, r in tested.items())
+    code, _, err = _predict(capsys, "conf=demo_grpo", *overrides, "ckpt=last", f"annotations={demo_root / 'test.csv'}",
+                            "task=qa", f"out={tmp_path / 'none.jsonl'}")
+    assert code == 2 and "ckpt=last" in err  # no run of that experiment yet: says so
+
+
+def _records_lenient(path):
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def test_bad_arguments_name_the_key(tmp_path, capsys):
+    code, _, err = _predict(capsys, "task=qa", f"out={tmp_path / 'x.jsonl'}")
+    assert code == 2 and "annotations=FILE or videos=DIR" in err
+    code, _, err = _predict(capsys, f"videos={tmp_path / 'none'}", "task=tag", f"out={tmp_path / 'x.jsonl'}")
+    assert code == 2 and "not a folder" in err

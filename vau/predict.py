@@ -1,0 +1,293 @@
+"""``python -m vau predict``: run a checkpoint or a local model on an annotation file or a folder of videos.
+
+    python -m vau predict ckpt=last conf=demo task=qa annotations=data/demo/test.csv out=preds.jsonl
+    python -m vau predict backbone=qwen2_5_vl backbone.path=/models/Qwen2.5-VL-3B-Instruct \\
+        videos=/data/clips task=tag out=tag.jsonl data.eval_batch_size=4
+
+Model: ``ckpt=PATH`` (a Lightning checkpoint of a run; its ``config.yaml`` rebuilds the backbone, LoRA included),
+``ckpt=last`` (the newest run of the experiment ``conf=`` names), or no checkpoint: the backbone of the composed
+config as it is (``backbone.path=`` for a local Hugging Face folder).
+
+Inputs: ``annotations=FILE`` (every row the task keeps for evaluation), or ``videos=DIR`` (every video file below
+it, any container the decoder reads). On raw videos the tasks without a ground truth run as they are (tag, cls,
+cls_binary, describe, and plugin tasks); ``qa`` needs ``questions=FILE`` (a CSV with Video Name, Question,
+Option 1-4). ``qa_shifts=all`` (or ``0,2``) asks every question under cyclic option shifts as well
+(docs/scoring.md: circular accuracy).
+
+Output: JSON lines (``out=``, one record per reply; docs/predict.md) written batch by batch, a CSV beside it, and
+``<out>.unreadable.txt`` listing the videos that could not be read (counted, never fatal). Rows already in ``out``
+(same video, task and shift) are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from vau.config import ConfigError, compose
+
+log = logging.getLogger(__name__)
+
+KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
+USAGE = ("usage: python -m vau predict [conf=NAME] [ckpt=PATH|last] (annotations=FILE | videos=DIR [questions=FILE]) "
+         "task=NAME out=FILE.jsonl [qa_shifts=all|0,1,...] [key=value overrides]")
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
+    conf, own, overrides = None, {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "conf":
+            conf = value
+        elif sep and key in KEYS:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if not own.get("out"):
+        raise ConfigError(f"predict needs out=FILE.jsonl (where the predictions go)\n{USAGE}")
+    if bool(own.get("annotations")) == bool(own.get("videos")):
+        raise ConfigError(f"predict takes exactly one of annotations=FILE or videos=DIR\n{USAGE}")
+    return conf, own, overrides
+
+
+def model_config(conf: str | None, own: dict[str, str], overrides: list[str]):
+    """The run config: a checkpoint's own run config (plus overrides), or ``conf`` composed."""
+    ckpt = own.get("ckpt")
+    if not ckpt:
+        return compose(conf, overrides), None
+    if ckpt == "last":
+        from vau.checkpoints import newest_checkpoint
+
+        cfg = compose(conf, overrides)
+        ckpt = newest_checkpoint(cfg, str(cfg.experiment_name), "ckpt=last")
+    from vau.export import run_config
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise ConfigError(f"ckpt={ckpt}: no such checkpoint file")
+    return run_config(path, None, overrides), path
+
+
+def shifts_of(spec: str | None, n: int = 4) -> list[int] | None:
+    """``qa_shifts``: None (no shifts), ``all`` (0..n-1) or a comma list; 0 is always included (raw accuracy)."""
+    if not spec:
+        return None
+    if spec.strip().lower() == "all":
+        return list(range(n))
+    try:
+        values = sorted({int(v) % n for v in spec.split(",") if v.strip()} | {0})
+    except ValueError:
+        raise ConfigError(f"qa_shifts={spec}: give `all` or shifts like 0,1,2,3") from None
+    return values
+
+
+def video_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"videos={folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not files:
+        raise ConfigError(f"videos={folder}: no video files ({', '.join(VIDEO_SUFFIXES)}) below it")
+    return files
+
+
+def read_questions(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Questions of a CSV (Video Name, Question, Option 1-4; other columns ignored), by video name."""
+    if not path.is_file():
+        raise ConfigError(f"questions={path}: no such file")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = {h.strip().lower(): h for h in reader.fieldnames or []}
+        need = ["video name", "question", "option 1", "option 2"]
+        missing = [n for n in need if n not in header]
+        if missing:
+            raise ConfigError(f"questions={path}: missing column(s) {missing}; a questions file has Video Name, "
+                              f"Question, Option 1 .. Option 4")
+        out: dict[str, list[dict[str, Any]]] = {}
+        for line, rec in enumerate(reader, start=2):
+            options = tuple(str(rec.get(header.get(f"option {i}", ""), "") or "").strip() for i in range(1, 5))
+            options = tuple(o for o in options if o)
+            question = str(rec[header["question"]] or "").strip()
+            if question and len(options) >= 2:
+                out.setdefault(str(rec[header["video name"]]).strip(), []).append(
+                    {"question": question, "options": options, "row": line})
+    return out
+
+
+def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
+    """The samples to predict, QA option shifts included."""
+    from vau.datamodules.annotations import read_annotations
+    from vau.datamodules.dataset import VideoResolver
+    from vau.datamodules.views import ViewOptions
+    from vau.tasks import Sample, get_task
+    from vau.tasks.qa import shift_options
+
+    task = get_task(task_name)
+    if own.get("annotations"):
+        path = Path(own["annotations"])
+        if not path.is_file():
+            raise ConfigError(f"annotations={path}: no such file")
+        resolver = VideoResolver(cfg.data.get("video_root"), dict(cfg.data.get("video_roots") or {}))
+        views = ViewOptions.from_cfg(cfg.data.get("views"))
+        samples = [task.sample(ann, str(resolver(ann.video, ann.source)))
+                   for ann in read_annotations(path) if task.keeps(ann, False, views)]
+    else:
+        folder = Path(own["videos"])
+        files = video_files(folder)
+        if task.answer_kind == "choice":
+            if not own.get("questions"):
+                raise ConfigError(f"task={task_name} asks a question of each video: give questions=FILE (a CSV with "
+                                  f"Video Name, Question, Option 1-4), or choose tag, cls, cls_binary or describe")
+            questions = read_questions(Path(own["questions"]))
+            samples = []
+            for f in files:  # a question names its video by its path below videos=DIR, or by its file name
+                rel = str(f.relative_to(folder))
+                for q in questions.get(rel) or questions.get(f.name) or []:
+                    samples.append(Sample(task=task_name, video=rel, video_path=str(f), row=q["row"],
+                                          question=q["question"], options=q["options"]))
+        else:
+            samples = [Sample(task=task_name, video=str(f.relative_to(folder)), video_path=str(f)) for f in files]
+    shifts = shifts_of(own.get("qa_shifts"))
+    if shifts and task.answer_kind == "choice":
+        samples = [shift_options(s, k) for s in samples for k in shifts]
+    if not samples:
+        raise ConfigError(f"task={task_name}: nothing to predict in {own.get('annotations') or own.get('videos')}")
+    return samples
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    return str(record.get("video")), str(record.get("task")), int(record.get("shift") or 0)
+
+
+def done_keys(out: Path) -> set[tuple[str, str, int]]:
+    """Keys already predicted in ``out`` (a torn last line of a killed run is ignored and predicted again)."""
+    keys = set()
+    if out.is_file():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            try:
+                keys.add(record_key(json.loads(line)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return keys
+
+
+class RecordWriter(BasePredictionWriter):
+    """Appends each batch's records to the JSON-lines file as the batch completes; collects unreadable videos."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.out = out
+        self.written = 0
+        self.unreadable: list[dict[str, Any]] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for bad in batch.get("bad") or []:
+            self.unreadable.append(bad)
+            log.warning("unreadable video skipped: %s (%s)", bad.get("video"), bad.get("error"))
+        if not prediction:
+            return
+        torn = self.out.is_file() and self.out.stat().st_size and not self.out.read_bytes().endswith(b"\n")
+        with self.out.open("a", encoding="utf-8") as handle:
+            if torn:  # a killed run's half-written line must not swallow this batch's first record
+                handle.write("\n")
+            handle.write("".join(json.dumps(r) + "\n" for r in prediction))
+        self.written += len(prediction)
+
+
+def write_csv(out: Path) -> Path:
+    """The JSON-lines predictions as a CSV beside them (video, task, shift, raw reply, prediction, frame times)."""
+    path = out.with_suffix(".csv")
+    records = []
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video", "task", "shift", "response", "prediction", "frame_times"])
+        for r in records:
+            writer.writerow([r.get("video"), r.get("task"), r.get("shift", ""), r.get("response"),
+                             json.dumps(r.get("prediction")), " ".join(f"{t:g}" for t in r.get("frame_times") or [])])
+    return path
+
+
+def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
+    """Predict ``samples`` not yet in ``out``; returns the counts."""
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+    from vau.modules.backbones import build_backbone
+    from vau.registry import ALGORITHMS
+
+    done = done_keys(out)
+    todo = [s for s in samples if (s.video, s.task, int(s.extra.get("shift", 0))) not in done]
+    skipped = len(samples) - len(todo)
+    if skipped:
+        log.info("%d of %d predictions are already in %s: predicting the other %d", skipped, len(samples), out,
+                 len(todo))
+    writer = RecordWriter(out)
+    if todo:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        if cfg.get("torch_threads"):
+            import torch
+
+            torch.set_num_threads(int(cfg.torch_threads))
+        backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
+        cfg.data.task = samples[0].task
+        module = ALGORITHMS.get(cfg.module.name).from_config(cfg, backbone, out.parent)
+        if ckpt is not None:
+            from vau.checkpoints import load_init_weights
+
+            cfg.init_from = str(ckpt)
+            load_init_weights(module, cfg)
+        data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
+                                  with_target=False)
+        loader = data.eval_loader(data.dataset_of(todo), int(cfg.data.get("eval_batch_size") or cfg.data.batch_size))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        trainer = L.Trainer(accelerator=str(cfg.trainer.get("accelerator", "auto")), devices=1,
+                            precision=cfg.trainer.get("precision", "32-true"), logger=False,
+                            enable_checkpointing=False, callbacks=[writer], enable_model_summary=False,
+                            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)))
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    bad_path = Path(f"{out}.unreadable.txt")
+    if writer.unreadable:
+        bad_path.write_text("".join(f"{b.get('video')}\t{b.get('reason', '')}\t{b.get('error', '')}\n"
+                                    for b in writer.unreadable))
+    counts = {"predicted": writer.written, "skipped_as_done": skipped, "unreadable": len(writer.unreadable),
+              "unreadable_list": str(bad_path) if writer.unreadable else None}
+    if out.is_file():
+        counts["csv"] = str(write_csv(out))
+    return counts
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vau predict ...``; returns the exit code (2 for bad arguments)."""
+    from vau.registry import load_plugins
+    from vau.tasks import task_names
+
+    try:
+        conf, own, overrides = parse_args(list(argv))
+        cfg, ckpt = model_config(conf, own, overrides)
+        load_plugins(cfg.get("plugins") or [])
+        task = own.get("task") or str(cfg.data.task)
+        if task not in task_names():
+            raise ConfigError(f"task={task}: not a registered task; one of {', '.join(task_names())}")
+        samples = build_samples(cfg, task, own)
+        counts = predict(cfg, samples, Path(own["out"]), ckpt)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    line = (f"predict: {counts['predicted']} predicted, {counts['skipped_as_done']} already in {own['out']}, "
+            f"{counts['unreadable']} unreadable")
+    if counts["unreadable"]:
+        line += f" (listed in {counts['unreadable_list']})"
+    print(line)
+    if counts.get("csv"):
+        print(f"predictions: {own['out']} (JSON lines) and {counts['csv']}")
+    return 0
