@@ -117,9 +117,9 @@ def test_metric_tables_show_overall_source_and_position_rows(page):
     text = page[0].read_text()
     metrics = text.split('id="metrics"')[1].split("</section>")[0]
     assert re.search(r"<td>overall</td><td>50\.00</td><td>2</td>", metrics)
-    assert re.search(r"<td>source: ucf</td><td>0\.00</td><td>1</td>", metrics)
+    assert re.search(r"<td>source: UCF-Crime</td><td>0\.00</td><td>1</td>", metrics)
     # tag: miou/r50 columns; the ucf row has no r50 -> a dash, not a crash
-    assert re.search(r"<td>source: ucf</td><td>0\.00</td><td>–</td><td>1</td>", metrics)
+    assert re.search(r"<td>source: UCF-Crime</td><td>0\.00</td><td>–</td><td>1</td>", metrics)
     assert "<th>always B</th>" in metrics and "<td>25.00</td>" in metrics  # circular
 
 

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+from vau.report import source_name
 from vau.thumbnails import Strip, pick_times, video_thumbnails
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def metric_tables(score: dict, fmt: _Format) -> str:
         if not isinstance(entry, dict):
             continue
         rows = [("overall", entry.get("overall") or {})]
-        rows += [(f"source: {name}", row) for name, row in sorted((entry.get("by_source") or {}).items())]
+        rows += [(f"source: {source_name(name)}", row) for name, row in sorted((entry.get("by_source") or {}).items())]
         rows = [(name, row) for name, row in rows if isinstance(row, dict)]
         parts.append(f'<div class="card"><h3>{_e(task)}</h3>' + _table(rows, fmt, "rows") + "</div>")
     qa = score.get("qa_position")
