@@ -136,10 +136,11 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
             raise ConfigError(f"annotations={path}: no such file")
         resolver = VideoResolver(cfg.data.get("video_root"), dict(cfg.data.get("video_roots") or {}))
         views = ViewOptions.from_cfg(cfg.data.get("views"))
-        samples = [task.sample(ann, str(resolver(ann.video, ann.source)))
+        # absolute paths: the predictions file (and the report's thumbnails) must not depend on the working folder
+        samples = [task.sample(ann, str(resolver(ann.video, ann.source).absolute()))
                    for ann in read_annotations(path) if task.keeps(ann, False, views)]
     else:
-        folder = Path(own["videos"])
+        folder = Path(own["videos"]).absolute()
         files = video_files(folder)
         if task.answer_kind == "choice":
             if not own.get("questions"):
