@@ -159,3 +159,38 @@ def test_bad_arguments_name_the_key(tmp_path, capsys):
     assert code == 2 and "annotations=FILE or videos=DIR" in err
     code, _, err = _predict(capsys, f"videos={tmp_path / 'none'}", "task=tag", f"out={tmp_path / 'x.jsonl'}")
     assert code == 2 and "not a folder" in err
+
+
+def test_circular_accuracy_metric_needs_every_shift_right():
+    from vau.metrics import CircularAccuracy
+
+    one = Sample(task="qa", video="one.mp4", question="q1", options=OPTIONS, answer="B", row=2)
+    two = Sample(task="qa", video="two.mp4", question="q2", options=OPTIONS, answer="C", row=3)
+    metric = CircularAccuracy("qa")
+
+    def reply(sample, right):
+        letter = sample.answer if right else ("A" if sample.answer != "A" else "B")
+        return f"<answer>{letter}</answer>"
+
+    shifted = [(shift_options(one, k), True) for k in range(4)] + [(shift_options(two, k), k != 2) for k in range(4)]
+    for part in (shifted[:3], shifted[3:]):  # a question's shifts split over two batches
+        metric.update([reply(s, ok) for s, ok in part], [s for s, _ in part])
+    assert float(metric.compute()) == 0.5  # one of two questions right under all 4 shifts
+    partial = CircularAccuracy("qa")
+    partial.update([reply(shift_options(one, k), True) for k in range(3)], [shift_options(one, k) for k in range(3)])
+    assert float(partial.compute()) == 0.0  # a missing shift counts wrong
+
+
+def test_fit_with_qa_shifts_reports_circular_accuracy_like_score(overrides, demo_root, tmp_path, capsys):
+    """data.qa_shifts=all: the test stage asks every question 4 times; qa_accuracy stays the original order's, and
+    test/qa_circular_accuracy equals what `score` computes from the written predictions."""
+    run_dir = tmp_path / "run"
+    metrics = run("fit", compose("demo", [*overrides, f"run_dir={run_dir}", "data.qa_shifts=all"]))
+    records = _records(run_dir / "predictions_rank0.jsonl")
+    assert sorted({r["shift"] for r in records}) == [0, 1, 2, 3] and len(records) == 4 * len({r["video"] for r in records})
+    out = tmp_path / "m.json"
+    assert main(["score", f"annotations={demo_root / 'test.csv'}", f"predictions={run_dir / 'predictions_rank0.jsonl'}",
+                 "task=qa", f"output={out}"]) == 0
+    position = json.loads(out.read_text())["qa_position"]
+    assert metrics["test/qa_circular_accuracy"] == pytest.approx(position["circular"])
+    assert metrics["test/qa_accuracy"] == pytest.approx(position["raw"])

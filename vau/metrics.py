@@ -50,9 +50,11 @@ class _Ratio(Metric):
         return _resolve(self._task)
 
     def _scored(self, completions: list[str], samples: list[Sample]):
-        """(reply, sample) pairs of this metric's task that have a ground truth."""
+        """(reply, sample) pairs of this metric's task that have a ground truth; a question asked under a cyclic
+        option shift other than 0 (``data.qa_shifts``) counts only in :class:`CircularAccuracy`."""
         task = self.task
-        return [(c, s) for c, s in zip(completions, samples) if task.owns(s) and task.truth(s) is not None]
+        return [(c, s) for c, s in zip(completions, samples)
+                if task.owns(s) and task.truth(s) is not None and not s.extra.get("shift")]
 
     def _add(self, hits: float, total: float) -> None:
         self.hits += hits
@@ -79,6 +81,58 @@ class ChoiceAccuracy(AnswerAccuracy):
 
     def __init__(self, task: str | Task = "qa", **kwargs) -> None:
         super().__init__(task, **kwargs)
+
+
+class CircularAccuracy(Metric):
+    """Share of questions answered right under every cyclic shift of their options (docs/scoring.md).
+
+    Needs the questions asked under all n shifts (``data.qa_shifts: all``); a question missing a shift counts
+    wrong. States are concatenated (row key, shift, right) triples, so a question whose shifts land in different
+    batches or DDP ranks is judged on all of them.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, task: str | Task = "qa", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._task = task
+        for name in ("keys", "shifts", "right", "sizes"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @property
+    def task(self) -> Task:
+        return _resolve(self._task)
+
+    def update(self, completions: list[str], samples: list[Sample]) -> None:
+        import zlib
+
+        task = self.task
+        kept = [(c, s) for c, s in zip(completions, samples) if task.owns(s) and task.truth(s) is not None]
+        if not kept:
+            return
+        def key(s: Sample) -> int:  # the question, whatever order its options were shown in
+            return zlib.crc32(f"{s.video}|{s.row}|{s.question}".encode()) | (int(s.row or 0) << 32)
+
+        self.keys.append(torch.tensor([key(s) for _, s in kept], dtype=torch.int64))
+        self.shifts.append(torch.tensor([int(s.extra.get("shift", 0)) for _, s in kept], dtype=torch.int64))
+        self.right.append(torch.tensor([task.accuracy(c, s) >= 1.0 for c, s in kept], dtype=torch.int64))
+        self.sizes.append(torch.tensor([len(s.options) for _, s in kept], dtype=torch.int64))
+
+    def compute(self) -> torch.Tensor:
+        def flat(state):
+            return torch.cat(state) if isinstance(state, list) and state else (
+                state if isinstance(state, torch.Tensor) else torch.zeros(0, dtype=torch.int64))
+
+        keys, shifts, right, sizes = flat(self.keys), flat(self.shifts), flat(self.right), flat(self.sizes)
+        if not len(keys):
+            return torch.tensor(float("nan"))
+        rows: dict[int, tuple[set, bool, int]] = {}
+        for k, sh, ok, n in zip(keys.tolist(), shifts.tolist(), right.tolist(), sizes.tolist()):
+            seen, all_right, _ = rows.get(k, (set(), True, n))
+            rows[k] = (seen | {sh}, all_right and bool(ok), n)
+        hits = sum(all_right and len(seen) >= n for seen, all_right, n in rows.values())
+        return torch.tensor(hits / len(rows), dtype=torch.float32)
 
 
 class FormatRate(_Ratio):
@@ -263,11 +317,13 @@ def task_metrics(task: str | Task, classes: Sequence[str] = ANOMALY_CLASSES) -> 
 
 
 def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
-                 reflection: bool = False) -> dict[str, Metric]:
+                 reflection: bool = False, circular: bool = False) -> dict[str, Metric]:
     """The metrics of every task of a view (one task, or those of ``data.task=mixed``), keyed by log name.
 
     ``reflection=True`` (two-pass self-correction, ``generation.self_correct``) adds each scored task's reflection
     metrics (:meth:`vau.tasks.Task.reflection_metrics`: initial score, Δ(i→c), Δ(c→i)) where it lacks them.
+    ``circular=True`` (questions asked under option shifts, ``data.qa_shifts``) adds ``<task>_circular_accuracy``
+    for every multiple-choice task.
 
     A name two tasks both report (``cls`` and ``cls_binary`` both give ``cls_binary_accuracy``) is prefixed with
     each task's name, so the numbers of different tasks never mix; one format rate covers all replies.
@@ -278,6 +334,10 @@ def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
             task = _resolve(name)
             if task.scored:
                 metrics.update({k: m for k, m in task.reflection_metrics().items() if k not in metrics})
+    if circular:
+        for name, metrics in per_task.items():
+            if _resolve(name).answer_kind == "choice":
+                metrics[f"{name}_circular_accuracy"] = CircularAccuracy(name)
     counts: dict[str, int] = {}
     for metrics in per_task.values():
         for key in metrics:

@@ -76,19 +76,6 @@ def model_config(conf: str | None, own: dict[str, str], overrides: list[str]):
     return run_config(path, None, overrides), path
 
 
-def shifts_of(spec: str | None, n: int = 4) -> list[int] | None:
-    """``qa_shifts``: None (no shifts), ``all`` (0..n-1) or a comma list; 0 is always included (raw accuracy)."""
-    if not spec:
-        return None
-    if spec.strip().lower() == "all":
-        return list(range(n))
-    try:
-        values = sorted({int(v) % n for v in spec.split(",") if v.strip()} | {0})
-    except ValueError:
-        raise ConfigError(f"qa_shifts={spec}: give `all` or shifts like 0,1,2,3") from None
-    return values
-
-
 def video_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(f"videos={folder}: not a folder")
@@ -126,6 +113,7 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
     from vau.datamodules.annotations import read_annotations
     from vau.datamodules.dataset import VideoResolver
     from vau.datamodules.views import ViewOptions
+    from vau.qa_position import parse_shifts
     from vau.tasks import Sample, get_task
     from vau.tasks.qa import shift_options
 
@@ -155,7 +143,10 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
                                           question=q["question"], options=q["options"]))
         else:
             samples = [Sample(task=task_name, video=str(f.relative_to(folder)), video_path=str(f)) for f in files]
-    shifts = shifts_of(own.get("qa_shifts"))
+    try:
+        shifts = parse_shifts(own.get("qa_shifts"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if shifts and task.answer_kind == "choice":
         samples = [shift_options(s, k) for s in samples for k in shifts]
     if not samples:

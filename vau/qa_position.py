@@ -25,6 +25,24 @@ from dataclasses import replace
 from vau.datamodules.annotations import LETTERS
 
 
+def parse_shifts(spec, n: int = 4) -> list[int] | None:
+    """Shifts to ask (``qa_shifts`` of predict, ``data.qa_shifts`` of evaluation): None/empty (none), ``all``
+    (0..n-1), or a list / comma list; shift 0 (the original order, raw accuracy) is always included.
+
+    >>> parse_shifts("all"), parse_shifts("2,1"), parse_shifts(None)
+    ([0, 1, 2, 3], [0, 1, 2], None)
+    """
+    if spec is None or spec == "" or spec is False:
+        return None
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(n))
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        return sorted({int(v) % n for v in parts if str(v).strip()} | {0})
+    except ValueError:
+        raise ValueError(f"qa_shifts={spec!r}: give `all` or shifts like 0,1,2,3") from None
+
+
 def original_option(letter_index: int, shift: int, n: int) -> int:
     """The original option index that reply letter ``letter_index`` names when the options were shifted by ``shift``."""
     if n <= 0:

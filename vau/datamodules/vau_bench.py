@@ -33,7 +33,9 @@ from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.video import FrameCache, processor_size_fn
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mixed, mix_weights, view_tasks
+from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
+from vau.tasks.qa import shift_options
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -117,6 +119,14 @@ class VAUBenchDataModule(L.LightningDataModule):
                      "training" if train else "evaluation",
                      "; left out: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "")
             samples += kept
+        shifts = None if train else parse_shifts(self.cfg.get("qa_shifts"))
+        if shifts:  # position-robust evaluation: every question also under cyclic shifts of its options
+            expanded: list[Sample] = []
+            for sample in samples:
+                choice = get_task(sample.task).answer_kind == "choice"
+                expanded += [shift_options(sample, k) for k in shifts] if choice else [sample]
+            samples = expanded
+            log.info("%s: questions asked under option shifts %s (%d samples)", split, shifts, len(samples))
         notes = summarize(rows)
         if notes:
             log.info("%s: normalised rows in %s: %s", split, path, ", ".join(f"{k}={v}" for k, v in notes.items()))

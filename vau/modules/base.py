@@ -119,6 +119,10 @@ class VAUModule(L.LightningModule):
     def from_config(cls, cfg, backbone: Backbone, run_dir) -> VAUModule:
         """The module of a run: ``cls(backbone, **config_kwargs(cfg, run_dir))`` plus the checkpoint settings."""
         module = cls(backbone, **cls.config_kwargs(cfg, run_dir))
+        if cfg.data.get("qa_shifts"):  # eval questions asked under option shifts: report circular accuracy too
+            for name in ("val_metrics", "test_metrics"):
+                setattr(module, name, torch.nn.ModuleDict(view_metrics(module.tasks, reflection=module.self_correct,
+                                                                       circular=True)))
         module.adapter_only_checkpoint = bool((cfg.get("checkpoint") or {}).get("adapter_only", True))
         return module
 
