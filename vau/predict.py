@@ -178,6 +178,9 @@ class RecordWriter(BasePredictionWriter):
         self.out = out
         self.written = 0
         self.unreadable: list[dict[str, Any]] = []
+        # A killed run may have left a half-written last line: end it before the first append, or it would
+        # swallow this run's first record (checked once: the file only grows by whole lines after that).
+        self._torn = out.is_file() and out.stat().st_size > 0 and not out.read_bytes().endswith(b"\n")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         for bad in batch.get("bad") or []:
@@ -185,10 +188,10 @@ class RecordWriter(BasePredictionWriter):
             log.warning("unreadable video skipped: %s (%s)", bad.get("video"), bad.get("error"))
         if not prediction:
             return
-        torn = self.out.is_file() and self.out.stat().st_size and not self.out.read_bytes().endswith(b"\n")
         with self.out.open("a", encoding="utf-8") as handle:
-            if torn:  # a killed run's half-written line must not swallow this batch's first record
+            if self._torn:
                 handle.write("\n")
+                self._torn = False
             handle.write("".join(json.dumps(r) + "\n" for r in prediction))
         self.written += len(prediction)
 
