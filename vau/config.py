@@ -21,6 +21,22 @@ class ConfigError(ValueError):
     """A config name, key or value the user gave that does not exist; the message lists valid choices."""
 
 
+def key_values(argv) -> dict[str, str]:
+    """``KEY=VALUE`` command-line arguments as a dict (a later key wins); ConfigError names the first argument
+    without ``=``.
+
+    >>> key_values(["out=a.csv", "seed=3"])
+    {'out': 'a.csv', 'seed': '3'}
+    """
+    args: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"{arg!r} is not KEY=VALUE")
+        args[key] = value
+    return args
+
+
 def conf_dir() -> Path:
     if not (CONF_DIR / "config.yaml").is_file():
         raise ConfigError(f"vau's config folder {CONF_DIR} is missing; reinstall vau (pip install .)")

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from vau.chat import backend_from_options, first_json_object, prefixed, runner_from_options
+from vau.config import ConfigError, key_values
 from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
 
 log = logging.getLogger(__name__)
@@ -223,13 +224,11 @@ def format_markdown(report: dict) -> str:
 
 def main(argv: list[str]) -> int:
     """``python -m vau judge ...``; exit code 2 for bad arguments or input."""
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            print(f"error: {arg!r} is not KEY=VALUE\n{USAGE}", file=sys.stderr)
-            return 2
-        args[key] = value
+    try:
+        args = key_values(argv)
+    except ConfigError as err:
+        print(f"error: {err}\n{USAGE}", file=sys.stderr)
+        return 2
     try:
         unknown = sorted(k for k in args if k not in ("predictions", "annotations", "out", "tasks")
                          and not k.startswith("judge."))

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from vau.config import ConfigError, key_values
 from vau.datamodules.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation, AnnotationError, read_annotations
 from vau.parsing import interval_iou, is_normal_interval
 from vau.registry import REFLECTORS, TASKS
@@ -352,13 +353,11 @@ USAGE = ("usage: python -m vau data reflect annotations=FILE out=FILE [builder=t
 
 def main(argv: list[str]) -> int:
     """``python -m vau data reflect ...``: returns the exit code (2 for bad arguments or input)."""
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            print(f"error: {arg!r} is not KEY=VALUE\n{USAGE}", file=sys.stderr)
-            return 2
-        args[key] = value
+    try:
+        args = key_values(argv)
+    except ConfigError as err:
+        print(f"error: {err}\n{USAGE}", file=sys.stderr)
+        return 2
     missing = [k for k in ("annotations", "out") if not args.get(k)]
     if missing:
         print(f"error: missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}", file=sys.stderr)

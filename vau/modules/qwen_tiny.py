@@ -123,6 +123,14 @@ def _instruct_generation_config(model, ids: dict[str, int]) -> None:
     model.generation_config.bos_token_id = None
 
 
+def _save_twin(out_dir: str | Path, model, processor_cls, tokenizer, image_processor, video_processor) -> None:
+    """Write a twin's model and its processor (the family's processor class, the twins' chat template)."""
+    processor = processor_cls(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer,
+                              chat_template=CHAT_TEMPLATE)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
 def build_qwen2_5_vl(out_dir: str | Path, seed: int, s: dict) -> None:
     """Write a tiny random Qwen2.5-VL model + processor to ``out_dir`` (deterministic from ``seed``)."""
     from transformers import (
@@ -160,14 +168,8 @@ def build_qwen2_5_vl(out_dir: str | Path, seed: int, s: dict) -> None:
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = None
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=pixels),
-        video_processor=Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    _save_twin(out_dir, model, Qwen2_5_VLProcessor, tokenizer, Qwen2VLImageProcessor(size=pixels),
+               Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False))
 
 
 def build_qwen2_vl(out_dir: str | Path, seed: int, s: dict) -> None:
@@ -202,14 +204,8 @@ def build_qwen2_vl(out_dir: str | Path, seed: int, s: dict) -> None:
     model = Qwen2VLForConditionalGeneration(config)
     _instruct_generation_config(model, ids)
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=pixels),
-        video_processor=Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    _save_twin(out_dir, model, Qwen2VLProcessor, tokenizer, Qwen2VLImageProcessor(size=pixels),
+               Qwen2VLVideoProcessor(size=pixels, do_sample_frames=False))
 
 
 def build_qwen3_vl(out_dir: str | Path, seed: int, s: dict) -> None:
@@ -255,11 +251,5 @@ def build_qwen3_vl(out_dir: str | Path, seed: int, s: dict) -> None:
     model = Qwen3VLForConditionalGeneration(config)
     _instruct_generation_config(model, ids)
     pixels = {"shortest_edge": 32 * 32, "longest_edge": 128 * 128}
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=16),
-        video_processor=Qwen3VLVideoProcessor(size=pixels, patch_size=16, do_sample_frames=False),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    _save_twin(out_dir, model, Qwen3VLProcessor, tokenizer, Qwen2VLImageProcessor(size=pixels, patch_size=16),
+               Qwen3VLVideoProcessor(size=pixels, patch_size=16, do_sample_frames=False))
