@@ -39,9 +39,13 @@ def test_short_sft_fit_writes_logs_checkpoint_predictions_and_metrics(overrides,
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert {"test/qa_accuracy", "test/format_rate"} <= set(metrics)
     lines = (run_dir / "predictions_rank0.jsonl").read_text().splitlines()
-    assert len(lines) == 4  # every test clip gets a prediction
-    # The logged accuracy is the task's accuracy of exactly the replies written to the predictions file.
     records = [json.loads(line) for line in lines]
+    # every test question gets a prediction under each of its 4 option shifts (the demo's data.qa_shifts: all)
+    assert len(lines) == 16
+    assert sorted(r["shift"] for r in records) == sorted([0, 1, 2, 3] * 4)
+    assert "test/qa_circular_accuracy" in metrics
+    # The logged accuracy is the task's accuracy of exactly the original-order replies written to the file.
+    records = [r for r in records if r["shift"] == 0]
     samples = {s.video: s for s in _test_samples(cfg)}
     task = get_task("qa")
     expected = sum(task.accuracy(r["response"], samples[r["video"]]) for r in records) / len(records)

@@ -23,6 +23,25 @@ def test_csv_has_vau_bench_columns_and_balanced_classes(demo_root):
             assert 0.0 < float(row["Start Time"]) < float(row["End Time"])
 
 
+def test_options_are_permuted_per_question_and_the_letter_carries_no_class(tmp_path):
+    root = generate(tmp_path / "p", n_train=32, n_val=1, n_test=1, seed=2, min_seconds=1.0, max_seconds=1.5)
+    fixed = generate(tmp_path / "f", n_train=32, n_val=1, n_test=1, seed=2, min_seconds=1.0, max_seconds=1.5,
+                     permute_options=False)
+    rows, fixed_rows = read_annotations(root / "train.csv"), read_annotations(fixed / "train.csv")
+    letter_of_class: dict[str, set[str]] = {}
+    for ann, old in zip(rows, fixed_rows):
+        kind = next(k for k in KINDS if k.anomaly_class == ann.anomaly_class)
+        assert sorted(ann.options) == sorted(k.option for k in KINDS)
+        assert ann.options["ABCD".index(ann.answer)] == kind.option  # the right letter names the clip's event
+        letter_of_class.setdefault(ann.anomaly_class, set()).add(ann.answer)
+        assert old.options == tuple(k.option for k in KINDS) and old.answer == "ABCD"[KINDS.index(kind)]
+        # the clips are the same either way: options come from a stream of their own
+        assert (root / "videos" / ann.video).read_bytes() == (fixed / "videos" / old.video).read_bytes()
+    assert len({ann.options for ann in rows}) > 8
+    assert all(len(letters) >= 3 for letters in letter_of_class.values()), letter_of_class
+    assert len({ann.answer for ann in fixed_rows if ann.anomaly_class == "Fire"}) == 1
+
+
 def test_video_round_trip_frame_count_fps_and_interval(demo_root):
     for ann in read_annotations(demo_root / "train.csv"):
         reader = decord.VideoReader(str(demo_root / "videos" / ann.video))
@@ -74,7 +93,8 @@ def test_distractor_flashes_outside_the_anomaly_and_leaves_other_clips_unchanged
         assert same is (ann not in flashed), ann.video
     for ann in flashed:
         kind = next(k for k in KINDS if k.anomaly_class == ann.extra["Distractor Class"])
-        assert kind.anomaly_class != ann.anomaly_class and ann.extra["Distractor Option"] == "ABCD"[KINDS.index(kind)]
+        assert kind.anomaly_class != ann.anomaly_class
+        assert ann.options["ABCD".index(ann.extra["Distractor Option"])] == kind.option  # the letter follows its text
         start, end = float(ann.extra["Distractor Start"]), float(ann.extra["Distractor End"])
         if not ann.is_normal:
             assert end + 0.3 <= ann.interval[0] + 1e-6 or start - 0.3 >= ann.interval[1] - 1e-6

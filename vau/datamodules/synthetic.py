@@ -3,8 +3,13 @@
 Every clip shows a grey dot drifting over a dark noisy background. During a known interval [start, end] an
 anomalous clip takes on a colour tint and shows a large square of that colour; the colour says which anomaly
 it is. Normal clips have no square
-and the VAU-Bench normal convention (start = end = 0.0, class Normal). Options are listed in one fixed order, so a
-model has to see the colour to answer (see docs/data.md for what this demo does and does not test).
+and the VAU-Bench normal convention (start = end = 0.0, class Normal).
+
+Each question lists the four options in an order of its own (seeded), so the answer letter says nothing about the
+class: a model has to see the colour *and* find the option that names it. With ``permute_options=False`` every row
+lists them in one fixed order (A Normal, B Fire, C Fighting, D Traffic accident), where a model can learn the letter
+of each colour instead (100% raw, 0% circular accuracy: see docs/scoring.md). Options are drawn from a stream of
+their own, so the clips are the same either way (docs/data.md says what this demo does and does not test).
 
 With ``distractor_ratio`` > 0, that share of the clips also shows a *distractor*: a small square of another
 anomaly's colour that flashes for under a second without the tint, outside the anomaly interval. A first glance
@@ -34,7 +39,7 @@ from vau.datamodules.annotations import COLUMNS, LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 5  # 5: x264 without mbtree, so bytes no longer depend on earlier encodes in the process
+GENERATOR_VERSION = 6  # 6: options in a seeded order per question (5: x264 without mbtree)
 
 
 @dataclass(frozen=True)
@@ -184,15 +189,17 @@ class DemoSpec:
     min_seconds: float = 4.0
     max_seconds: float = 8.0
     distractor_ratio: float = 0.0
+    permute_options: bool = True
     version: int = GENERATOR_VERSION
 
 
 def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
              size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0,
-             distractor_ratio: float = 0.0) -> Path:
+             distractor_ratio: float = 0.0, permute_options: bool = True) -> Path:
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
     ``distractor_ratio``: the share of clips (per split, exact) that also show a distractor (module doc).
+    ``permute_options``: each question lists its options in a seeded order of its own (module doc).
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
     wait for it and reuse the finished data.
@@ -203,7 +210,8 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     if not 0.0 <= float(distractor_ratio) <= 1.0:
         raise ValueError(f"distractor_ratio={distractor_ratio}: give a share between 0 and 1 "
                          f"(data.generate.distractor_ratio)")
-    spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio))
+    spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio),
+                    bool(permute_options))
     root = Path(root)
     manifest = root / "demo.json"
     if _matches(manifest, spec):
@@ -253,6 +261,7 @@ def _generate(root: Path, spec: DemoSpec) -> None:
     rng = np.random.default_rng(seed)
     # Distractors draw from streams of their own, so the main stream (and every clip without one) is unchanged.
     flash_rng = np.random.default_rng([seed, 13])
+    option_rng = np.random.default_rng([seed, 17])
     counts = dict(zip(SPLITS, (n_train, n_val, n_test)))
     for split in SPLITS:
         rows = []
@@ -278,11 +287,16 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                     add_distractor(frames, distractor, window, fps, flash_rng)
             write_mp4(root / "videos" / name, frames, fps)
             start_s, end_s = interval if interval is not None else (0.0, 0.0)
+            # order[j] = the kind listed as option j; drawn for every row either way, so that a spec's other rows
+            # do not depend on the setting
+            order = [int(j) for j in option_rng.permutation(len(KINDS))]
+            if not spec.permute_options:
+                order = list(range(len(KINDS)))
             rows.append({
                 "Video Name": name,
                 "Question": QUESTIONS[int(rng.integers(len(QUESTIONS)))],
-                **{f"Option {j + 1}": k.option for j, k in enumerate(KINDS)},
-                "Correct Option": LETTERS[KINDS.index(kind)],
+                **{f"Option {j + 1}": KINDS[k].option for j, k in enumerate(order)},
+                "Correct Option": LETTERS[order.index(KINDS.index(kind))],
                 "Key Object": f"{kind.color_name} square" if kind.color else "grey dot",
                 "Description": _description(kind),
                 "Reasoning": _reasoning(kind),
@@ -293,7 +307,7 @@ def _generate(root: Path, spec: DemoSpec) -> None:
             if spec.distractor_ratio > 0:  # the columns exist in every row of such a file (empty without a flash)
                 flash = distractor is not None and window is not None
                 rows[-1].update({
-                    "Distractor Option": LETTERS[KINDS.index(distractor)] if flash else "",
+                    "Distractor Option": LETTERS[order.index(KINDS.index(distractor))] if flash else "",
                     "Distractor Class": distractor.anomaly_class if flash else "",
                     "Distractor Start": f"{window[0]:.1f}" if flash else "",
                     "Distractor End": f"{window[1]:.1f}" if flash else "",
