@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from vau.datamodules.encoding import SampleEncoder
 from vau.datamodules.video import FrameCache, SizeFn, VideoError, read_clip
-from vau.tasks import Sample
+from vau.tasks import Sample, get_task
 
 
 class VideoResolver:
@@ -70,11 +70,15 @@ class VideoTaskDataset(Dataset):
         cache: optional on-disk :class:`FrameCache` of decoded clips.
         num_threads: decoding threads per video.
         decoder: ``pyav`` or ``decord`` (:mod:`vau.datamodules.decoders`).
+        shuffle_options: training only: ask each multiple-choice question with its options in a fresh random order
+            every epoch (``Task.reorder_options``; drawn from a stream of its own, seeded by (seed, epoch, index)), so
+            no option letter can carry the answer (``data.train_option_order: shuffled``).
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
-                 cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav") -> None:
+                 cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
+                 shuffle_options: bool = False) -> None:
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
@@ -87,6 +91,7 @@ class VideoTaskDataset(Dataset):
         self.cache = cache
         self.num_threads = num_threads
         self.decoder = decoder
+        self.shuffle_options = bool(shuffle_options and train)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -95,6 +100,9 @@ class VideoTaskDataset(Dataset):
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (self.epoch, int(key))
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        if self.shuffle_options and sample.options:
+            order = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(sample.options))
+            sample = get_task(sample.task).reorder_options(sample, [int(i) for i in order])
         try:
             clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
                              cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)

@@ -39,6 +39,7 @@ from vau.tasks.qa import shift_options
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+OPTION_ORDERS = ("file", "shuffled")
 
 
 def load_samples(annotations: str | Path, task: str, resolver: VideoResolver | None = None,
@@ -89,6 +90,9 @@ class VAUBenchDataModule(L.LightningDataModule):
         vp = getattr(backbone.processor, "video_processor", None)
         self.size_key = f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if self.size_fn else ""
         self.decoder = check_decoder(str(cfg.get("decoder", "pyav")))  # fails here, not in a worker
+        self.option_order = str(cfg.get("train_option_order") or "file")
+        if self.option_order not in OPTION_ORDERS:
+            raise ValueError(f"data.train_option_order={self.option_order!r}: use one of {OPTION_ORDERS}")
         cache_dir = cfg.get("frame_cache_dir")
         self.cache = FrameCache(cache_dir) if cache_dir else None
         self.datasets: dict[str, VideoTaskDataset] = {}
@@ -151,6 +155,7 @@ class VAUBenchDataModule(L.LightningDataModule):
             samples, self.encoder, self.sampler if train else self.eval_sampler, train=train, seed=self.seed,
             with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
             num_threads=int(self.cfg.get("decode_threads", 1)), decoder=self.decoder,
+            shuffle_options=train and self.option_order == "shuffled",
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

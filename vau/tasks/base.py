@@ -225,6 +225,18 @@ class Task:
         body = extract_tag(before, "answer") if before is not None else None
         return None if body is None else f"<answer>{body}</answer>"
 
+    def reorder_options(self, sample: Sample, order: list[int]) -> Sample:
+        """``sample`` asked with its options in ``order`` (option i shown is original option ``order[i]``), its
+        answer moved with its option; unchanged for tasks without options. Training with
+        ``data.train_option_order: shuffled`` asks each question in a fresh order every epoch."""
+        return sample
+
+    def answer_categories(self, sample: Sample) -> tuple[str, ...]:
+        """The finite set of answers ``sample`` can get (QA: its option letters), or () for open answers: GRPO logs
+        the share of first answers in each (``train/initial_answer_share/<answer>``), where a policy that learned to
+        open with a wrong answer on purpose shows without reading replies."""
+        return ()
+
     def parse_initial(self, reply: str, sample: Sample) -> Any | None:
         """The answer given before the reflection, parsed like the final one; None when the reply does not reflect."""
         initial = self.initial_reply(reply)

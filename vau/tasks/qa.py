@@ -37,6 +37,12 @@ class MultipleChoiceQA(Task):
     def parse(self, reply: str, sample: Sample) -> str | None:
         return parse_choice(reply, sample.options)
 
+    def answer_categories(self, sample: Sample) -> tuple[str, ...]:
+        return tuple(LETTERS[: len(sample.options)])
+
+    def reorder_options(self, sample: Sample, order: list[int]) -> Sample:
+        return reorder_options(sample, order)
+
     def metrics(self, classes=()) -> dict:
         from vau.metrics import AnswerAccuracy
 
@@ -64,3 +70,23 @@ def shift_options(sample: Sample, shift: int) -> Sample:
         answer = next(LETTERS[i] for i in range(n) if original_option(i, shift, n) == LETTERS.index(answer))
     return replace(sample, options=tuple(shown_options(sample.options, shift)), answer=answer,
                    extra={**sample.extra, "shift": shift})
+
+
+def reorder_options(sample: Sample, order: list[int]) -> Sample:
+    """``sample`` with option i showing original option ``order[i]``; the answer letter moves with its option.
+
+    Example:
+        >>> s = Sample(task="qa", video="v.mp4", options=("a", "b", "c", "d"), answer="B")
+        >>> t = reorder_options(s, [3, 1, 0, 2])
+        >>> t.options, t.answer
+        (('d', 'b', 'a', 'c'), 'B')
+        >>> reorder_options(s, [1, 0, 2, 3]).answer
+        'A'
+    """
+    n = len(sample.options)
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"{sample.video}: {order} is not an order of {n} options")
+    answer = sample.answer
+    if answer in LETTERS[:n]:
+        answer = LETTERS[order.index(LETTERS.index(answer))]
+    return replace(sample, options=tuple(sample.options[i] for i in order), answer=answer)

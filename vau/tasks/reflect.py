@@ -140,6 +140,10 @@ class ReflectMixin:
         chain = annotation_chain(ann, self.name)
         return sample if chain is None else replace(sample, extra={**sample.extra, SAMPLE_KEY: chain})
 
+    def reorder_options(self, sample: Sample, order: list[int]) -> Sample:
+        # A chain's texts name option letters of the original order: such a sample keeps its order.
+        return sample if sample_chain(sample) is not None else super().reorder_options(sample, order)
+
     # -- text -------------------------------------------------------------------------------------------------
     def prompt(self, sample: Sample) -> str:
         prompt = super().prompt(sample)

@@ -1,0 +1,64 @@
+"""Training with the options of each question in a fresh order every epoch (``data.train_option_order: shuffled``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vau.registry import TASKS
+from vau.tasks import Sample, get_task, task_names
+
+OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight breaks out", "A car crashes")
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_every_task_reorders_options_with_its_answer(name):
+    task = get_task(name)
+    sample = Sample(task=name, video="v.mp4", question="What happens?", options=OPTIONS, answer="B",
+                    interval=(1.0, 2.0), anomaly_class="Fire", reasoning="A red square appears.")
+    moved = task.reorder_options(sample, [2, 0, 3, 1])
+    if task.answer_categories(sample):  # a question with options: the answer letter follows its option's text
+        assert moved.options == (OPTIONS[2], OPTIONS[0], OPTIONS[3], OPTIONS[1])
+        assert moved.options["ABCD".index(moved.answer)] == OPTIONS[1]
+        assert task.accuracy(f"<answer>{moved.answer}</answer>", moved) == 1.0
+        assert task.prompt(moved) != task.prompt(sample)
+    else:
+        assert moved == sample
+    with pytest.raises(ValueError, match="not an order"):
+        get_task("qa").reorder_options(sample, [0, 0, 1, 2])
+    assert TASKS.get(name)  # the registry is the matrix
+
+
+def test_training_asks_each_question_in_a_fresh_order_per_epoch(overrides, tiny_backbone):
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+
+    def dataset(order: str):
+        cfg = compose("demo", [*overrides, f"data.train_option_order={order}"])
+        dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
+        dm.setup("fit")
+        return dm.datasets["train"], dm.datasets["val"]
+
+    shuffled, val = dataset("shuffled")
+    kept, _ = dataset("file")
+    tokenizer = tiny_backbone.processor.tokenizer
+    seen = set()
+    for index, sample in enumerate(shuffled.samples):
+        right = sample.options["ABCD".index(sample.answer)]
+        prompts = []
+        for epoch in range(4):
+            item, plain = shuffled[(epoch, index)], kept[(epoch, index)]
+            # the same frames as without shuffling: the order comes from a stream of its own
+            assert all(torch.equal(item["vision"][k], plain["vision"][k]) for k in plain["vision"])
+            text = tokenizer.decode(torch.cat([item["prompt_ids"], item["target_ids"]]))
+            lines = [line for line in text.splitlines() if line[:2] in ("A.", "B.", "C.", "D.")]
+            options = tuple(line[3:] for line in lines)
+            answer = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+            assert sorted(options) == sorted(sample.options)
+            assert options["ABCD".index(answer)] == right  # the target's letter names the same option
+            prompts.append(options)
+            assert kept[(epoch, index)]["prompt_ids"].tolist() == kept[(0, index)]["prompt_ids"].tolist()
+        seen.add(len(set(prompts)))
+        assert shuffled[(1, index)]["prompt_ids"].tolist() == shuffled[(1, index)]["prompt_ids"].tolist()  # seeded
+    assert max(seen) > 1
+    assert not val.shuffle_options  # evaluation asks in the file's order (and its shifts)
