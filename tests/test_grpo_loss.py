@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vau.modules.grpo_loss import completion_mask, group_advantages, policy_loss
+from vau.modules.grpo_loss import completion_mask, group_advantages, per_turn_advantages, policy_loss
 
 # Two completions, three token slots; the second completion has one padded slot.
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -99,3 +99,32 @@ def test_group_advantages_scalings():
     assert adv_batch.tolist() == pytest.approx((adv_none / rewards.std()).tolist())
     with pytest.raises(ValueError, match="scale_rewards"):
         group_advantages(rewards, 4, "global")
+
+
+def test_per_turn_advantages_credit_each_turn_with_its_own_reward():
+    """Two replies of one prompt: wrong -> right (first 0, final 1.5) and right -> right (first 1, final 1). Per turn,
+    the first answer's tokens of the corrected reply are pushed down and those of the right one up, whatever the
+    correction paid; jointly (total 1.5 vs 2.0 with the first answer paid) or with an unpaid first answer (1.5 vs 1.0,
+    the old weights) the whole reply gets one sign."""
+    first, final = torch.tensor([0.0, 1.0]), torch.tensor([1.5, 1.0])
+    adv_first, _ = group_advantages(first, 2, "group", eps=0.0)
+    adv_final, _ = group_advantages(final, 2, "group", eps=0.0)
+    adv = per_turn_advantages(adv_first, adv_final, torch.tensor([2, 3]), 5)
+    a = 1 / math.sqrt(2)  # each group of two: +-0.5 / std 0.7071
+    assert torch.allclose(adv, torch.tensor([[-a, -a, a, a, a], [a, a, a, -a, -a]]))
+    # no first answer: the whole reply is the final turn
+    assert torch.allclose(per_turn_advantages(adv_first, adv_final, torch.tensor([0, 0]), 2),
+                          torch.tensor([[a, a], [-a, -a]]))
+
+    # The loss with per-token advantages: the gradient of each token's log-prob is -A_t / n_tokens (ratio 1, grpo).
+    logps = torch.zeros(2, 5, requires_grad=True)
+    mask = torch.tensor([[1.0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    loss, _ = policy_loss(logps, logps.detach(), adv, mask, loss_type="grpo")
+    loss.backward()
+    expected = -(adv * mask) / mask.sum(dim=1, keepdim=True) / 2
+    assert torch.allclose(logps.grad, expected)
+    assert logps.grad[0, :2].gt(0).all() and logps.grad[1, :3].lt(0).all()  # descent: first answer of 0 down, of 1 up
+    # one advantage per reply is the same as that advantage on every token
+    flat, _ = policy_loss(logps.detach(), logps.detach(), adv_final, mask, loss_type="bnpo")
+    tiled, _ = policy_loss(logps.detach(), logps.detach(), adv_final.unsqueeze(1).expand(2, 5), mask, loss_type="bnpo")
+    assert float(flat) == pytest.approx(float(tiled))

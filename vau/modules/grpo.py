@@ -24,12 +24,20 @@ import torch.distributed as dist
 
 from vau.datamodules.views import view_tasks
 from vau.modules.base import VAUModule
-from vau.modules.grpo_loss import IS_LEVELS, LOSS_TYPES, completion_mask, group_advantages, policy_loss
+from vau.modules.grpo_loss import (
+    IS_LEVELS,
+    LOSS_TYPES,
+    completion_mask,
+    group_advantages,
+    per_turn_advantages,
+    policy_loss,
+)
 from vau.registry import ALGORITHMS
 from vau.rewards import NONFINITE_POLICIES
 
 log = logging.getLogger(__name__)
-
+TURN_CREDITS = ("joint", "per_turn")
+FIRST_TURN_END = "</answer>"
 
 
 def grpo_defaults() -> dict[str, Any]:
@@ -54,6 +62,33 @@ class Rollout:
     ref_logps: torch.Tensor | None = None
     encoded_vision: dict | None = None  # the frozen vision tower's outputs, reused by every pass of this step
     repeated: dict[str, torch.Tensor] | None = None  # prompt inputs repeated G times (repeat path only)
+
+
+def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
+    """What the first answers of replies that reflect were: ``train/initial_accuracy`` (their mean score) and, for
+    tasks with a finite answer set (``Task.answer_categories``), the share of first answers in each category. A
+    policy that opens with a wrong answer on purpose (and corrects it) shows here as a falling initial accuracy or a
+    letter it never opens with."""
+    from vau.tasks import task_of
+
+    scores: list[float] = []
+    counts: dict[str, int] = {}
+    categorical = 0
+    for text, sample in zip(texts, samples):
+        task = task_of(sample)
+        score = task.initial_accuracy(text, sample) if task is not None else None
+        if score is None:
+            continue
+        scores.append(float(score))
+        categories = task.answer_categories(sample)
+        if categories:
+            categorical += 1
+            first = task.parse_initial(text, sample)
+            for category in categories:
+                counts[category] = counts.get(category, 0) + int(first == category)
+    out = {"train/initial_accuracy": sum(scores) / len(scores)} if scores else {}
+    out.update({f"train/initial_answer_share/{c}": n / categorical for c, n in counts.items()})
+    return out
 
 
 @ALGORITHMS.register("grpo")
@@ -94,6 +129,9 @@ class GRPOModule(VAUModule):
             raise ValueError(f"module.grpo.nonfinite_rewards={cfg['nonfinite_rewards']!r}: use one of "
                              f"{NONFINITE_POLICIES}")
         self.nonfinite_rewards = str(cfg["nonfinite_rewards"])
+        if cfg["turn_credit"] not in TURN_CREDITS:
+            raise ValueError(f"module.grpo.turn_credit={cfg['turn_credit']!r}: use one of {TURN_CREDITS}")
+        self.turn_credit = str(cfg["turn_credit"])
         self.beta = float(cfg["beta"])
         self.num_iterations = int(cfg["num_iterations"])
         self.max_grad_norm = max_grad_norm
@@ -204,18 +242,53 @@ class GRPOModule(VAUModule):
                             nonfinite=self.nonfinite_rewards)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
-    def advantages(self, rewards: torch.Tensor, rollout: Rollout,
-                   skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, rewards, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group-relative advantages of a :class:`vau.rewards.RewardResult`: (B*G,) per completion, or (B*G, T) per
+        token under ``turn_credit: per_turn``; and the (B,) flag of groups without reward spread."""
         valid = None
-        if skipped is not None:
+        if rewards.skipped is not None:
             # Completions whose reward was not finite (nonfinite_rewards=skip): out of the group statistics and the loss.
-            valid = ~skipped.to(rewards.device)
+            valid = ~rewards.skipped.to(self.device)
             rollout.mask = rollout.mask * valid.float().to(rollout.mask.device).unsqueeze(1)
-        adv, zero_std = group_advantages(rewards, self.G, str(self.cfg["scale_rewards"]), valid=valid)
+        scale = str(self.cfg["scale_rewards"])
+        if self.turn_credit == "per_turn":
+            # Each turn normalised within its group by its own rewards: the first answer's tokens learn from the first
+            # answer's score alone, so answering wrong first can never pay through a later correction.
+            first, final = (r.to(self.device) for r in rewards.turn_totals())
+            adv_first, zero_first = group_advantages(first, self.G, scale, valid=valid)
+            adv_final, zero_final = group_advantages(final, self.G, scale, valid=valid)
+            adv = per_turn_advantages(adv_first, adv_final, self.first_turn_tokens(rollout).to(self.device),
+                                      rollout.completion_ids.shape[1])
+            zero_std = zero_first & zero_final
+        else:
+            adv, zero_std = group_advantages(rewards.total.to(self.device), self.G, scale, valid=valid)
         if self.cfg["drop_zero_std_groups"]:
             # Groups with identical rewards carry no signal; drop them from the loss (and its normalisation).
-            rollout.mask = rollout.mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1)
+            rollout.mask = rollout.mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1).to(rollout.mask.device)
         return adv.to(self.device), zero_std
+
+    def first_turn_tokens(self, rollout: Rollout) -> torch.Tensor:
+        """(B*G,) number of tokens up to and including the first ``</answer>`` of each completion that has a first
+        answer before a reflection (``Task.initial_reply``); 0 for the others (their reply is one turn)."""
+        from vau.tasks import task_of
+
+        tokenizer = self.backbone.processor.tokenizer
+        out = torch.zeros(len(rollout.texts), dtype=torch.long)
+        lengths = rollout.mask.sum(dim=1).long().tolist()
+        for i, (text, sample) in enumerate(zip(rollout.texts, rollout.samples)):
+            task = task_of(sample)
+            if task is None or task.initial_reply(text) is None or FIRST_TURN_END not in text:
+                continue
+            ids = rollout.completion_ids[i, : lengths[i]].tolist()
+            low, high = 1, len(ids)  # the shortest prefix whose text holds the tag (decoding is monotone in k)
+            while low < high:
+                mid = (low + high) // 2
+                if FIRST_TURN_END in tokenizer.decode(ids[:mid], skip_special_tokens=True):
+                    high = mid
+                else:
+                    low = mid + 1
+            out[i] = low
+        return out
 
     # -- 4. loss --------------------------------------------------------------------------------------------------
     def token_logps(self, model: torch.nn.Module, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +352,7 @@ class GRPOModule(VAUModule):
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
         rollout = self.rollout(batch)
         rewards = self.score(rollout)
-        advantages, zero_std = self.advantages(rewards.total.to(self.device), rollout, rewards.skipped)
+        advantages, zero_std = self.advantages(rewards, rollout)
         if self.beta != 0.0:
             with torch.no_grad(), self.reference_policy() as ref:
                 rollout.ref_logps, _ = self.token_logps(ref, rollout)
@@ -318,6 +391,7 @@ class GRPOModule(VAUModule):
             values[f"train/reward/{name}"] = value
         for name, value in rewards.stds().items():
             values[f"train/reward_std/{name}"] = value
+        values.update(initial_answer_stats(rollout.texts, rollout.samples))
         self.log_dict(values, batch_size=n)
         self.log("train/reward", rewards.means()["total"], prog_bar=True, batch_size=n)
         self.log_lr(n)

@@ -75,6 +75,24 @@ def _masked_group_advantages(rewards: torch.Tensor, group_size: int, scale: str,
     return centred, zero_std
 
 
+def per_turn_advantages(first: torch.Tensor, final: torch.Tensor, first_turn_tokens: torch.Tensor,
+                        num_tokens: int) -> torch.Tensor:
+    """Per-token advantages (B, T) of a two-turn reply (``module.grpo.turn_credit: per_turn``).
+
+    Tokens ``[0, first_turn_tokens)`` of each completion (its first answer, up to the first ``</answer>``) get
+    ``first``, the advantage of the first-answer reward; the rest (reflection and revised answer) get ``final``.
+    A completion with ``first_turn_tokens`` 0 (no first answer) is all final turn. So the first answer's tokens are
+    never credited for a correction that follows them (SCoRe, arXiv 2409.12917).
+
+    Example:
+        >>> per_turn_advantages(torch.tensor([1.0]), torch.tensor([-1.0]), torch.tensor([2]), 4).tolist()
+        [[1.0, 1.0, -1.0, -1.0]]
+    """
+    positions = torch.arange(num_tokens, device=first.device).unsqueeze(0)
+    in_first = positions < first_turn_tokens.to(first.device).unsqueeze(1)
+    return torch.where(in_first, first.unsqueeze(1), final.unsqueeze(1))
+
+
 @dataclass
 class LossStats:
     kl: torch.Tensor
@@ -96,7 +114,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
 
     Args:
         logps, old_logps, ref_logps: (B, T) per-token log-probs under the current, rollout and reference policy.
-        advantages: (B,) one advantage per completion.
+        advantages: (B,) one advantage per completion, or (B, T) one per token (per-turn credit).
         mask: (B, T) 1 for completion tokens that count.
         loss_type: how per-token losses are averaged:
             ``grpo`` mean over each sequence's tokens, then over sequences;
@@ -121,7 +139,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         log_ratio = seq.expand_as(logps)
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token = -torch.min(ratio * adv, clipped * adv)
     kl = torch.zeros_like(logps)
     if beta != 0.0:

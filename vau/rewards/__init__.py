@@ -16,6 +16,11 @@ function receives those keys as keyword arguments on every call.
 
 Config (group ``reward``) maps names to entries: ``{format: {weight: 1.0}, temporal_iou: {weight: 1.0}}``.
 GRPO with an empty ``reward`` node (``reward=none``) uses its tasks' own sets (``Task.default_rewards``).
+
+Turns: a reward that scores only the first answer of a reflecting reply (``initial_accuracy``) is marked
+``turn = "first"`` (a function attribute; a config entry can set ``turn: first | final``). GRPO with
+``module.grpo.turn_credit: per_turn`` credits the tokens of the first answer with the first-turn rewards only and
+the rest of the reply with the others (:meth:`RewardResult.turn_totals`).
 """
 
 from __future__ import annotations
@@ -34,10 +39,8 @@ from vau.rewards import accuracy, format, length, temporal  # noqa: F401  (impor
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODULES = ("vau.rewards.format", "vau.rewards.accuracy", "vau.rewards.temporal", "vau.rewards.length")
-
-
 NONFINITE_POLICIES = ("error", "skip")
+TURNS = ("first", "final")
 
 
 class RewardError(RuntimeError):
@@ -71,6 +74,25 @@ class RewardResult:
     total: torch.Tensor
     per_reward: dict[str, list[float | None]]
     skipped: torch.Tensor | None = None
+    weights: dict[str, float] | None = None
+    turns: dict[str, str] | None = None
+
+    def turn_totals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) weighted sums of the first-turn rewards and of the final-turn rewards (their sum is ``total``).
+
+        Example:
+            >>> r = RewardResult(torch.tensor([1.5]), {"initial_accuracy": [1.0], "choice_accuracy": [0.5]},
+            ...                  weights={"initial_accuracy": 1.0, "choice_accuracy": 1.0},
+            ...                  turns={"initial_accuracy": "first", "choice_accuracy": "final"})
+            >>> [t.tolist() for t in r.turn_totals()]
+            [[1.0], [0.5]]
+        """
+        first = torch.zeros_like(self.total)
+        for name, values in self.per_reward.items():
+            if (self.turns or {}).get(name) == "first":
+                weight = (self.weights or {}).get(name, 1.0)
+                first += weight * torch.tensor([0.0 if v is None else v for v in values], dtype=self.total.dtype)
+        return first, self.total - first
 
     @property
     def num_skipped(self) -> int:
@@ -111,10 +133,15 @@ class RewardSet:
     def __init__(self, config: Mapping[str, Mapping] | None) -> None:
         self.weights: dict[str, float] = {}
         self.functions: dict[str, Callable] = {}
+        self.turns: dict[str, str] = {}
         for name, entry in (config or {}).items():
             entry = dict(entry or {})
             self.weights[name] = float(entry.pop("weight", 1.0))
             builder = REWARDS.get(name)
+            turn = str(entry.pop("turn", getattr(builder, "turn", "final")))
+            if turn not in TURNS:
+                raise ValueError(f"reward.{name}.turn={turn!r}: use one of {TURNS}")
+            self.turns[name] = turn
             self.functions[name] = builder(**entry) if inspect.isclass(builder) else functools.partial(builder, **entry)
 
     def __len__(self) -> int:
@@ -169,7 +196,8 @@ class RewardSet:
             per_reward[name] = kept
             total += self.weights[name] * torch.tensor([0.0 if v is None else v for v in kept], dtype=torch.float32)
         return RewardResult(total=total, per_reward=per_reward,
-                            skipped=torch.tensor(skipped, dtype=torch.bool) if any(skipped) else None)
+                            skipped=torch.tensor(skipped, dtype=torch.bool) if any(skipped) else None,
+                            weights=dict(self.weights), turns=dict(self.turns))
 
     @staticmethod
     def _culprit(name: str, fn: Callable, completions: list[str], samples: list, ctx: dict) -> str:

@@ -74,6 +74,9 @@ def initial_accuracy(completions: list[str], samples: list[Sample], **ctx) -> li
     return out
 
 
+initial_accuracy.turn = "first"  # module.grpo.turn_credit=per_turn credits it to the first answer's tokens
+
+
 @REWARDS.register("iou_gain")
 def iou_gain(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
     """Final IoU minus initial IoU of a reflecting TAG reply; range [-1, 1].
