@@ -22,12 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = {
-    "qa": ("demo_sft_shuffled", "demo_grpo", "train/reward/choice_accuracy", "val/qa_accuracy"),
+STAGES = {  # (SFT experiment, GRPO experiment, training reward, held-out metric: circular accuracy first for QA)
+    "qa": ("demo_sft_shuffled", "demo_grpo", "train/reward/choice_accuracy", "val/qa_circular_accuracy"),
     "tag": ("demo_sft_tag", "demo_grpo_tag", "train/reward/temporal_iou", "val/tag_miou"),
     "qa_reflect": ("demo_sft_reflect_qa", "demo_grpo_reflect_qa", "train/reward/choice_accuracy",
-                   "val/qa_reflect_accuracy"),
+                   "val/qa_reflect_circular_accuracy"),
 }
+RAW = {"qa": "val/qa_accuracy", "qa_reflect": "val/qa_reflect_accuracy"}  # printed beside circular accuracy
 # Reflect tasks: what the reflection did, before (the SFT policy) and after GRPO, on the test split.
 REFLECTION = ("initial_accuracy", "accuracy", "delta_i2c", "delta_c2i", "reflect_rate")
 
@@ -65,17 +66,21 @@ def distinct_answers(run_dir: Path) -> str:
     return f"{len(set(answers))} distinct answers over {len(answers)} test clips"
 
 
-def table(values: dict, reward_tag: str, metric_tag: str) -> str:
+def table(values: dict, reward_tag: str, metric_tag: str, raw_tag: str | None = None) -> str:
     # One value per step: the last step's scalars can be written twice (vau.callbacks.LogLastStep makes sure a
     # run's final step is logged even off the log_every_n_steps grid).
     rewards = sorted(dict(values.get(reward_tag, [])).items())
     evals = sorted(dict(values.get(metric_tag, [])).items())
-    lines = [f"| step | mean {reward_tag} since previous row | held-out {metric_tag} |", "|---:|---:|---:|"]
+    raw = dict(values.get(raw_tag, [])) if raw_tag else {}
+    extra = f" held-out {raw_tag} |" if raw_tag else ""
+    lines = [f"| step | mean {reward_tag} since previous row | held-out {metric_tag} |{extra}",
+             "|---:|---:|---:|" + ("---:|" if raw_tag else "")]
     previous = -1
     for step, metric in evals:
         window = [v for s, v in rewards if previous < s <= step]
         shown = f"{sum(window) / len(window):.3f}" if window else "-"
-        lines.append(f"| {step + 1} | {shown} | {metric:.3f} |")
+        cell = (f" {raw[step]:.3f} |" if step in raw else " - |") if raw_tag else ""
+        lines.append(f"| {step + 1} | {shown} | {metric:.3f} |{cell}")
         previous = step
     return "\n".join(lines)
 
@@ -99,7 +104,7 @@ def main() -> None:
           f"{start:.3f}; {distinct_answers(sft_dir)}")
     print(f"stage 2 ({grpo_conf}): {grpo_minutes:.1f} min, test {name} after GRPO: {end:.3f}; "
           f"{distinct_answers(grpo_dir)}\n")
-    print(table(scalars(grpo_dir), reward_tag, metric_tag))
+    print(table(scalars(grpo_dir), reward_tag, metric_tag, RAW.get(args.task)))
     if args.task.endswith("_reflect"):
         print()
         print(reflection_table(args.task, scalars(sft_dir), scalars(grpo_dir)))
