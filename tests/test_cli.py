@@ -109,3 +109,31 @@ def test_a_malformed_annotation_file_under_fit_and_test_is_one_line(tmp_path, de
         assert "Traceback" not in out.stderr
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(bad) in errors[0] and "row" in errors[0] and "soon" in errors[0]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("defaults:\n  - demo\n  - _self_\nseedd: 5\n", "unknown config key 'seedd'. Did you mean seed?"),
+    ("data:\n  eval_batch_sise: 3\n", "'data.eval_batch_sise'. Did you mean data.eval_batch_size?"),
+    ("trainer:\n  max_stepz: 3\n", "'trainer.max_stepz'. Did you mean trainer.max_steps?"),
+    ("trainer:\n  max_steps: [3\n", "line 4, column 1"),
+])
+def test_a_config_file_is_checked_like_the_command_line(body, expected, tmp_path, capsys):
+    """Typos inside conf=FILE.yaml fail naming the user's file and the key (they were accepted silently, or ended in a
+    Trainer TypeError); a YAML error names the user's file and line, not Hydra's staged copy."""
+    from vau.cli import main
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("# @package _global_\n" + body)
+    assert main(["fit", f"conf={path}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(path) in err and "user_conf" not in err
+
+
+def test_a_config_file_may_set_open_nodes_and_mappings_under_null(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("# @package _global_\ndefaults:\n  - override /data: vau_bench\n  - _self_\nseed: 4\n"
+                    "reward:\n  my_reward: {weight: 1.0}\ndata:\n  generate:\n    n_train: 8\n")
+    from vau.config import compose
+
+    cfg = compose(str(path))
+    assert cfg.seed == 4 and cfg.reward.my_reward.weight == 1.0 and cfg.data.generate.n_train == 8

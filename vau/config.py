@@ -73,10 +73,16 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
         if conf.endswith((".yaml", ".yml")) or path.is_file():
             if not path.is_file():
                 raise ConfigError(f"conf={conf}: no such YAML file")
+            user = _read_user_yaml(path)
             # A YAML file outside conf/ acts as an experiment: stage it in a search-path folder of its own.
             tmp = Path(tempfile.mkdtemp(prefix="vau-conf-"))
             (tmp / "experiment").mkdir()
             shutil.copy(path, tmp / "experiment" / "user_conf.yaml")
+            # The same file with only its defaults list: the keys the file may set (checked after composing).
+            OmegaConf.save(OmegaConf.create({"defaults": user.get("defaults") or ["_self_"]}),
+                           tmp / "experiment" / "user_conf_defaults.yaml")
+            (tmp / "experiment" / "user_conf_defaults.yaml").write_text(
+                "# @package _global_\n" + (tmp / "experiment" / "user_conf_defaults.yaml").read_text())
             overrides = [f"hydra.searchpath=[file://{tmp}]", "experiment=user_conf", *overrides]
         elif conf not in choices("experiment"):
             raise _unknown("conf", conf, choices("experiment"), " Or pass a path to a YAML file.")
@@ -85,6 +91,11 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="vau"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
+            if tmp is not None:
+                base = hydra_compose(config_name="config", overrides=[
+                    "experiment=user_conf_defaults" if o == "experiment=user_conf" else o for o in overrides
+                    if _override_key(o) is None])
+                _check_file_keys(Path(conf), user, base)
             _check_value_types(cfg, overrides)
     except MissingConfigException as err:
         group = next((g for g in GROUPS if re.search(rf"\b{g}\b", str(err))), None)
@@ -98,6 +109,64 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return cfg
+
+
+# Nodes whose keys are open by design: reward names (any registered reward), per-source folders, mix weights, the
+# reflection builder's options.
+OPEN_NODES = ("reward", "data.video_roots", "data.mix.weights", "data.reflect", "hydra")
+
+
+def _read_user_yaml(path: Path) -> dict:
+    """The user's experiment file as a dict; a YAML error names the file and line (not Hydra's staged copy)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"conf={path}: not valid YAML at {where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"conf={path}: cannot read it ({err})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"conf={path}: expected a mapping of config keys (`# @package _global_` then key: value "
+                          f"lines), found a {type(value).__name__}")
+    return value
+
+
+def _leaf_keys(node, prefix: str = ""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaf_keys(value, f"{path}.")
+        else:
+            yield path
+
+
+def _check_file_keys(path: Path, user: dict, base: DictConfig) -> None:
+    """Every key the user's file sets must exist in the config it is composed onto, as on the command line: a typo
+    (``seedd: 5``, ``trainer.max_stepz``) fails naming the file, the key and the closest known key. Below a key whose
+    default is not a mapping (e.g. ``data.generate: null``) the file may write any mapping."""
+    for key in _leaf_keys({k: v for k, v in user.items() if k != "defaults"}):
+        if key in OPEN_NODES or key.startswith(tuple(f"{n}." for n in OPEN_NODES)):
+            continue
+        node, walked = base, []
+        for part in key.split("."):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                parent = ".".join(walked)
+                known = sorted(str(k) for k in node.keys())
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+                raise ConfigError(f"conf={path}: unknown config key {'.'.join([*walked, part])!r}.{hint} Keys "
+                                  f"{'under ' + repr(parent) if parent else 'at the top level'}: {', '.join(known)}")
+            child = node._get_node(part)  # the node itself: no interpolation is resolved here
+            node = child if isinstance(child, DictConfig) and not child._is_none() else None
+            walked.append(part)
 
 
 _TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}
