@@ -153,3 +153,15 @@ def test_export_refuses_a_non_empty_folder_and_a_mismatched_config(lora_run, tmp
     assert "run's config" in capsys.readouterr().err
     assert main(["export", f"out={tmp_path / 'y'}"]) == 2
     assert "ckpt=" in capsys.readouterr().err
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(lora_run, tmp_path, capsys):
+    _, ckpt = lora_run
+    out = tmp_path / "exp"
+    assert main(["export", f"ckpt={ckpt}", f"out={out}"]) == 0
+    listed = json.loads((out / "vau_export.json").read_text())
+    assert listed["kind"] == "adapter" and "adapter_config.json" in listed["files"]
+    assert main(["export", f"ckpt={ckpt}", f"out={out}", "overwrite=true"]) == 0  # an earlier export: replaced
+    (out / "my_notes.txt").write_text("mine")
+    assert main(["export", f"ckpt={ckpt}", f"out={out}", "overwrite=true"]) == 2
+    assert "my_notes.txt" in capsys.readouterr().err and (out / "my_notes.txt").read_text() == "mine"

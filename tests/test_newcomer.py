@@ -50,11 +50,16 @@ def test_checkpoints_get_the_users_umask(tmp_path) -> None:
 
 
 def test_unwritable_checkpoint_folder_fails_before_training(overrides, tmp_path) -> None:
+    from vau.checkpoints import ensure_writable
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoints").write_text("a file where the folder should be")
-    cfg = compose("demo", [*overrides, f"run_dir={run_dir}"])
     with pytest.raises(ConfigError, match=rf"cannot write checkpoints to {run_dir / 'checkpoints'}"):
+        ensure_writable(run_dir / "checkpoints")  # what fit checks first in a new run folder
+    # A run folder that already holds anything is refused even before that (docs/guarantees.md).
+    cfg = compose("demo", [*overrides, f"run_dir={run_dir}"])
+    with pytest.raises(ConfigError, match="already holds a run"):
         run("fit", cfg)
     assert not (run_dir / "tensorboard").exists()  # nothing ran
 

@@ -53,26 +53,55 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
     return newest_checkpoint(cfg, cfg.experiment_name, "ckpt_path=last") if ckpt == "last" else ckpt
 
 
-def load_init_weights(module, cfg: DictConfig) -> None:
-    """``init_from``: start from the model weights of a checkpoint file, or of an experiment's newest run."""
+def read_checkpoint(path: str | Path, key: str) -> dict:
+    """The contents of checkpoint ``path`` (config key ``key`` in messages), or a ConfigError that names the path and
+    why it cannot be used: missing, truncated or not a torch file, objects vau does not unpickle, no ``state_dict``.
+    Like every checkpoint vau reads: tensors and plain containers only (``torch.load(weights_only=True)``)."""
     import torch
 
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{key}={path} holds objects other than tensors and plain containers, which vau does not "
+                          f"unpickle (torch.load(weights_only=True)): {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{key}={path} is not a readable checkpoint (truncated, or not a file torch.save wrote: "
+                          f"{reason}); point {key}= at a .ckpt a vau run wrote") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise ConfigError(f"{key}={path} is a torch file but not a Lightning checkpoint (no state_dict); point {key}= "
+                          f"at a .ckpt a vau run wrote (its checkpoints/ folder)")
+    return state
+
+
+def check_weights_fit(model, state_dict: dict, path, key: str) -> dict:
+    """The ``model.*`` weights of ``state_dict`` (prefix removed), after checking every one of them names a weight of
+    ``model`` with the same shape; a checkpoint of another backbone (or other LoRA settings) fails naming ``key``."""
+    weights = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+    own = model.state_dict()
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if not weights or unexpected or shapes:
+        example = (shapes or unexpected or ["(none)"])[0]
+        raise ConfigError(f"{key}={path} does not hold weights of this backbone ({len(weights)} model weights, "
+                          f"{len(unexpected)} unknown to it, {len(shapes)} of another shape, e.g. {example}): use the "
+                          f"config the checkpoint was trained with (backbone=..., lora.*)")
+    return weights
+
+
+def load_init_weights(module, cfg: DictConfig, key: str = "init_from") -> None:
+    """``init_from``: start from the model weights of a checkpoint file, or of an experiment's newest run; ``key``
+    names the setting in messages (``predict`` passes its ``ckpt``)."""
     source = cfg.get("init_from")
     if not source:
         return
-    path = source if Path(source).is_file() else newest_checkpoint(cfg, source, f"init_from={source}")
-    try:
-        # Like every checkpoint vau reads: tensors and plain containers only, never arbitrary pickled objects.
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except pickle.UnpicklingError as err:
-        raise ConfigError(f"init_from={source}: {path} holds objects other than tensors and plain containers, "
-                          f"which vau does not unpickle (torch.load(weights_only=True)): "
-                          f"{str(err).splitlines()[0]}") from None
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    missing, unexpected = module.model.load_state_dict(weights, strict=False)
-    if unexpected or len(missing) == len(weights):
-        raise ConfigError(f"init_from={source}: {path} does not hold weights of this backbone "
-                          f"({len(unexpected)} unexpected, {len(missing)} missing keys)")
+    path = source if Path(source).is_file() else newest_checkpoint(cfg, source, f"{key}={source}")
+    state = read_checkpoint(path, key)["state_dict"]
+    weights = check_weights_fit(module.model, state, path, key)
+    module.model.load_state_dict(weights, strict=False)
     log.info("initialised model weights from %s", path)
 
 

@@ -77,13 +77,38 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return weights, checkpoint.get("vau") or {}
 
 
+EXPORT_MARKER = "vau_export.json"  # lists the files an export wrote: overwrite=true removes only those
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Files in ``out`` that no earlier export wrote (all of them when ``out`` has no export marker)."""
+    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
+    try:
+        written = set(json.loads((out / EXPORT_MARKER).read_text())["files"]) | {EXPORT_MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        return present
+    return [name for name in present if name not in written]
+
+
 def _write_atomically(out: Path, overwrite: bool, write) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"out={out} exists and is not empty; choose another folder or pass overwrite=true")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; give a folder for the export")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"out={out} exists and is not empty; choose another folder or pass overwrite=true")
+        foreign = _foreign_files(out)
+        if foreign:
+            raise ConfigError(f"out={out} holds files an export did not write ({', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}); overwrite=true replaces only an earlier "
+                              f"export: choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(tmp)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != EXPORT_MARKER)
+        marker = tmp / EXPORT_MARKER
+        facts = json.loads(marker.read_text()) if marker.is_file() else {}
+        marker.write_text(json.dumps({**facts, "files": files}, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

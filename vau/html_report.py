@@ -42,6 +42,7 @@ MAX_THUMBNAILS = 8000
 REASONS = {"missing": "video file missing", "unreadable": "video unreadable", "no_frames": "video has no frames",
            "no_path": "no video path recorded", "no_times": "no frame times recorded",
            "off": "thumbnails off"}
+HTML_MARKER = "<title>vau score report</title>"  # how output checks recognise a page this module wrote
 USAGE = ("usage: python -m vau report score=DIR/score.json [out=DIR/report.html] [thumbs=8] [decoder=pyav] "
          "[workers=2]")
 
@@ -126,20 +127,49 @@ def metric_tables(score: dict, fmt: _Format) -> str:
     return "".join(parts)
 
 
+MAX_PLOT_BYTES = 8 * 2**20  # a plot score writes is ~50 KB
+
+
+def read_plot(plot_dir: Path, rel: str) -> tuple[bytes | None, str]:
+    """The bytes of plot ``rel``, or None and why not. A score.json is untrusted input (it may come from elsewhere): a
+    plot must be a regular PNG/SVG file inside ``plot_dir`` (no absolute path, no ``..`` out of it, no FIFO or
+    device), at most :data:`MAX_PLOT_BYTES`, so the page never embeds a local file or hangs on one."""
+    import os
+    import stat
+
+    root = Path(os.path.realpath(plot_dir))
+    path = Path(os.path.realpath(plot_dir / str(rel)))
+    if not path.is_relative_to(root) or path.suffix.lower() not in (".png", ".svg"):
+        return None, "outside the report folder or not a .png/.svg file: not embedded"
+    try:
+        info = path.stat()
+    except OSError:
+        return None, "not found next to the report"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "not a regular file: not embedded"
+    if info.st_size > MAX_PLOT_BYTES:
+        return None, f"larger than {MAX_PLOT_BYTES // 2**20} MB: not embedded"
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_PLOT_BYTES + 1)[:MAX_PLOT_BYTES], ""
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
+
+
 def plot_figures(score: dict, plot_dir: Path) -> str:
-    """The PNGs named in ``score["plots"]`` as data URIs; a missing file becomes a note."""
+    """The PNGs named in ``score["plots"]`` as data URIs (:func:`read_plot`); a plot that is not embedded becomes a
+    note."""
     figures = []
     for name, rel in (score.get("plots") or {}).items():
-        path = plot_dir / str(rel)
-        try:
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-        except OSError:
-            log.warning("report: plot %s (%s) not found; the page notes it", name, path)
-            figures.append(f'<figure class="missing"><p class="note">plot {_e(name)}: {_e(rel)} not found '
-                           f"next to the report</p><figcaption>{_e(name)}</figcaption></figure>")
+        data, why = read_plot(plot_dir, str(rel))
+        if data is None:
+            log.warning("report: plot %s (%s) %s; the page notes it", name, rel, why)
+            figures.append(f'<figure class="missing"><p class="note">plot {_e(name)}: {_e(rel)} {_e(why)}'
+                           f"</p><figcaption>{_e(name)}</figcaption></figure>")
             continue
-        kind = "svg+xml" if path.suffix.lower() == ".svg" else "png"
-        figures.append(f'<figure><img alt="{_e(name)}" src="data:image/{kind};base64,{data}">'
+        kind = "svg+xml" if str(rel).lower().endswith(".svg") else "png"
+        encoded = base64.b64encode(data).decode("ascii")
+        figures.append(f'<figure><img alt="{_e(name)}" src="data:image/{kind};base64,{encoded}">'
                        f"<figcaption>{_e(name)}</figcaption></figure>")
     return "".join(figures)
 
@@ -273,7 +303,7 @@ def write_html_report(score: dict, out_path, *, plot_dir=None, thumbs: int = THU
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>vau score report</title>
+{HTML_MARKER}
 <style>{_asset("report.css")}</style>
 </head><body>
 <header><h1>vau score report</h1><dl>{info}</dl>
@@ -324,7 +354,7 @@ def main(argv: list[str]) -> int:
         args = {}
         for arg in argv:
             key, sep, value = arg.partition("=")
-            if not sep or key not in ("score", "out", "thumbs", "decoder", "workers"):
+            if not sep or key not in ("score", "out", "thumbs", "decoder", "workers", "overwrite"):
                 raise ReportError(f"unknown argument {arg!r}\n{USAGE}")
             args[key] = value
         if not args.get("score"):
@@ -343,6 +373,10 @@ def main(argv: list[str]) -> int:
         if decoder not in ("pyav", "decord"):
             raise ReportError(f"decoder={decoder!r}: choose pyav or decord")
         out = Path(args.get("out") or source.parent / "report.html")
+        from vau.outputs import check_output, text_contains
+
+        check_output("out", out, {"score": source}, ours=text_contains(HTML_MARKER), error=ReportError,
+                     overwrite=str(args.get("overwrite", "false")).lower() in ("1", "true", "yes"))
         written = write_html_report(score, out, plot_dir=source.parent, thumbs=_int_arg(args, "thumbs",
                                     THUMBS_PER_CLIP), decoder=decoder, workers=_int_arg(args, "workers", 0) or None)
         print(f"report written to {written}")

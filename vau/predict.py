@@ -35,7 +35,8 @@ from vau.config import ConfigError, compose
 
 log = logging.getLogger(__name__)
 
-KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts")
+KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts", "overwrite")
+CSV_HEADER = ("video", "task", "shift", "response", "prediction", "frame_times")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 USAGE = ("usage: python -m vau predict [conf=NAME] [ckpt=PATH|last] (annotations=FILE | videos=DIR [questions=FILE]) "
          "task=NAME out=FILE.jsonl [qa_shifts=all|0,1,...] [key=value overrides]")
@@ -154,6 +155,113 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
     return samples
 
 
+def is_predictions(path: Path) -> bool:
+    """Whether ``path`` holds predict's JSON lines (each whole line an object with video, task and response; an empty
+    file counts): only such a file is resumed (appended to)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # a torn last line (a killed run): RecordWriter cuts it off
+                try:
+                    record = json.loads(line) if line.strip() else {"video": 0, "task": 0, "response": 0}
+                except (ValueError, RecursionError):
+                    return False
+                if not isinstance(record, dict) or not {"video", "task", "response"} <= set(record):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def check_outputs(own: dict[str, str]) -> Path:
+    """Every file predict will write, checked before any work (vau.outputs): the JSON lines ``out`` (resumed only
+    when it holds predictions), its CSV twin and the list of unreadable videos. Returns ``out``."""
+    from vau.outputs import check_output, first_line_is
+
+    out = Path(own["out"])
+    overwrite = str(own.get("overwrite", "false")).lower() in ("1", "true", "yes")
+    inputs = {key: own[key] for key in ("annotations", "questions") if own.get(key)}
+    if out.suffix.lower() == ".csv":
+        raise ConfigError(f"out={out}: give the JSON-lines file (e.g. out={out.with_suffix('.jsonl')}); predict "
+                          f"writes its CSV twin beside it")
+    resumable = out.is_file() and is_predictions(out)
+    check_output("out", out, inputs, overwrite=overwrite, append=resumable)
+    if out.is_file() and not resumable:  # overwrite=true replaces a file that holds no predictions
+        out.write_bytes(b"")
+    twin = out.with_suffix(".csv")
+    check_output("out", twin, inputs, overwrite=overwrite, ours=first_line_is(",".join(CSV_HEADER)),
+                 label=f"the CSV twin {twin} of out={out}")
+    check_output("out", Path(f"{out}.unreadable.txt"), inputs, overwrite=True,
+                 label=f"the list of unreadable videos {out}.unreadable.txt")
+    return out
+
+
+def fingerprint(path: Path) -> str:
+    """A quick fingerprint of a weights file or folder: sizes plus the first and last MiB of every file (reading a
+    7B checkpoint whole would take a minute; two different checkpoints differ there)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(2**20))
+            if size > 2**20:
+                handle.seek(max(2**20, size - 2**20))
+                digest.update(handle.read(2**20))
+    return digest.hexdigest()[:16]
+
+
+def run_identity(cfg, ckpt: Path | None) -> dict[str, str]:
+    """What wrote a record, stored in every record as ``run``: the model (checkpoint or backbone, with a fingerprint of
+    its weights) and a hash of the settings that change replies (generation, frame sampling, pixel budget, decoder).
+    ``predict`` resumes a file only when these match (:func:`check_resume`)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    if ckpt is not None:
+        model = {"model": str(Path(ckpt).resolve()), "weights": fingerprint(Path(ckpt))}
+    elif cfg.backbone.get("path"):
+        model = {"model": str(Path(cfg.backbone.path).resolve()), "weights": fingerprint(Path(cfg.backbone.path))}
+    else:  # a tiny twin: built from its config
+        model = {"model": f"backbone={cfg.backbone.name}",
+                 "weights": hashlib.sha256(OmegaConf.to_yaml(cfg.backbone).encode()).hexdigest()[:16]}
+    settings = {"generation": OmegaConf.to_container(cfg.module.get("generation") or {}, resolve=True),
+                "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+                "pixels": {k: cfg.backbone.get(k) for k in ("min_pixels", "max_pixels", "total_pixels", "dtype")},
+                "decoder": str(cfg.data.get("decoder", "pyav"))}
+    model["settings"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return model
+
+
+def check_resume(out: Path, identity: dict[str, str]) -> None:
+    """Refuse to add this run's records to a file another model (or other generation settings) started."""
+    if not out.is_file():
+        return
+    for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        theirs = record.get("run") if isinstance(record, dict) else None
+        if theirs == identity:
+            continue
+        if not isinstance(theirs, dict):
+            raise ConfigError(f"out={out}, line {number}: a record without the model that wrote it (an older file); "
+                              f"resuming could mix two models' replies: choose a new out=")
+        what = "model" if (theirs.get("model"), theirs.get("weights")) != (identity["model"], identity["weights"]) \
+            else "generation settings"
+        raise ConfigError(f"out={out} was started by another {what} ({theirs.get('model')}, weights "
+                          f"{theirs.get('weights')}, settings {theirs.get('settings')}) than this run "
+                          f"({identity['model']}, weights {identity['weights']}, settings {identity['settings']}); "
+                          f"resuming would mix their replies: choose a new out=, or rerun with the same model and "
+                          f"settings")
+
+
 def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
     return str(record.get("video")), str(record.get("task")), int(record.get("shift") or 0)
 
@@ -173,13 +281,14 @@ def done_keys(out: Path) -> set[tuple[str, str, int]]:
 class RecordWriter(BasePredictionWriter):
     """Appends each batch's records to the JSON-lines file as the batch completes; collects unreadable videos."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, identity: dict[str, str] | None = None) -> None:
         super().__init__(write_interval="batch")
         self.out = out
+        self.identity = identity
         self.written = 0
         self.unreadable: list[dict[str, Any]] = []
-        # A killed run may have left a half-written last line: end it before the first append, or it would
-        # swallow this run's first record (checked once: the file only grows by whole lines after that).
+        # A killed run may have left a half-written last line: cut it off before the first append (it is predicted
+        # again), or it would swallow this run's first record and leave a line no reader accepts.
         self._torn = out.is_file() and out.stat().st_size > 0 and not out.read_bytes().endswith(b"\n")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
@@ -188,11 +297,14 @@ class RecordWriter(BasePredictionWriter):
             log.warning("unreadable video skipped: %s (%s)", bad.get("video"), bad.get("error"))
         if not prediction:
             return
+        if self._torn:
+            data = self.out.read_bytes()
+            with self.out.open("r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+            self._torn = False
         with self.out.open("a", encoding="utf-8") as handle:
-            if self._torn:
-                handle.write("\n")
-                self._torn = False
-            handle.write("".join(json.dumps(r) + "\n" for r in prediction))
+            handle.write("".join(json.dumps({**r, "run": self.identity} if self.identity else r) + "\n"
+                                 for r in prediction))
         self.written += len(prediction)
 
 
@@ -207,7 +319,7 @@ def write_csv(out: Path) -> Path:
             continue
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["video", "task", "shift", "response", "prediction", "frame_times"])
+        writer.writerow(CSV_HEADER)
         for r in records:
             writer.writerow([r.get("video"), r.get("task"), r.get("shift", ""), r.get("response"),
                              json.dumps(r.get("prediction")), " ".join(f"{t:g}" for t in r.get("frame_times") or [])])
@@ -220,13 +332,15 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
     from vau.modules.backbones import build_backbone
     from vau.registry import ALGORITHMS
 
+    identity = run_identity(cfg, ckpt)
+    check_resume(out, identity)
     done = done_keys(out)
     todo = [s for s in samples if (s.video, s.task, int(s.extra.get("shift", 0))) not in done]
     skipped = len(samples) - len(todo)
     if skipped:
         log.info("%d of %d predictions are already in %s: predicting the other %d", skipped, len(samples), out,
                  len(todo))
-    writer = RecordWriter(out)
+    writer = RecordWriter(out, identity)
     if todo:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         if cfg.get("torch_threads"):
@@ -240,7 +354,7 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
             from vau.checkpoints import load_init_weights
 
             cfg.init_from = str(ckpt)
-            load_init_weights(module, cfg)
+            load_init_weights(module, cfg, key="ckpt")
         data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
                                   with_target=False)
         loader = data.eval_loader(data.dataset_of(todo), int(cfg.data.get("eval_batch_size") or cfg.data.batch_size))
@@ -268,7 +382,12 @@ def main(argv: list[str]) -> int:
 
     try:
         conf, own, overrides = parse_args(list(argv))
+        check_outputs(own)  # before any model is loaded
         cfg, ckpt = model_config(conf, own, overrides)
+        if ckpt is not None:
+            from vau.checkpoints import read_checkpoint
+
+            read_checkpoint(ckpt, "ckpt")  # a broken file fails here, before the model loads
         load_plugins(cfg.get("plugins") or [])
         task = own.get("task") or str(cfg.data.task)
         if task not in task_names():

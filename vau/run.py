@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vau.callbacks import BadVideoMonitor
-from vau.checkpoints import ensure_writable, load_init_weights, resolve_ckpt
+from vau.checkpoints import check_weights_fit, ensure_writable, load_init_weights, read_checkpoint, resolve_ckpt
 from vau.modules.optim import check_master_weights
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
@@ -95,6 +95,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     algorithm = ALGORITHMS.get(cfg.module.name)  # an unknown name fails before any work
+    check_run_dir(stage, cfg)
     existed = bool(cfg.get("run_dir")) and Path(cfg.run_dir).exists()
     run_dir = make_run_dir(cfg)
     threads = torch.get_num_threads()
@@ -108,6 +109,31 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         raise
     finally:
         torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests, notebooks)
+
+
+def check_run_dir(stage: str, cfg: DictConfig) -> None:
+    """An explicit ``run_dir`` that already holds a run is refused, unless this is ``fit`` resuming from a checkpoint
+    inside it: a new run there would overwrite its config.yaml and mix two runs' checkpoints and TensorBoard files.
+    Checked by the first process only (the other ranks of a job find the folder rank 0 just started)."""
+    from vau.config import ConfigError
+
+    if not cfg.get("run_dir") or any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "RANK")):
+        return
+    path = Path(cfg.run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run_dir={path} is a file; give a folder (or leave run_dir empty for "
+                          f"{cfg.paths.output_dir}/{cfg.experiment_name}/<time>)")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    ckpt = resolve_ckpt(cfg) if stage == "fit" else None
+    if ckpt and Path(os.path.realpath(ckpt)).is_relative_to(Path(os.path.realpath(path))):
+        return
+    held = ", ".join(sorted(p.name for p in path.iterdir())[:4])
+    resume = path / "checkpoints" / "last.ckpt"
+    raise ConfigError(f"run_dir={path} already holds a run ({held}): a new {stage} there would overwrite its "
+                      f"config.yaml and mix two runs' files. Resume it with `python -m vau fit ckpt_path={resume} "
+                      f"run_dir={path}`, or choose another run_dir (or none: {cfg.paths.output_dir}/"
+                      f"{cfg.experiment_name}/<time>)")
 
 
 def remove_unused_run_dir(run_dir: Path, auto_named: bool) -> None:
@@ -145,6 +171,8 @@ def _run(stage: str, cfg: DictConfig, run_dir: Path, algorithm, started: float) 
     module = build_module(cfg, backbone, run_dir)
     trainer = build_trainer(cfg, run_dir, algorithm)
     ckpt = resolve_ckpt(cfg)
+    if ckpt:  # a broken file or another backbone's weights: one line naming it, before Lightning tries
+        check_weights_fit(module.model, read_checkpoint(ckpt, "ckpt_path")["state_dict"], ckpt, "ckpt_path")
     if stage == "fit":
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         if cfg.get("test_after_fit", True):

@@ -49,7 +49,7 @@ def scored_tasks() -> list[str]:
     return [n for n in task_names() if get_task(n).scored]
 
 
-KEYS = ("annotations", "predictions", "task", "report", "output")
+KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
          "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json]")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
@@ -114,6 +114,14 @@ def read_predictions(path: Path) -> list[Prediction]:
     return rows
 
 
+class _NonStandardNumber(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NonStandardNumber(name)
+
+
 def _read_jsonl(path: Path, text: str) -> list[Prediction]:
     shape = '{"video": "name.mp4", "task": "qa", "response": "<answer>B</answer>"}'
     rows = []
@@ -122,9 +130,15 @@ def _read_jsonl(path: Path, text: str) -> list[Prediction]:
             continue
         where = f"{path}, line {number}"
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as err:
             raise ScoreError(f"{where}: not valid JSON ({err.msg}); each line must be one object like {shape}") from None
+        except _NonStandardNumber as err:
+            raise ScoreError(f"{where}: {err} is not a JSON number (NaN/Infinity would make score.json invalid JSON); "
+                             f"write null or a finite number") from None
+        except RecursionError:
+            raise ScoreError(f"{where}: JSON nested too deeply to read; each line must be one flat object like "
+                             f"{shape}") from None
         if not isinstance(record, dict):
             raise ScoreError(f"{where}: expected a JSON object like {shape}")
         for key in ("video", "task", "response"):
@@ -155,8 +169,19 @@ def _check_extras(record: dict, where: str) -> None:
 
 def _read_csv(path: Path, text: str) -> list[Prediction]:
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_csv_rows(path, reader)
+    except csv.Error as err:  # e.g. a cell over the csv module's field size limit
+        raise ScoreError(f"{path}, line {reader.line_num}: not a readable CSV ({err})") from None
+
+
+def _read_csv_rows(path: Path, reader) -> list[Prediction]:
     header = [h.strip() for h in next(reader, [])]
     lowered = [h.lower() for h in header]
+    if "correct option" in lowered:
+        raise ScoreError(f"{path} is an annotation file (it has the 'Correct Option' column), not "
+                         f"predictions: scoring it against annotations would report the ground truth as a model's "
+                         f"answers; pass predictions= the file predict or test wrote")
     if "video name" not in lowered:
         raise ScoreError(f"{path}: a CSV of predictions needs a 'Video Name' column (found {header}); "
                          f"or write JSON lines like {{\"video\": ..., \"task\": ..., \"response\": ...}}")
@@ -284,6 +309,27 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
     return report
 
 
+def check_outputs(args: dict, files: list[Path]) -> None:
+    """``output=`` and the files of ``report=DIR`` never land on an input, a folder or a file score did not write
+    (vau.outputs); checked before scoring."""
+    from vau.html_report import HTML_MARKER
+    from vau.outputs import check_output, json_with_key, text_contains
+
+    inputs = {"annotations": args["annotations"], **{f"predictions ({f.name})": f for f in files}}
+    overwrite = str(args.get("overwrite", "false")).lower() in ("1", "true", "yes")
+    if args.get("output"):
+        check_output("output", args["output"], inputs, overwrite=overwrite, ours=json_with_key("tasks"), error=ScoreError)
+    if args.get("report"):
+        folder = Path(args["report"])
+        if folder.exists() and not folder.is_dir():
+            raise ScoreError(f"report={folder} is a file; give a folder (score writes score.json, score.md, "
+                             f"report.html and plots into it)")
+        for name, ours in (("score.json", json_with_key("tasks")), ("score.md", text_contains("VAU-Bench scores")),
+                           ("report.html", text_contains(HTML_MARKER))):
+            check_output("report", folder / name, inputs, overwrite=overwrite, ours=ours, error=ScoreError,
+                         label=f"{folder / name} (in report={folder})")
+
+
 def main(argv: list[str]) -> int:
     """Run the score stage; returns the process exit code (2 for bad arguments or input)."""
     try:
@@ -295,6 +341,7 @@ def main(argv: list[str]) -> int:
         if not annotations:
             raise ScoreError(f"annotation file {args['annotations']} has no rows")
         files = prediction_files(args["predictions"])
+        check_outputs(args, files)
         predictions = [p for path in files for p in read_predictions(path)]
         tasks = [t.strip() for t in args.get("task", "").split(",") if t.strip()]
         predicted_tasks = {p.task for p in predictions}
