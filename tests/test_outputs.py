@@ -196,3 +196,13 @@ def test_predict_resumes_only_what_the_same_model_and_settings_started(overrides
     old.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "run"}) + "\n" for r in records))
     code, _, err = _cli(capsys, *[a if not a.startswith("out=") else f"out={old}" for a in args])
     assert code == 2 and "without the model" in err
+
+
+def test_score_says_when_a_video_has_several_annotation_rows(ann, tmp_path, capsys):
+    lines = ann.read_text().splitlines(keepends=True)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("".join([*lines, lines[1]]))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"video": lines[1].split(",")[0], "task": "qa", "response": "<answer>A</answer>"}) + "\n")
+    code, _, err = _cli(capsys, "score", f"annotations={dup}", f"predictions={preds}")
+    assert code == 0 and "1 video name(s) on more than one row" in err and lines[1].split(",")[0] in err

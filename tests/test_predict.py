@@ -45,6 +45,7 @@ def clips(tmp_path_factory):
     _write_video(folder / "c_mid.avi", (160, 120), 3, codec="mpeg4")
     (folder / "d_corrupt.mp4").write_bytes((folder / "a_small.mp4").read_bytes()[:300])
     (folder / "e_empty.mov").write_bytes(b"")
+    (folder / "f_loop.mp4").symlink_to(folder / "f_loop.mp4")  # a link to itself: counted unreadable, not lost
     (folder / "notes.txt").write_text("not a video")
     return folder
 
@@ -81,9 +82,9 @@ def test_predict_on_a_folder_of_videos(task, clips, overrides, tmp_path, capsys)
         assert r["task"] == task and isinstance(r["response"], str) and r["video_path"].startswith(str(clips))
         assert r["frame_times"] and 0 <= min(r["frame_times"]) <= max(r["frame_times"]) < durations[r["video"]] + 0.01
         assert r["duration"] == pytest.approx(durations[r["video"]], abs=0.2)
-    assert "3 predicted, 0 already" in printed and "2 unreadable" in printed
+    assert "3 predicted, 0 already" in printed and "3 unreadable" in printed
     unreadable = (tmp_path / "preds.jsonl.unreadable.txt").read_text()
-    assert "d_corrupt.mp4" in unreadable and "e_empty.mov" in unreadable
+    assert "d_corrupt.mp4" in unreadable and "e_empty.mov" in unreadable and "f_loop.mp4" in unreadable
     with open(tmp_path / "preds.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 and rows[0]["frame_times"]

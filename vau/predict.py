@@ -80,7 +80,9 @@ def model_config(conf: str | None, own: dict[str, str], overrides: list[str]):
 def video_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(f"videos={folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    # A link that leads nowhere (dangling, or a loop) is kept: reading it fails and it is counted unreadable, not lost.
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in VIDEO_SUFFIXES and (p.is_file() or p.is_symlink() and not p.is_dir()))
     if not files:
         raise ConfigError(f"videos={folder}: no video files ({', '.join(VIDEO_SUFFIXES)}) below it")
     return files

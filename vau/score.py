@@ -208,9 +208,21 @@ def _read_csv_rows(path: Path, reader) -> list[Prediction]:
 
 # ----------------------------------------------------------------------------------------------- scoring ----
 def _lookup(annotations: list[Annotation]):
-    exact = {a.video: a for a in annotations}
-    by_stem = {Path(a.video).stem: a for a in annotations}
+    # The first row of a video name counts (duplicates are reported by duplicate_videos).
+    exact: dict[str, Annotation] = {}
+    by_stem: dict[str, Annotation] = {}
+    for a in annotations:
+        exact.setdefault(a.video, a)
+        by_stem.setdefault(Path(a.video).stem, a)
     return lambda name: exact.get(name) or by_stem.get(Path(name).stem)
+
+
+def duplicate_videos(annotations: list[Annotation]) -> dict[str, int]:
+    """Video names with more than one annotation row, and how many rows each has."""
+    counts: dict[str, int] = {}
+    for a in annotations:
+        counts[a.video] = counts.get(a.video, 0) + 1
+    return {name: n for name, n in counts.items() if n > 1}
 
 
 def class_list(annotations: list[Annotation]) -> tuple[str, ...]:
@@ -340,6 +352,11 @@ def main(argv: list[str]) -> int:
         annotations = read_annotations(args["annotations"])
         if not annotations:
             raise ScoreError(f"annotation file {args['annotations']} has no rows")
+        duplicates = duplicate_videos(annotations)
+        if duplicates:
+            names = ", ".join(f"{k} ({n} rows)" for k, n in list(duplicates.items())[:SHOW])
+            print(f"warning: {args['annotations']}: {len(duplicates)} video name(s) on more than one row; the first row "
+                  f"of each is scored: {names}{' ...' if len(duplicates) > SHOW else ''}", file=sys.stderr)
         files = prediction_files(args["predictions"])
         check_outputs(args, files)
         predictions = [p for path in files for p in read_predictions(path)]
