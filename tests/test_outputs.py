@@ -206,3 +206,28 @@ def test_score_says_when_a_video_has_several_annotation_rows(ann, tmp_path, caps
     preds.write_text(json.dumps({"video": lines[1].split(",")[0], "task": "qa", "response": "<answer>A</answer>"}) + "\n")
     code, _, err = _cli(capsys, "score", f"annotations={dup}", f"predictions={preds}")
     assert code == 0 and "1 video name(s) on more than one row" in err and lines[1].split(",")[0] in err
+
+
+def test_written_json_is_valid_even_when_a_metric_is_not_a_number(tmp_path):
+    from vau.html_report import _script_json
+    from vau.score import json_safe
+
+    report = {"tasks": {"tag": {"overall": {"miou": float("nan")}}}, "clips": [{"iou": float("inf")}]}
+    text = json.dumps(json_safe(report), allow_nan=False)
+    assert json.loads(text)["tasks"]["tag"]["overall"]["miou"] is None
+    embedded = _script_json(report)
+    assert "NaN" not in embedded and "Infinity" not in embedded and json.loads(embedded)["clips"] == [{"iou": None}]
+
+
+def test_an_unexpected_error_is_one_line_unless_vau_debug(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "boomplug.py").write_text('raise RuntimeError("boom at import")\n')  # a plugin that breaks
+    run = [sys.executable, "-m", "vau", "list", "plugins=[boomplug]"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    quiet = subprocess.run(run, capture_output=True, text=True, timeout=120, env={**env, "VAU_DEBUG": ""})
+    loud = subprocess.run(run, capture_output=True, text=True, timeout=120, env={**env, "VAU_DEBUG": "1"})
+    assert "boom at import" in quiet.stderr
+    assert quiet.returncode != 0 and "Traceback" not in quiet.stderr and "VAU_DEBUG=1" in quiet.stderr
+    assert loud.returncode != 0 and "Traceback" in loud.stderr

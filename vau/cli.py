@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import sys
 
 from vau.config import GROUPS, ConfigError, choices, compose
@@ -152,10 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         # A malformed annotation file under fit/validate/test: one line naming file and row, as `data check` gives.
         from vau.datamodules.annotations import AnnotationError
 
-        if not isinstance(err, AnnotationError):
+        if isinstance(err, AnnotationError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if os.environ.get("VAU_DEBUG", "") not in ("", "0"):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        # Anything else is a fault vau did not foresee: one line, and the way to the traceback.
+        print(f"error: {type(err).__name__}: {err}\n(an unexpected error in `python -m vau {stage}`: rerun with "
+              f"VAU_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect> [conf=NAME] [key=value ...]

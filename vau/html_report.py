@@ -253,8 +253,11 @@ def clip_records(clips: list[dict], keys: list, strips: dict) -> tuple[list[dict
 
 
 def _script_json(data) -> str:
-    """JSON that is safe inside a <script> element: no reply can write ``</script>`` or ``<!--``."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    """JSON that is safe inside a <script> element: no reply can write ``</script>`` or ``<!--``, and no NaN (which
+    JSON.parse rejects: the page would show no clips)."""
+    from vau.outputs import json_safe
+
+    text = json.dumps(json_safe(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -119,3 +119,22 @@ def text_contains(marker: str, limit: int = 4096) -> Callable[[Path], bool]:
             return False
 
     return test
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, +-inf: e.g. a mean over no rows) replaced by None, so the JSON a
+    command writes is valid for every reader (``json.dumps`` would write the non-standard ``NaN``).
+
+    Example:
+        >>> json_safe({"miou": float("nan"), "n": [1.0, float("inf")]})
+        {'miou': None, 'n': [1.0, None]}
+    """
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

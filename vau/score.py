@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
+from vau.outputs import json_safe
 from vau.parsing import canonical_class
 from vau.report import ReportError, evaluate
 from vau.report_plots import write_plots
@@ -314,7 +315,7 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         report = {**report, "plots": write_plots(report, folder)}
-        (folder / "score.json").write_text(json.dumps(report, indent=2) + "\n")
+        (folder / "score.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
         (folder / "score.md").write_text(text + "\n")
     except OSError as err:
         raise ScoreError(f"report={folder}: cannot write the report: {err}") from None
@@ -381,7 +382,7 @@ def main(argv: list[str]) -> int:
             out = Path(args["output"])
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(report, indent=2) + "\n")
+                out.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
             except OSError as err:
                 raise ScoreError(f"output={out}: cannot write the metrics file: {err}") from None
             print(f"metrics written to {out}")
