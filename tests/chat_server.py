@@ -3,6 +3,9 @@
 The test gives a ``reply(request_json) -> (status, text)`` function; the server wraps ``text`` as a chat completion
 when the status is 200 and sends it raw otherwise (``bytes`` are always sent raw). It records every request (body, Authorization header) and the
 most requests it ever served at once, holding each for ``delay`` seconds so that concurrent ones overlap.
+
+``reply`` may instead return a :class:`Raw`: bytes written to the socket as they are, status line included, to
+misbehave like a real broken server does (trickle bytes, send a body shorter than its Content-Length, hang up).
 """
 
 from __future__ import annotations
@@ -11,11 +14,51 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+@dataclass
+class Raw:
+    """A reply written byte for byte: ``data`` holds the status line, headers and body (:func:`http_reply`).
+
+    The ``slow`` bytes from offset ``start`` go one at a time, ``every`` seconds apart (a server that trickles);
+    the rest goes at once. ``b""`` hangs up without a reply.
+    """
+
+    data: bytes
+    every: float = 0.0
+    slow: int = 0
+    start: int = 0
+
+
+def completion(text: str) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}).encode()
+
+
+def http_reply(body: bytes, length: int | None = None, status: int = 200) -> bytes:
+    """A whole HTTP/1.0 response; ``length`` (the Content-Length announced) may lie about ``body``."""
+    head = (f"HTTP/1.0 {status} OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+def _send_raw(wfile, raw: Raw) -> None:
+    stop = raw.start + raw.slow
+    try:
+        wfile.write(raw.data[:raw.start])
+        for offset in range(raw.start, min(stop, len(raw.data))):  # bounded: one pass over the slow bytes
+            wfile.write(raw.data[offset:offset + 1])
+            wfile.flush()
+            time.sleep(raw.every)
+        wfile.write(raw.data[stop:])
+        wfile.flush()
+    except OSError:  # the client gave up (its deadline): nothing left to do
+        pass
+
+
 class ChatServer:
-    def __init__(self, reply: Callable[[dict], tuple[int, str]], delay: float = 0.02) -> None:
+    def __init__(self, reply: Callable[[dict], tuple[int, str | bytes] | Raw], delay: float = 0.02) -> None:
         self.reply = reply
         self.delay = delay
         self.requests: list[dict] = []
@@ -37,10 +80,15 @@ class ChatServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     time.sleep(server.delay)
-                    status, text = server.reply(body)
+                    answer = server.reply(body)
                 finally:
                     with server.lock:
                         server.in_flight -= 1
+                if isinstance(answer, Raw):
+                    self.close_connection = True
+                    _send_raw(self.wfile, answer)
+                    return
+                status, text = answer
                 if isinstance(text, bytes):  # a raw body (e.g. not JSON at all)
                     payload = text
                 else:

@@ -4,11 +4,13 @@ cache, resume) and the local transformers backend on the tiny Qwen2.5-VL twin.""
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 
 import pytest
 
-from tests.chat_server import ChatServer
+from tests.chat_server import ChatServer, Raw, completion, http_reply
 from vau.chat import ChatError, ChatRunner, LocalChat, OpenAIChat, first_json_object, read_cache
 
 
@@ -88,6 +90,87 @@ def test_runner_limits_concurrency_retries_only_what_can_succeed_and_caches(tmp_
         assert [r.text for r in again] == [r.text for r in replies] and all(r.cached for r in again[:-1])
         other = ChatRunner(OpenAIChat(server.base_url, "other-model"), cache, attempts=1).run([conv("row 0")])
         assert other[0].cached is False and len(server.requests) == 17  # another model: another key
+
+
+@pytest.mark.parametrize("where", ["status line", "body"])
+def test_timeout_is_a_deadline_for_the_whole_request_not_per_read(where):
+    """A server trickling one byte every 0.2 s never trips a per-read timeout of 0.5 s; the deadline must."""
+    data = http_reply(completion("late"))
+    start = 0 if where == "status line" else data.index(b"\r\n\r\n") + 4
+    with ChatServer(lambda body: Raw(data, every=0.2, slow=15, start=start), delay=0.0) as server:
+        chat = OpenAIChat(server.base_url, "m", timeout=0.5)
+        began = time.monotonic()
+        with pytest.raises(ChatError, match="within 0.5") as caught:
+            chat.complete(conv("x"))  # the trickle would finish after 3 s
+        assert caught.value.retryable and time.monotonic() - began < 1.5
+        runner = ChatRunner(chat, None, attempts=2, backoff=0.01)
+        began = time.monotonic()
+        [reply] = runner.run([conv("y")])
+        assert reply.text is None and reply.attempts == 2 and "within 0.5" in reply.error  # retried, then failed
+        assert time.monotonic() - began < 2.5
+
+
+def test_every_transport_error_is_retried_then_counted_never_aborts_the_run():
+    """A body shorter than its Content-Length (IncompleteRead) and a hang-up are retried like a refused connection."""
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+    short = http_reply(completion("cut"), length=500)  # the server announces more than it sends, then closes
+
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        with lock:
+            seen[text] = seen.get(text, 0) + 1
+            count = seen[text]
+        if text == "short once" and count == 1 or text == "always short":
+            return Raw(short)
+        if text == "hang up once" and count == 1 or text == "always hang up":
+            return Raw(b"")
+        return echo(body)
+
+    texts = ["short once", "always short", "hang up once", "always hang up", "fine"]
+    with ChatServer(reply, delay=0.0) as server:
+        runner = ChatRunner(OpenAIChat(server.base_url, "m", timeout=5), None, concurrency=2, attempts=3,
+                            backoff=0.01)
+        replies = runner.run([conv(t) for t in texts])
+    by_text = dict(zip(texts, replies))
+    assert by_text["short once"].text == "echo: short once" and by_text["short once"].attempts == 2
+    assert by_text["hang up once"].text == "echo: hang up once" and by_text["hang up once"].attempts == 2
+    for text in ("always short", "always hang up"):
+        assert by_text[text].text is None and by_text[text].attempts == 3 and server.base_url in by_text[text].error
+    assert "IncompleteRead" in by_text["always short"].error
+    assert by_text["fine"].text == "echo: fine" and seen["always short"] == 3
+
+
+def test_deeply_nested_or_oversized_endpoint_json_is_a_failed_request_not_a_crash(tmp_path):
+    replies = {"deep": (200, b"[" * 100_000), "deep content": (200, '{"a": ' + "[" * 100_000),
+               "deep valid": (200, b'{"choices": ' + b"[" * 5000 + b"]" * 5000 + b"}")}
+    cache = tmp_path / "cache.jsonl"
+    with ChatServer(lambda body: replies[body["messages"][-1]["content"]], delay=0.0) as server:
+        chat = OpenAIChat(server.base_url, "m")
+        for text in ("deep", "deep valid"):
+            with pytest.raises(ChatError, match="not an OpenAI chat completion") as caught:
+                chat.complete(conv(text))
+            assert not caught.value.retryable  # the same body would come back
+        runner = ChatRunner(chat, cache, attempts=2, backoff=0.01)
+        out = runner.run([conv(t) for t in replies])
+    assert [r.text is None for r in out] == [True, False, True]  # counted, the run goes on
+    assert out[1].text.endswith("[" * 100) and runner.requests == 3
+    began = time.monotonic()
+    assert first_json_object(out[1].text) is None and first_json_object("[" * 100_000 + '{"a": 1}') == {"a": 1}
+    assert first_json_object('{"a": ' * 40 + "1" + "}" * 40) is None  # deeper than a reply object needs
+    assert first_json_object("x{" * 200_000) is None and time.monotonic() - began < 1.0
+
+
+def test_read_cache_skips_lines_it_cannot_read_and_says_how_many(tmp_path, caplog):
+    cache = tmp_path / "cache.jsonl"
+    good = json.dumps({"key": "k1", "reply": "kept"})
+    cache.write_bytes(b"\xff\xfe not utf-8 \x80\n" + b"[" * 100_000 + b"\n" + good.encode() + b"\n")
+    with caplog.at_level(logging.WARNING, logger="vau.chat.runner"):
+        assert read_cache(cache) == {"k1": "kept"}
+    assert str(cache) in caplog.text and "2 line" in caplog.text
+    with ChatServer(echo, delay=0.0) as server:  # a run on such a cache asks what it lacks and appends
+        replies = ChatRunner(OpenAIChat(server.base_url, "m"), cache).run([conv("new")])
+    assert replies[0].text == "echo: new" and len(read_cache(cache)) == 2
 
 
 class Stop(Exception):

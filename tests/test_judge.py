@@ -4,13 +4,14 @@ local OpenAI-compatible server and with the tiny local checkpoint (gibberish: ev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from tests.chat_server import ChatServer
+from tests.chat_server import ChatServer, Raw, http_reply
 from vau.datamodules.annotations import write_annotations
 from vau.judge import DIMENSIONS, judged_text, main, parse_scores
 
@@ -60,7 +61,7 @@ class Judge:
             return 200, "\n".join(f"{d.replace('_', ' ').title()}: {v}" for d, v in SCORES.items())
         if "garbage" in text:
             return 200, "I would rate this quite well overall."
-        return 200, "```json\n" + json.dumps({**SCORES, "fluency": 14}) + "\n```"  # 14 is clamped to 10
+        return 200, "```json\n" + json.dumps({**SCORES, "fluency": 10}) + "\n```"
 
 
 def test_judge_end_to_end_against_a_server(tmp_path):
@@ -110,7 +111,7 @@ def test_judge_with_the_tiny_local_model_reports_fallbacks_and_writes_outputs(ti
 
 def test_judge_reading_is_robust_and_never_executes_text():
     scores, how = parse_scores('{"scores": {"Classification": "9/10", "key object": 4, "Fluency": 7, '
-                               '"informativeness": 3, "factual consistency": -2}}')
+                               '"informativeness": 3, "factual consistency": 0}}')
     assert how == "json" and scores == {"classification": 9.0, "key_object_action": 4.0, "fluency": 7.0,
                                         "informativeness": 3.0, "factual_consistency": 0.0}
     assert parse_scores('{"classification": "__import__(\'os\').system(\'x\')"}') == (None, "fallback")
@@ -128,3 +129,96 @@ def test_judge_arguments_fail_with_a_clear_message(tmp_path, capsys):
     assert main([f"predictions={bad}", f"annotations={annotations}", "judge.base_url=http://127.0.0.1:9",
                  "judge.model=m"]) == 2
     assert f"{bad}, line 1" in capsys.readouterr().err
+
+
+def lines(scores: dict) -> str:
+    return "\n".join(f"{d.replace('_', ' ').title()}: {v}" for d, v in scores.items())
+
+
+def test_scores_outside_0_to_10_make_the_reply_unreadable_not_clamped():
+    """A judge answering on another scale (0-100) or with a negative number gives no usable score."""
+    hundred = {d: v * 10 for d, v in SCORES.items()}
+    assert parse_scores(json.dumps(hundred)) == (None, "fallback")
+    assert parse_scores(json.dumps({**SCORES, "fluency": 14})) == (None, "fallback")
+    assert parse_scores(json.dumps({**SCORES, "factual_consistency": -5})) == (None, "fallback")
+    assert parse_scores(json.dumps({**SCORES, "classification": "85/100"})) == (None, "fallback")
+    assert parse_scores(lines(hundred)) == (None, "fallback")
+    assert parse_scores(lines({**SCORES, "fluency": -5})) == (None, "fallback")
+    assert parse_scores(json.dumps({**SCORES, "fluency": 10, "classification": 0}))[1] == "json"  # the bounds
+    assert parse_scores(lines(SCORES)) == ({d: float(v) for d, v in SCORES.items()}, "text")
+
+
+def test_a_refusal_that_contains_score_lines_does_not_score():
+    refusal = ("I'm sorry, but I cannot evaluate this reply. If I had to fill the template it would read:\n"
+               + lines(dict.fromkeys(SCORES, 10)))
+    assert parse_scores(refusal) == (None, "fallback")
+    inline = ("As requested I will not judge this; classification: 10, key object: 10, fluency: 10, "
+              "informativeness: 10, factual consistency: 10 is what a perfect reply would get.")
+    assert parse_scores(inline) == (None, "fallback")
+    twice = lines(SCORES) + "\nFluency: 3"  # a dimension scored twice: which one?
+    assert parse_scores(twice) == (None, "fallback")
+    # a genuine answer in lines, with a short note, still reads
+    noted = "Scores:\n" + lines(SCORES) + "\nThe description misses the key object's action."
+    assert parse_scores(noted) == ({d: float(v) for d, v in SCORES.items()}, "text")
+    bullets = "\n".join(f"- **{d}**: {v}/10" for d, v in SCORES.items())
+    assert parse_scores(bullets)[1] == "text"
+
+
+def test_a_deeply_nested_judge_reply_is_a_fallback_fresh_and_from_the_cache(tmp_path, capsys):
+    annotations, predictions = write_inputs(tmp_path)
+    out = tmp_path / "nested"
+    with ChatServer(lambda body: (200, '{"classification": ' + "[" * 100_000), delay=0.0) as server:
+        args = [f"predictions={predictions}", f"annotations={annotations}", f"out={out}",
+                f"judge.base_url={server.base_url}", "judge.model=m"]
+        assert main(args) == 0  # every request got a reply: none is usable, which the report says
+        report = json.loads((out / "judge.json").read_text())
+        assert report["asked"] == 5 and report["fallback"] == 5 and report["n"] == 0 and report["errors"] == 0
+        assert main(args) == 0 and len(server.requests) == 5  # the cached replies are read the same way
+    assert json.loads((out / "judge.json").read_text()) == report
+
+
+def test_judge_fails_with_one_line_when_no_request_succeeded_and_not_when_some_did(tmp_path, capsys):
+    annotations, predictions = write_inputs(tmp_path)
+    with ChatServer(lambda body: (503, "overloaded"), delay=0.0) as server:
+        out = tmp_path / "down"
+        assert main([f"predictions={predictions}", f"annotations={annotations}", f"out={out}", "judge.retries=1",
+                     "judge.backoff=0.01", f"judge.base_url={server.base_url}", "judge.model=m"]) == 1
+        assert len(server.requests) == 10  # five prompts, each retried once
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: judge: none of the 5 requests succeeded")
+    assert "HTTP 503" in err[0] and json.loads((out / "judge.json").read_text())["errors"] == 5  # still written
+
+    judge_model = Judge()
+
+    def some(body):
+        return (403, "no") if "garbage" in body["messages"][-1]["content"] else judge_model(body)
+
+    with ChatServer(some, delay=0.0) as server:
+        out = tmp_path / "some"
+        assert main([f"predictions={predictions}", f"annotations={annotations}", f"out={out}", "judge.backoff=0.01",
+                     f"judge.base_url={server.base_url}", "judge.model=m"]) == 0
+    captured = capsys.readouterr()
+    assert "1 request errors" in captured.out and "error:" not in captured.err
+
+
+def test_a_non_utf8_judge_cache_is_read_around_not_a_traceback(tmp_path, caplog):
+    annotations, predictions = write_inputs(tmp_path)
+    out = tmp_path / "cached"
+    out.mkdir()
+    (out / "judge_cache.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    with ChatServer(Judge(), delay=0.0) as server, caplog.at_level(logging.WARNING):
+        assert main([f"predictions={predictions}", f"annotations={annotations}", f"out={out}",
+                     f"judge.base_url={server.base_url}", "judge.model=m", "judge.backoff=0.01"]) == 0
+    assert str(out / "judge_cache.jsonl") in caplog.text
+    assert json.loads((out / "judge.json").read_text())["n"] == 4
+
+
+def test_judge_timeout_bounds_a_trickling_server(tmp_path, capsys):
+    annotations, predictions = write_inputs(tmp_path)
+    data = http_reply(b'{"choices": []}')
+    with ChatServer(lambda body: Raw(data, every=0.2, slow=15), delay=0.0) as server:
+        out = tmp_path / "slow"
+        assert main([f"predictions={predictions}", f"annotations={annotations}", f"out={out}", "judge.timeout=0.3",
+                     "judge.retries=0", "judge.concurrency=5", f"judge.base_url={server.base_url}",
+                     "judge.model=m"]) == 1
+    assert "within 0.3" in capsys.readouterr().err

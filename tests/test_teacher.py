@@ -139,6 +139,9 @@ def test_teacher_validation_refuses_what_would_teach_the_wrong_thing():
     assert validate(qa, sample, right, reply("B holds.", think=" "))[1] == "no_revised_reasoning"
     assert validate(qa, sample, right, None)[1] == "request_failed"
     assert read_reply('{"reflection": "ok", "revised_reasoning": "r", "final_answer": "B"}') == ("ok", "r", "B")
+    # a reply nested past any sane depth is an unreadable reply, not a RecursionError that ends the run
+    assert validate(qa, sample, right, "{" * 100_000)[1] == "no_reflection"
+    assert validate(qa, sample, right, '{"reflection": ' * 100_000)[1] == "no_reflection"
 
 
 def test_teacher_needs_exactly_one_model_and_known_options():
@@ -197,3 +200,20 @@ def test_teacher_with_the_tiny_local_model_counts_every_gibberish_reply_as_faile
         written = list(csv.DictReader(handle))
     assert len(written) == 3 and all(r["Chain Task"] == "qa_reflect" and not r["Reflection"] for r in written)
     assert len(out.with_name("val_reflect.teacher_cache.jsonl").read_text().splitlines()) == 3
+
+
+def test_teacher_fails_with_one_line_when_no_request_succeeded(tmp_path, capsys):
+    from vau.datamodules.reflection import main as reflect_main  # what `python -m vau data reflect` runs
+
+    source, out = tmp_path / "val.csv", tmp_path / "out.csv"
+    write_rows(source, ["flames", "smoke", "bag"])
+    with ChatServer(lambda body: (503, "overloaded"), delay=0.0) as server:
+        code = reflect_main([f"annotations={source}", f"out={out}", "builder=teacher", "tasks=qa_reflect",
+                             f"teacher.base_url={server.base_url}", "teacher.model=m", "teacher.retries=1",
+                             "teacher.backoff=0.01", f"teacher.cache={tmp_path / 'c.jsonl'}"])
+        assert len(server.requests) == 6  # three prompts, each retried once
+    captured = capsys.readouterr()
+    assert code != 0, captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: teacher: none of the 3 requests succeeded")
+    assert "HTTP 503" in err[0] and not out.exists()  # no file of template-only fallbacks

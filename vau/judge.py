@@ -4,9 +4,10 @@ VAU-R1 scores descriptions and reasoning with an LLM judge (VAU-Eval) on five di
 classification correctness, key object and action matching, fluency and coherence, informativeness and domain
 awareness, factual consistency. Here the judge is any chat model of :mod:`vau.chat` (a local checkpoint or an
 OpenAI-compatible server), greedy, asked for one JSON object; its reply is read without ``eval``: the first JSON
-object in the text (numbers clamped to 0..10), else ``dimension: N`` lines. A reply that gives no score for every
-dimension is a *fallback*: counted and reported, left out of the means. Replies are cached (``judge.cache``) so
-an interrupted run resumes.
+object in the text, else ``dimension: N`` lines (see :func:`parse_scores` for when lines count). A reply that gives
+no score for every dimension, or any score outside 0..10 (another scale: not clamped), is a *fallback*: counted
+and reported, left out of the means. Replies are cached (``judge.cache``) so an interrupted run resumes. The
+command exits 1 when not one request got a reply (the outputs are still written).
 
 Which text is judged: the whole reply (tags stripped) of a free-text task (``describe``), and the ``<think>``
 reasoning of any other reply (qa, cls, tag and their reflect variants); a reply with neither is skipped. The
@@ -38,7 +39,13 @@ _NAMES = {"classification": re.compile(r"classif|category|anomaly.?type"),
           "key_object_action": re.compile(r"key.?object|object.?and.?action|action.?match"),
           "fluency": re.compile(r"fluen|coheren"), "informativeness": re.compile(r"informat|domain"),
           "factual_consistency": re.compile(r"factual|consisten|hallucin")}
-_LINE_SCORE = re.compile(r"([A-Za-z][A-Za-z _&/\-]{2,60}?)[\"'*]*\s*[:=\-]\s*[\"'*]*\s*(\d+(?:\.\d+)?)")
+# a score line: "Fluency: 9", "- **Key object**: 6/10", "2. Factual consistency = 7", at the start of a line or
+# after , ; | (a one-line list); a name inside a sentence is not a score line
+_LINE_SCORE = re.compile(r"(?:^|[,;|])[ \t>*#\-\d.)]*[\"'*]*([A-Za-z][A-Za-z_ &/\-]{2,60}?)[\"'*]*\s*[:=\-]\s*[\"'*]*\s*"
+                         r"(-?\d+(?:\.\d+)?)", re.MULTILINE)
+# a judge declining the task; its text may still quote the score template ("classification: 10", ...)
+_REFUSAL = re.compile(r"\b(?:sorry|apologi[sz]e|as an ai)\b|\bI(?:'m| am)? (?:unable|not able)\b"
+                      r"|\bI (?:cannot|can't|can ?not|won't|will not|must decline|decline|refuse)\b", re.IGNORECASE)
 _THINK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"</?[a-zA-Z_]+>")
 SYSTEM = (
@@ -55,7 +62,8 @@ SYSTEM = (
 )
 USAGE = ("usage: python -m vau judge predictions=FILE[,FILE...] annotations=FILE [out=DIR] [tasks=describe,qa,...] "
          "(judge.path=DIR | judge.base_url=URL judge.model=NAME [judge.api_key_env=OPENAI_API_KEY]) "
-         "[judge.concurrency=4] [judge.retries=3] [judge.cache=FILE|none] [judge.max_new_tokens=256]")
+         "[judge.concurrency=4] [judge.retries=3] [judge.timeout=120] [judge.cache=FILE|none] "
+         "[judge.max_new_tokens=256]")
 
 
 def judged_text(task: str, response: str) -> str:
@@ -69,7 +77,8 @@ def judged_text(task: str, response: str) -> str:
     return ""
 
 
-def _clamp(value) -> float | None:
+def _number(value) -> float | None:
+    """The number a JSON value gives (a string's first number: "9/10" is 9), unchanged; None when none."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -77,7 +86,11 @@ def _clamp(value) -> float | None:
         value = float(match.group(0)) if match else None
     if not isinstance(value, (int, float)) or value != value:  # NaN
         return None
-    return min(10.0, max(0.0, float(value)))
+    return float(value)
+
+
+def _in_range(score: float) -> bool:
+    return 0.0 <= score <= 10.0
 
 
 def _dimension(name: str) -> str | None:
@@ -86,7 +99,17 @@ def _dimension(name: str) -> str | None:
 
 
 def parse_scores(text: str) -> tuple[dict[str, float] | None, str]:
-    """The five scores of a judge reply and how they were read (``json`` / ``text``), or ``(None, "fallback")``."""
+    """The five scores of a judge reply and how they were read (``json`` / ``text``), or ``(None, "fallback")``.
+
+    Rules (docs/judge.md):
+
+    - any score outside 0..10, in the JSON object or a line, makes the whole reply unreadable: a judge on another
+      scale (0-100, or negative) has no score that means x/10, so none is clamped or kept;
+    - the first JSON object gives the scores it names; when it names all five, that is the answer;
+    - otherwise ``dimension: N`` lines add the rest, but only when the reply holds no refusal wording ("I'm
+      sorry", "I cannot", ...) and each missing dimension has exactly one score line; a refusal that quotes the
+      template with 10s, or a reply scoring a dimension twice, is not an answer.
+    """
     data = first_json_object(text)
     found: dict[str, float] = {}
     if data is not None:
@@ -95,15 +118,26 @@ def parse_scores(text: str) -> tuple[dict[str, float] | None, str]:
             if isinstance(value, dict):
                 flat.update(value)
         for key, value in flat.items():
-            dim, score = _dimension(str(key)), _clamp(value)
-            if dim is not None and score is not None and dim not in found:
-                found[dim] = score
+            dim, score = _dimension(str(key)), _number(value)
+            if dim is None or score is None:
+                continue
+            if not _in_range(score):
+                return None, "fallback"
+            found.setdefault(dim, score)
         if len(found) == len(DIMENSIONS):
             return found, "json"
-    for name, number in _LINE_SCORE.findall(text or ""):  # JSON scores found so far stand; lines add the rest
+    text = text if isinstance(text, str) else ""
+    if _REFUSAL.search(text):
+        return None, "fallback"
+    lines: dict[str, list[float]] = {}
+    for name, number in _LINE_SCORE.findall(text):  # JSON scores found so far stand; lines add the rest
         dim = _dimension(name)
         if dim is not None and dim not in found:
-            found[dim] = min(10.0, float(number))
+            lines.setdefault(dim, []).append(float(number))
+    for dim, values in lines.items():
+        if len(values) != 1 or not _in_range(values[0]):
+            return None, "fallback"
+        found[dim] = values[0]
     if len(found) == len(DIMENSIONS):
         return found, "text"
     return None, "fallback"
@@ -140,6 +174,9 @@ def read_records(paths: list[Path]) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise JudgeError(f"{path}, line {number}: not valid JSON ({err.msg}); each line must be one object "
                                  f'like {{"video": "a.mp4", "task": "describe", "response": "..."}}') from None
+            except RecursionError:
+                raise JudgeError(f"{path}, line {number}: JSON nested too deeply to read; each line must be one "
+                                 f"flat object") from None
             if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in
                                                        ("video", "task", "response")):
                 raise JudgeError(f"{path}, line {number}: needs string keys video, task and response")
@@ -223,7 +260,7 @@ def format_markdown(report: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m vau judge ...``; exit code 2 for bad arguments or input."""
+    """``python -m vau judge ...``; exit code 2 for bad arguments or input, 1 when no request got a reply."""
     try:
         args = key_values(argv)
     except ConfigError as err:
@@ -266,4 +303,8 @@ def main(argv: list[str]) -> int:
     (out / "judge.md").write_text(markdown + "\n", encoding="utf-8")
     print(markdown)
     print(f"\nper-row scores: {out / 'judge.jsonl'}; report: {out / 'judge.json'}, {out / 'judge.md'}")
+    if rows and report["errors"] == len(rows):  # a dead server or a wrong URL must not look like a finished run
+        why = " ".join(str(next(r["error"] for r in rows if r["error"])).split())
+        print(f"error: judge: none of the {len(rows)} requests succeeded; the first error: {why}", file=sys.stderr)
+        return 1
     return 0

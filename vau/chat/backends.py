@@ -7,21 +7,31 @@
   standard library only. The API key is read from an environment variable whose *name* is configurable; the key
   itself never appears in a message, a log line or the cache.
 
-Errors carry whether a retry can help (:attr:`ChatError.retryable`): connection errors, timeouts, HTTP 429 and
-5xx can; other 4xx and malformed bodies cannot. :class:`vau.chat.runner.ChatRunner` retries on that flag.
+Errors carry whether a retry can help (:attr:`ChatError.retryable`): every transport error (refused or reset
+connections, a reply cut short of its Content-Length, a request past its deadline), HTTP 429 and 5xx can; other
+4xx and malformed bodies cannot. :class:`vau.chat.runner.ChatRunner` retries on that flag. ``timeout`` is a deadline
+for the whole request -- connect, send, headers and body -- not a bound on each socket read, so a server that
+trickles bytes cannot hold a request forever.
 """
 
 from __future__ import annotations
 
+import functools
+import http.client
+import io
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vau.chat.parse import loads_bounded
+
 Messages = Sequence[Mapping[str, str]]
+MAX_REPLY_BYTES = 8 * 1024 * 1024  # a chat completion of a few thousand tokens is kilobytes
 
 
 class ChatError(RuntimeError):
@@ -49,6 +59,121 @@ class ChatBackend:
         return ", ".join(f"{k}={v}" for k, v in self.identity().items())
 
 
+class _Deadline:
+    """The end of one request: every socket operation gets only the time that is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete reply within {self.seconds:g}s (timeout)")
+        return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The response's socket reads; each may wait only for what is left of the deadline.
+
+    A per-read timeout alone (what ``urlopen(timeout=...)`` gives) is reset by every byte that arrives.
+    """
+
+    def __init__(self, raw, sock, deadline: _Deadline) -> None:
+        self._raw, self._sock, self._deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(self._deadline.left())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()  # the socket's own reader: it holds the socket open until the body is read
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, deadline: _Deadline, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))  # nothing read yet
+
+
+class _DeadlineConnection:
+    """Mixed into http.client's connections: connect, send and every read of the reply share one deadline."""
+
+    def __init__(self, host, *, deadline: _Deadline, **kwargs) -> None:
+        kwargs["timeout"] = deadline.left()
+        super().__init__(host, **kwargs)  # type: ignore[call-arg]
+        self.deadline = deadline
+        self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+
+    def connect(self) -> None:
+        self.timeout = self.deadline.left()
+        super().connect()  # type: ignore[misc]
+        self.sock.settimeout(self.deadline.left())  # type: ignore[attr-defined]
+
+    def send(self, data) -> None:
+        if self.sock is not None:  # type: ignore[attr-defined]
+            self.sock.settimeout(self.deadline.left())  # type: ignore[attr-defined]
+        super().send(data)  # type: ignore[misc]
+
+
+class _HTTP(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPS(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_HTTP, deadline=self.deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_HTTPS, deadline=self.deadline), req, context=self._context)
+
+
+def _open(request: urllib.request.Request, seconds: float):
+    """``urlopen`` (proxies from the environment, redirects, HTTPError) with ``seconds`` for the whole request."""
+    deadline = _Deadline(seconds)
+    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+    return opener.open(request, timeout=deadline.left())
+
+
+def _read_body(response) -> bytes:
+    """The body, at most :data:`MAX_REPLY_BYTES`; a body cut short of its Content-Length raises IncompleteRead."""
+    declared = response.length
+    if declared is not None and declared > MAX_REPLY_BYTES:
+        raise ValueError(f"a body of {declared} bytes, more than {MAX_REPLY_BYTES}")
+    raw = response.read() if declared is not None else response.read(MAX_REPLY_BYTES + 1)
+    if len(raw) > MAX_REPLY_BYTES:
+        raise ValueError(f"a body of more than {MAX_REPLY_BYTES} bytes")
+    return raw
+
+
+def _why(err: BaseException, seconds: float) -> str:
+    reason = getattr(err, "reason", None)
+    reason = reason if isinstance(reason, BaseException) else err  # URLError wraps the socket error
+    if isinstance(reason, TimeoutError):  # every socket wait ends with the deadline, so any timeout is past it
+        return f"no complete reply within {seconds:g}s (timeout)"
+    if isinstance(reason, http.client.HTTPException):  # the connection broke mid-reply
+        return f"{type(reason).__name__}: {reason}"
+    return f"{type(reason).__name__}: {reason} (is the server running?)"
+
+
 class OpenAIChat(ChatBackend):
     """An OpenAI-compatible endpoint: ``POST {base_url}/chat/completions`` with temperature 0.
 
@@ -58,7 +183,8 @@ class OpenAIChat(ChatBackend):
         api_key_env: NAME of the environment variable holding the key (sent as ``Authorization: Bearer``); a
             missing variable sends no header (local servers need none).
         max_new_tokens: ``max_tokens`` of the request.
-        timeout: seconds per request.
+        timeout: seconds for each whole request (connect, send, the reply's headers and body); an attempt past
+            it is a retryable failure.
     """
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_new_tokens: int = 512,
@@ -85,18 +211,23 @@ class OpenAIChat(ChatBackend):
             headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+            with _open(request, self.timeout) as response:
+                raw = _read_body(response)
         except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode("utf-8", "replace").strip()
+            try:
+                detail = err.read(300).decode("utf-8", "replace").strip()
+            except (OSError, http.client.HTTPException):  # the error body itself broke off: the status says enough
+                detail = ""
             retry = err.code == 429 or err.code >= 500
-            raise ChatError(f"POST {self.url} answered HTTP {err.code}: {detail or err.reason}", retryable=retry,
-                            status=err.code) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ChatError(f"POST {self.url} failed: {reason} (is the server running?)", retryable=True) from None
+            raise ChatError(f"POST {self.url} answered HTTP {err.code}: {' '.join(detail.split()) or err.reason}",
+                            retryable=retry, status=err.code) from None
+        except ValueError as err:  # too large: the same request would get the same reply
+            raise ChatError(f"POST {self.url}: {err}") from None
+        except (OSError, http.client.HTTPException) as err:
+            # every transport failure (refused, reset, hung up, cut short, past the deadline) may pass on a retry
+            raise ChatError(f"POST {self.url} failed: {_why(err, self.timeout)}", retryable=True) from None
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
+            content = loads_bounded(raw, max_chars=MAX_REPLY_BYTES)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             snippet = raw[:200].decode("utf-8", "replace")
             raise ChatError(f"POST {self.url}: the reply is not an OpenAI chat completion "

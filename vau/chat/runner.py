@@ -22,9 +22,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vau.chat.backends import ChatBackend, ChatError, LocalChat, Messages
+from vau.chat.backends import MAX_REPLY_BYTES, ChatBackend, ChatError, LocalChat, Messages
+from vau.chat.parse import loads_bounded
 
 log = logging.getLogger(__name__)
+CACHE_LINE_CHARS = 8 * MAX_REPLY_BYTES  # the longest reply a backend returns, with room for JSON escapes
 
 
 @dataclass
@@ -43,18 +45,29 @@ def cache_key(messages: Messages, identity: dict, salt: str = "") -> str:
 
 
 def read_cache(path: Path) -> dict[str, str]:
-    """Replies by key; a torn last line (a run killed mid-write) or a foreign line is skipped with a warning."""
+    """Replies by key. A line that cannot be read -- torn (a run killed mid-write), not UTF-8, not a
+    ``{key, reply}`` object, nested absurdly deep -- is skipped: one warning names the file and counts them, and
+    their prompts are simply asked again."""
     found: dict[str, str] = {}
     if not path.is_file():
         return found
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cache {path} cannot be read: {err}; fix it or give another cache=FILE (none = off)") from None
+    bad: list[int] = []
+    # line by line, not the whole file decoded at once: one corrupt line must not cost the replies around it
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_bounded(line, max_depth=4, max_chars=CACHE_LINE_CHARS)
             found[str(record["key"])] = str(record["reply"])
         except (ValueError, KeyError, TypeError):
-            log.warning("cache %s line %d is not a {key, reply} object; ignored", path, number)
+            bad.append(number)
+    if bad:
+        log.warning("cache %s: %d line(s) unreadable (not UTF-8 or not a {key, reply} object), e.g. line %d; "
+                    "ignored, their prompts are asked again", path, len(bad), bad[0])
     return found
 
 

@@ -22,7 +22,13 @@ Every reply is validated; a chain that fails gets no chain (counted as failed, w
 ``request_failed`` (no reply after the retries), ``no_reflection`` / ``no_revised_reasoning`` /
 ``no_final_answer`` (a part missing or blank), ``wrong_final_answer`` (the final answer is not the ground truth),
 ``rejects_nothing`` (a corrective reflection that neither names the initial answer nor says anything is wrong),
-``rejects_right_answer`` (a confirming reflection that calls the right answer wrong).
+``rejects_right_answer`` (a confirming reflection that calls the right answer wrong). A reply that cannot be read
+at all (no tags, no JSON object, or JSON nested absurdly deep) fails as ``no_reflection``.
+
+When not one request gets a reply (the server is down, the URL or key is wrong), the builder raises
+:class:`TeacherError` (``data reflect`` prints it as one ``error:`` line and exits non-zero, writing no file) rather
+than writing template-only fallbacks as if the run had worked. Any reply, even one that fails validation, means the
+run goes on and the failures are counted.
 """
 
 from __future__ import annotations
@@ -124,6 +130,10 @@ def validate(task: Task, sample: Sample, initial: Chain, text: str | None) -> tu
     return replace(initial, reflection=" ".join(reflection.split()), revised_reasoning=revised.strip()), None
 
 
+class TeacherError(ValueError):
+    """Not one teacher request got a reply; the message gives the first error (URL, HTTP status)."""
+
+
 @REFLECTORS.register("teacher")
 class TeacherBuilder(ReflectionBuilder):
     """Template initial answers; a chat model (local checkpoint or OpenAI-compatible endpoint) writes each
@@ -162,6 +172,9 @@ class TeacherBuilder(ReflectionBuilder):
         conversations = [messages(requests[i][0], requests[i][1], initials[i]) for i in asked]
         log.info("teacher: %d chains from %s (cache %s)", len(asked), self.backend.describe(), runner.cache)
         replies = runner.run(conversations)
+        if replies and all(reply.text is None for reply in replies):
+            why = " ".join(str(next((r.error for r in replies if r.error), "no reply")).split())
+            raise TeacherError(f"teacher: none of the {len(replies)} requests succeeded; the first error: {why}")
         out: list[Chain | None] = [None] * len(requests)
         for i, reply in zip(asked, replies):
             task, sample = requests[i][0], requests[i][1]
