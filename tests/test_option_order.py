@@ -62,3 +62,29 @@ def test_training_asks_each_question_in_a_fresh_order_per_epoch(overrides, tiny_
         assert shuffled[(1, index)]["prompt_ids"].tolist() == shuffled[(1, index)]["prompt_ids"].tolist()  # seeded
     assert max(seen) > 1
     assert not val.shuffle_options  # evaluation asks in the file's order (and its shifts)
+
+
+def test_option_check_targets_follow_the_order_shown(overrides, tiny_backbone):
+    """data.qa_option_check: training targets judge every option in the order the prompt shows it (also after a
+    reorder), the one judged yes is the answer; evaluation samples carry no target flag."""
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+    from vau.tasks.qa import OPTION_CHECK_KEY, option_check
+
+    cfg = compose("demo", [*overrides, "data.qa_option_check=true", "data.train_option_order=shuffled"])
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert all(s.extra.get(OPTION_CHECK_KEY) for s in train.samples)
+    assert not any(s.extra.get(OPTION_CHECK_KEY) for s in val.samples)
+    tokenizer = tiny_backbone.processor.tokenizer
+    for index in range(len(train.samples)):
+        item = train[(3, index)]
+        text = tokenizer.decode(torch.cat([item["prompt_ids"], item["target_ids"]]))
+        shown = [line[3:] for line in text.splitlines() if line[:2] in ("A.", "B.", "C.", "D.")]
+        answer = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+        judged = " ".join(f"{letter}. {option}: {'yes' if letter == answer else 'no'}."
+                          for letter, option in zip("ABCD", shown))
+        assert judged in text  # the walk names the options as shown, and its yes is the answer
+    moved = get_task("qa").reorder_options(train.samples[0], [3, 2, 1, 0])
+    assert option_check(moved).split(": yes")[0].endswith(moved.options["ABCD".index(moved.answer)])

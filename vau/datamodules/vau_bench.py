@@ -17,6 +17,7 @@ Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,10 @@ class VAUBenchDataModule(L.LightningDataModule):
                      "training" if train else "evaluation",
                      "; left out: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "")
             samples += kept
+        if train and self.cfg.get("qa_option_check"):  # targets that check every option (vau.tasks.qa.option_check)
+            from vau.tasks.qa import OPTION_CHECK_KEY
+
+            samples = [replace(s, extra={**s.extra, OPTION_CHECK_KEY: True}) for s in samples]
         shifts = None if train else parse_shifts(self.cfg.get("qa_shifts"))
         if shifts:  # position-robust evaluation: every question also under cyclic shifts of its options
             expanded: list[Sample] = []

@@ -9,6 +9,22 @@ from vau.parsing import parse_choice
 from vau.registry import TASKS
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
 
+OPTION_CHECK_KEY = "option_check"  # Sample.extra flag: the target's reasoning checks every option (data.qa_option_check)
+
+
+def option_check(sample: Sample) -> str:
+    """Reasoning that checks every option in the order shown, e.g. ``A. A car crashes: no. B. A fire breaks out:
+    yes. ...``: each line repeats the option after its letter (a copy) and judges it, and the answer is the letter
+    judged yes. SFT with it (``data.qa_option_check: true``) teaches a small model to find the option its reasoning
+    supports, which a bare letter after free reasoning leaves to one hard lookup (docs/data.md "Option order").
+
+    Example:
+        >>> print(option_check(Sample(task="qa", video="v.mp4", options=("x", "y"), answer="B")))
+        A. x: no. B. y: yes.
+    """
+    return " ".join(f"{letter}. {text}: {'yes' if letter == sample.answer else 'no'}."
+                    for letter, text in zip(LETTERS, sample.options))
+
 
 @TASKS.register("qa")
 class MultipleChoiceQA(Task):
@@ -29,6 +45,9 @@ class MultipleChoiceQA(Task):
         )
 
     def target(self, sample: Sample) -> str:
+        if sample.extra.get(OPTION_CHECK_KEY):
+            reasoning = f"{(sample.reasoning or sample.description).strip()} {option_check(sample)}"
+            return think_target(replace(sample, reasoning=reasoning), str(sample.answer))
         return think_target(sample, str(sample.answer))
 
     def truth(self, sample: Sample) -> str | None:
