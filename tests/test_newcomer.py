@@ -117,7 +117,7 @@ def redirected_fit(tmp_path_factory, cache_dir, demo_root):
     args = [sys.executable, "-m", "vau", "fit", f"paths.cache_dir={cache_dir}", f"data.root={demo_root}",
             "data.generate=null", f"paths.output_dir={tmp / 'outputs'}", "trainer.max_epochs=2",
             "data.batch_size=2", "data.eval_batch_size=2", "data.limit.train=4", "data.limit.val=2",
-            "data.limit.test=2", "module.generation.max_new_tokens=8"]
+            "data.limit.test=2", "module.generation.max_new_tokens=8", "trainer.check_val_every_n_epoch=1"]
     with open(log_file, "w") as out:
         done = subprocess.run(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
