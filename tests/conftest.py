@@ -53,7 +53,6 @@ def overrides(cache_dir, demo_root, tmp_path):
         "data.batch_size=2",
         "data.eval_batch_size=2",
         "module.generation.max_new_tokens=8",
-        "trainer.check_val_every_n_epoch=1",  # the demo validates every 10th of its 40 epochs; tests run one
     ]
 
 

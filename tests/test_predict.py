@@ -111,7 +111,9 @@ def test_qa_on_raw_videos_needs_questions_and_asks_every_shift(clips, overrides,
 
 
 def test_predict_from_a_checkpoint_matches_the_test_stage_and_resumes(overrides, demo_root, tmp_path, capsys):
-    cfg = compose("demo", overrides)  # the run folder goes under paths.output_dir/demo/, where ckpt=last looks
+    # the run folder goes under paths.output_dir/demo/, where ckpt=last looks; validating at the epoch's end saves the
+    # step checkpoint the test stage uses (the demo itself validates every 10th epoch)
+    cfg = compose("demo", [*overrides, "trainer.check_val_every_n_epoch=1"])
     run("fit", cfg)
     (run_dir,) = (tmp_path / "outputs" / "demo").iterdir()
     tested = {r["video"]: r for r in _records(run_dir / "predictions_rank0.jsonl")}
