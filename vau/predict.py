@@ -220,7 +220,7 @@ def fingerprint(path: Path) -> str:
 def run_identity(cfg, ckpt: Path | None) -> dict[str, str]:
     """What wrote a record, stored in every record as ``run``: the model (checkpoint or backbone, with a fingerprint of
     its weights) and a hash of the settings that change replies (generation, frame sampling, pixel budget, decoder).
-    ``predict`` resumes a file only when these match (:func:`check_resume`)."""
+    ``predict`` resumes a file only when these match (:func:`resume_keys`)."""
     import hashlib
 
     from omegaconf import OmegaConf
@@ -240,44 +240,45 @@ def run_identity(cfg, ckpt: Path | None) -> dict[str, str]:
     return model
 
 
-def check_resume(out: Path, identity: dict[str, str]) -> None:
-    """Refuse to add this run's records to a file another model (or other generation settings) started."""
+def resume_keys(out: Path, identity: dict[str, str]) -> set[tuple[str, str, int]]:
+    """The (video, task, shift) keys already predicted in ``out``, read in one pass that also refuses to add this
+    run's records to a file another model (or other generation settings) started. A torn last line of a killed run
+    is ignored (and predicted again)."""
+    keys: set[tuple[str, str, int]] = set()
     if not out.is_file():
-        return
+        return keys
     for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        theirs = record.get("run") if isinstance(record, dict) else None
-        if theirs == identity:
+        if not isinstance(record, dict):
             continue
-        if not isinstance(theirs, dict):
-            raise ConfigError(f"out={out}, line {number}: a record without the model that wrote it (an older file); "
-                              f"resuming could mix two models' replies: choose a new out=")
-        what = "model" if (theirs.get("model"), theirs.get("weights")) != (identity["model"], identity["weights"]) \
-            else "generation settings"
-        raise ConfigError(f"out={out} was started by another {what} ({theirs.get('model')}, weights "
-                          f"{theirs.get('weights')}, settings {theirs.get('settings')}) than this run "
-                          f"({identity['model']}, weights {identity['weights']}, settings {identity['settings']}); "
-                          f"resuming would mix their replies: choose a new out=, or rerun with the same model and "
-                          f"settings")
+        theirs = record.get("run")
+        if theirs != identity:
+            _refuse_resume(out, number, theirs, identity)
+        try:
+            keys.add(record_key(record))
+        except (ValueError, TypeError):
+            continue
+    return keys
+
+
+def _refuse_resume(out: Path, number: int, theirs, identity: dict[str, str]):
+    if not isinstance(theirs, dict):
+        raise ConfigError(f"out={out}, line {number}: a record without the model that wrote it (an older file); "
+                          f"resuming could mix two models' replies: choose a new out=")
+    what = "model" if (theirs.get("model"), theirs.get("weights")) != (identity["model"], identity["weights"]) \
+        else "generation settings"
+    raise ConfigError(f"out={out} was started by another {what} ({theirs.get('model')}, weights "
+                      f"{theirs.get('weights')}, settings {theirs.get('settings')}) than this run "
+                      f"({identity['model']}, weights {identity['weights']}, settings {identity['settings']}); "
+                      f"resuming would mix their replies: choose a new out=, or rerun with the same model and "
+                      f"settings")
 
 
 def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
     return str(record.get("video")), str(record.get("task")), int(record.get("shift") or 0)
-
-
-def done_keys(out: Path) -> set[tuple[str, str, int]]:
-    """Keys already predicted in ``out`` (a torn last line of a killed run is ignored and predicted again)."""
-    keys = set()
-    if out.is_file():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            try:
-                keys.add(record_key(json.loads(line)))
-            except (ValueError, TypeError, AttributeError):
-                continue
-    return keys
 
 
 class RecordWriter(BasePredictionWriter):
@@ -335,8 +336,7 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
     from vau.registry import ALGORITHMS
 
     identity = run_identity(cfg, ckpt)
-    check_resume(out, identity)
-    done = done_keys(out)
+    done = resume_keys(out, identity)
     todo = [s for s in samples if (s.video, s.task, int(s.extra.get("shift", 0))) not in done]
     skipped = len(samples) - len(todo)
     if skipped:
