@@ -48,6 +48,20 @@ def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def flag(value, key: str, error: type[Exception] = ConfigError) -> bool:
+    """A command's own true/false argument (``overwrite=true``); anything else fails naming ``key``.
+
+    >>> flag("Yes", "overwrite"), flag("0", "merge")
+    (True, False)
+    """
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes"):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise error(f"{key}={value!r}: use true or false")
+
+
 def _unknown(kind: str, name: str, known: list[str], extra: str = "") -> ConfigError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -79,10 +93,8 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
             (tmp / "experiment").mkdir()
             shutil.copy(path, tmp / "experiment" / "user_conf.yaml")
             # The same file with only its defaults list: the keys the file may set (checked after composing).
-            OmegaConf.save(OmegaConf.create({"defaults": user.get("defaults") or ["_self_"]}),
-                           tmp / "experiment" / "user_conf_defaults.yaml")
             (tmp / "experiment" / "user_conf_defaults.yaml").write_text(
-                "# @package _global_\n" + (tmp / "experiment" / "user_conf_defaults.yaml").read_text())
+                "# @package _global_\n" + OmegaConf.to_yaml({"defaults": user.get("defaults") or ["_self_"]}))
             overrides = [f"hydra.searchpath=[file://{tmp}]", "experiment=user_conf", *overrides]
         elif conf not in choices("experiment"):
             raise _unknown("conf", conf, choices("experiment"), " Or pass a path to a YAML file.")
@@ -146,6 +158,15 @@ def _leaf_keys(node, prefix: str = ""):
             yield path
 
 
+def _unknown_key(parent: str, leaf: str, known: list[str]) -> str:
+    """"unknown config key 'a.b'. Did you mean a.c? Keys under 'a': ..." (the command line and config files)."""
+    key = f"{parent}.{leaf}" if parent else leaf
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    where = f"under {parent!r}" if parent else "at the top level"
+    return f"unknown config key {key!r}.{hint} Keys {where}: {', '.join(known)}"
+
+
 def _check_file_keys(path: Path, user: dict, base: DictConfig) -> None:
     """Every key the user's file sets must exist in the config it is composed onto, as on the command line: a typo
     (``seedd: 5``, ``trainer.max_stepz``) fails naming the file, the key and the closest known key. Below a key whose
@@ -158,12 +179,8 @@ def _check_file_keys(path: Path, user: dict, base: DictConfig) -> None:
             if not isinstance(node, DictConfig):
                 break
             if part not in node:
-                parent = ".".join(walked)
                 known = sorted(str(k) for k in node.keys())
-                close = difflib.get_close_matches(part, known, n=1)
-                hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-                raise ConfigError(f"conf={path}: unknown config key {'.'.join([*walked, part])!r}.{hint} Keys "
-                                  f"{'under ' + repr(parent) if parent else 'at the top level'}: {', '.join(known)}")
+                raise ConfigError(f"conf={path}: {_unknown_key('.'.join(walked), part, known)}")
             child = node._get_node(part)  # the node itself: no interpolation is resolved here
             node = child if isinstance(child, DictConfig) and not child._is_none() else None
             walked.append(part)
@@ -225,9 +242,5 @@ def _explain(err: Exception, overrides: list[str]) -> str:
             known = sorted(node.keys()) if isinstance(node, DictConfig) else []
         except Exception:
             known = []
-        close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-        where = f"under {parent!r}" if parent else "at the top level"
-        return (f"unknown config key {key!r}.{hint} Keys {where}: {', '.join(known)}. "
-                f"To add a new key on purpose, write +{key}=VALUE.")
+        return f"{_unknown_key(parent, leaf, known)}. To add a new key on purpose, write +{key}=VALUE."
     return f"{text}{': ' + str(cause) if cause else ''}"

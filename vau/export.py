@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vau.config import ConfigError
+from vau.config import ConfigError, flag
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ USAGE = ("usage: python -m vau export ckpt=PATH|last out=DIR [merge=true] [overw
          "[key=value ...]")
 OWN_KEYS = ("ckpt", "out", "merge", "overwrite")
 
-
-def _bool(value: str, key: str) -> bool:
-    low = value.strip().lower()
-    if low in ("1", "true", "yes"):
-        return True
-    if low in ("0", "false", "no"):
-        return False
-    raise ConfigError(f"{key}={value!r}: use true or false")
 
 
 def run_config(ckpt: Path, conf: str | None, overrides: list[str]) -> DictConfig:
@@ -192,7 +184,7 @@ def main(argv: list[str]) -> int:
     if not ckpt.exists():  # before run_config, which would only say that the run's config.yaml is missing
         raise ConfigError(f"ckpt={ckpt}: no such checkpoint file")
     cfg = run_config(ckpt, conf, overrides)
-    out = export(cfg, ckpt, Path(own["out"]), merge=_bool(own.get("merge", "false"), "merge"),
-                 overwrite=_bool(own.get("overwrite", "false"), "overwrite"))
+    out = export(cfg, ckpt, Path(own["out"]), merge=flag(own.get("merge", "false"), "merge"),
+                 overwrite=flag(own.get("overwrite", "false"), "overwrite"))
     print(f"exported {ckpt} -> {out}")
     return 0

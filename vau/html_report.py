@@ -376,10 +376,11 @@ def main(argv: list[str]) -> int:
         if decoder not in ("pyav", "decord"):
             raise ReportError(f"decoder={decoder!r}: choose pyav or decord")
         out = Path(args.get("out") or source.parent / "report.html")
+        from vau.config import flag
         from vau.outputs import check_output, text_contains
 
         check_output("out", out, {"score": source}, ours=text_contains(HTML_MARKER), error=ReportError,
-                     overwrite=str(args.get("overwrite", "false")).lower() in ("1", "true", "yes"))
+                     overwrite=flag(args.get("overwrite", "false"), "overwrite", ReportError))
         written = write_html_report(score, out, plot_dir=source.parent, thumbs=_int_arg(args, "thumbs",
                                     THUMBS_PER_CLIP), decoder=decoder, workers=_int_arg(args, "workers", 0) or None)
         print(f"report written to {written}")

@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vau.config import ConfigError, compose
+from vau.config import ConfigError, compose, flag
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def check_outputs(own: dict[str, str]) -> Path:
     from vau.outputs import check_output, first_line_is
 
     out = Path(own["out"])
-    overwrite = str(own.get("overwrite", "false")).lower() in ("1", "true", "yes")
+    overwrite = flag(own.get("overwrite", "false"), "overwrite")
     inputs = {key: own[key] for key in ("annotations", "questions") if own.get(key)}
     if out.suffix.lower() == ".csv":
         raise ConfigError(f"out={out}: give the JSON-lines file (e.g. out={out.with_suffix('.jsonl')}); predict "

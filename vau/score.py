@@ -325,11 +325,12 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
 def check_outputs(args: dict, files: list[Path]) -> None:
     """``output=`` and the files of ``report=DIR`` never land on an input, a folder or a file score did not write
     (vau.outputs); checked before scoring."""
+    from vau.config import flag
     from vau.html_report import HTML_MARKER
     from vau.outputs import check_output, json_with_key, text_contains
 
     inputs = {"annotations": args["annotations"], **{f"predictions ({f.name})": f for f in files}}
-    overwrite = str(args.get("overwrite", "false")).lower() in ("1", "true", "yes")
+    overwrite = flag(args.get("overwrite", "false"), "overwrite", ScoreError)
     if args.get("output"):
         check_output("output", args["output"], inputs, overwrite=overwrite, ours=json_with_key("tasks"), error=ScoreError)
     if args.get("report"):
