@@ -32,7 +32,7 @@ def tiny_backbone(cache_dir, tiny_path):
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    from vau.datamodules.synthetic import generate
+    from vau.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("demo"), n_train=8, n_val=4, n_test=4, seed=0, min_seconds=2.0,
                     max_seconds=3.0)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from vau.cli import STAGES, main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -137,3 +139,26 @@ def test_a_config_file_may_set_open_nodes_and_mappings_under_null(tmp_path):
 
     cfg = compose(str(path))
     assert cfg.seed == 4 and cfg.reward.my_reward.weight == 1.0 and cfg.data.generate.n_train == 8
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_stage_answers_help_with_its_usage(stage, flag, capsys):
+    """`python -m vau <stage> --help` prints the stage's usage (exit 0), whatever else is on the line; it runs
+    nothing (no config is needed, no file is read)."""
+    extra = ["generate"] if stage == "data" else ["conf=no_such_experiment"]
+    assert main([stage, *extra, flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m vau {stage}")
+    assert STAGES[stage] in out or stage == "data"
+
+
+def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
+    import yaml
+
+    assert main(["fit", "conf=demo_grpo", "--cfg", "job", "trainer.max_steps=7", f"paths.output_dir={tmp_path}"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["experiment_name"] == "demo_grpo" and printed["trainer"]["max_steps"] == 7
+    assert printed["module"]["name"] == "grpo"
+    assert not any(tmp_path.iterdir())  # nothing ran
+    assert main(["fit", "conf=no_such_experiment", "--cfg", "job"]) == 2  # composing still checks names

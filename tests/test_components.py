@@ -107,7 +107,7 @@ def test_grpo_on_cls_binary_trains_on_accuracy_and_reports_binary_accuracy(overr
     accuracy = _scalars(run_dir, "train/reward/accuracy")
     assert len(accuracy) == 2 and all(0.0 <= v <= 1.0 for v in accuracy)
     records = [json.loads(line) for line in (run_dir / "predictions_rank0.jsonl").read_text().splitlines()]
-    from vau.datamodules.annotations import read_annotations
+    from vau.data.annotations import read_annotations
     from vau.datamodules.views import build_samples
 
     samples = {s.video: s for s in build_samples(read_annotations(cfg.data.annotations.test), "cls_binary", False)}

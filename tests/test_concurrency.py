@@ -73,7 +73,7 @@ def test_explicit_and_inherited_run_dirs_are_used_as_given(tmp_path, monkeypatch
 GENERATE = """
 import hashlib, json, logging, sys, time
 from pathlib import Path
-from vau.datamodules.synthetic import generate
+from vau.data.synthetic import generate
 
 logging.basicConfig(level=logging.INFO)
 go = Path(sys.argv[2])

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.shared_data import SHARED  # noqa: E402
 from vau.cli import main
-from vau.datamodules.annotations import (
+from vau.data.annotations import (
     ANOMALY_CLASSES,
     COLUMNS,
     AnnotationError,
@@ -22,7 +22,7 @@ from vau.datamodules.annotations import (
     summarize,
     write_annotations,
 )
-from vau.datamodules.reasoning import LiteralError, clean_reasoning, parse_literal
+from vau.data.reasoning import LiteralError, clean_reasoning, parse_literal
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, select, view_counts
 from vau.tasks import BUILTIN_TASKS, TASKS, get_task, tokenizer_corpus
 

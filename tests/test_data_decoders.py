@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vau.data.synthetic import write_broken_videos
 from vau.datamodules import decoders
 from vau.datamodules.decoders import DECODERS, PyAVSource, VideoError, open_video
-from vau.datamodules.synthetic import write_broken_videos
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libx264", options: dict | None = None,

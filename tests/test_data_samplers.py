@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import vau.datamodules.samplers  # noqa: F401  (registers the built-in samplers)
+from vau.data.synthetic import KINDS, render_clip, write_mp4
 from vau.datamodules.dataset import VideoTaskDataset
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.loading import EpochSampler
 from vau.datamodules.samplers import FpsSampler, build_sampler
-from vau.datamodules.synthetic import KINDS, render_clip, write_mp4
 from vau.datamodules.video import read_clip
 from vau.registry import SAMPLERS
 from vau.tasks import Sample, get_task

@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 
 from vau.callbacks import BadVideoError, BadVideoMonitor
 from vau.cli import main
-from vau.datamodules.annotations import write_annotations
+from vau.data.annotations import write_annotations
+from vau.data.synthetic import KINDS, render_clip, write_broken_videos, write_mp4
 from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.samplers import build_sampler
-from vau.datamodules.synthetic import KINDS, render_clip, write_broken_videos, write_mp4
 from vau.datamodules.vau_bench import VAUBenchDataModule
 from vau.datamodules.video import FrameCache, VideoError, processor_size_fn, read_clip
 from vau.tasks import Sample, get_task

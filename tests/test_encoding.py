@@ -2,7 +2,7 @@
 
 import torch
 
-from vau.datamodules.annotations import read_annotations
+from vau.data.annotations import read_annotations
 from vau.datamodules.encoding import IGNORE_INDEX, Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip

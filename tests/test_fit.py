@@ -12,7 +12,7 @@ from vau.tasks import get_task
 
 
 def _test_samples(cfg):
-    from vau.datamodules.annotations import read_annotations
+    from vau.data.annotations import read_annotations
     from vau.datamodules.views import build_samples
 
     return build_samples(read_annotations(cfg.data.annotations.test), cfg.data.task, train=False)

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from vau.config import compose
-from vau.datamodules.annotations import read_annotations
+from vau.data.annotations import read_annotations
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from tests.chat_server import ChatServer, Raw, http_reply
-from vau.datamodules.annotations import write_annotations
+from vau.data.annotations import write_annotations
 from vau.judge import DIMENSIONS, judged_text, main, parse_scores
 
 ROOT = Path(__file__).resolve().parents[1]

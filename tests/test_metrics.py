@@ -22,9 +22,9 @@ from vau.metrics import (
     MeanIoU,
     PerClassAccuracy,
     RecallAtIoU,
-    task_metrics,
 )
 from vau.tasks import Sample
+from vau.tasks.metrics import task_metrics
 
 OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight starts", "Someone steals a bag")
 CLASSES = ("Fire", "Fighting", "Normal")

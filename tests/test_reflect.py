@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.shared_data import SHARED
-from vau.datamodules.annotations import COLUMNS, read_annotations, write_annotations
+from vau.data.annotations import COLUMNS, read_annotations, write_annotations
 from vau.datamodules.reflection import attach_chains, build_chains, reflect_file, reflect_tasks
-from vau.metrics import task_metrics
 from vau.parsing import answer_body, has_strict_format, strict_format
 from vau.rewards import RewardSet
 from vau.tasks import Sample, get_task
+from vau.tasks.metrics import task_metrics
 from vau.tasks.reflect import CHAIN_COLUMNS, CONFIRMING, CORRECTIVE, sample_chain
 
 REFLECT_TAGS = ("think", "answer", "reflect", "think", "answer")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.shared_data import SHARED
-from vau.datamodules.annotations import COLUMNS, read_annotations, write_annotations
+from vau.data.annotations import COLUMNS, read_annotations, write_annotations
 from vau.score import main
 from vau.tasks import get_task
 

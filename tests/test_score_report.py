@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.shared_data import SHARED
-from vau.datamodules.annotations import COLUMNS, write_annotations
+from vau.data.annotations import COLUMNS, write_annotations
 from vau.qa_position import original_letter, original_option, shown_options
 from vau.score import main
 
@@ -273,7 +273,7 @@ def test_fit_logs_the_report_to_tensorboard(overrides, tmp_path, fit_with, monke
 
     from vau.callbacks import ScoreReportLogger
     from vau.config import compose
-    from vau.datamodules.annotations import read_annotations
+    from vau.data.annotations import read_annotations
     from vau.score import Prediction, score
 
     builtin = []

@@ -8,10 +8,10 @@ import torch
 
 from vau.config import compose
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
-from vau.metrics import view_metrics
 from vau.run import run
 from vau.tasks import Sample, get_task
 from vau.tasks.base import SECOND_PASS_PROMPT, join_passes, split_passes
+from vau.tasks.metrics import view_metrics
 
 OPTIONS = ("a dog", "a fight", "a fire", "a car")
 
@@ -89,7 +89,7 @@ def test_self_correct_fit_reports_initial_final_and_deltas(overrides, tmp_path):
     assert records and all(split_passes(r["response"]) is not None for r in records)
     assert metrics["test/qa_reflect_rate"] == 1.0
     # The two numbers are those of the two passes: recompute them from the written replies.
-    from vau.datamodules.annotations import read_annotations
+    from vau.data.annotations import read_annotations
     from vau.datamodules.views import build_samples
 
     samples = {s.video: s for s in build_samples(read_annotations(cfg.data.annotations.test), "qa", train=False)}

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from vau.datamodules.annotations import read_annotations
+from vau.data.annotations import read_annotations
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip

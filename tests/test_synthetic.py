@@ -5,8 +5,8 @@ import csv
 import decord
 import numpy as np
 
-from vau.datamodules.annotations import COLUMNS, read_annotations
-from vau.datamodules.synthetic import KINDS, generate
+from vau.data.annotations import COLUMNS, read_annotations
+from vau.data.synthetic import KINDS, generate
 
 
 def test_csv_has_vau_bench_columns_and_balanced_classes(demo_root):

@@ -11,11 +11,11 @@ import math
 
 import pytest
 
-from vau.datamodules.annotations import read_annotations
-from vau.metrics import task_metrics
+from vau.data.annotations import read_annotations
 from vau.registry import TASKS, load_builtins
 from vau.rewards import build_rewards
 from vau.tasks import Task, ViewOptions, get_task, task_names
+from vau.tasks.metrics import task_metrics
 
 load_builtins()
 HEADER = ["Video Name", "Question", "Option 1", "Option 2", "Option 3", "Option 4", "Correct Option", "Key Object",

@@ -17,7 +17,7 @@ import pytest
 
 from tests.chat_server import ChatServer
 from tests.shared_data import SHARED
-from vau.datamodules.annotations import read_annotations, write_annotations
+from vau.data.annotations import read_annotations, write_annotations
 from vau.datamodules.reflection import build_chains, reflect_file
 from vau.datamodules.teacher import read_reply, validate
 from vau.tasks import Sample, get_task
@@ -156,7 +156,7 @@ def test_teacher_needs_exactly_one_model_and_known_options():
 def test_teacher_from_a_config_node_builds_chains_in_memory(tmp_path):
     from omegaconf import OmegaConf
 
-    from vau.datamodules.annotations import read_annotations as read
+    from vau.data.annotations import read_annotations as read
     from vau.datamodules.reflection import attach_chains
 
     source = tmp_path / "val.csv"

@@ -42,6 +42,52 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+HELP_FLAGS = ("-h", "--help")
+COMPOSED_STAGES = ("fit", "validate", "test", "list")  # stages that run on the composed config
+
+
+def stage_usage(stage: str, argv: list[str] = ()) -> str:
+    """What ``python -m vau <stage> --help`` prints: the stage's usage line and the keys it takes."""
+    if stage == "data":
+        return DATA_USAGE
+    if stage in COMPOSED_STAGES:
+        return "\n".join([
+            f"usage: python -m vau {stage} [conf=NAME|PATH.yaml] [key=value ...] [--cfg job]",
+            "",
+            f"  {STAGES[stage]}",
+            "",
+            "Config groups (GROUP=NAME):",
+            *[f"  {g:<11} {', '.join(choices(g))}" for g in GROUPS],
+            "",
+            "Top-level keys of the composed config (any key can be overridden, e.g. trainer.max_steps=10):",
+            f"  {', '.join(_top_keys())}",
+            "",
+            "`--cfg job` prints the composed, resolved config of conf=NAME and the overrides, and runs nothing.",
+        ])
+    module = {"score": "vau.score", "report": "vau.html_report", "judge": "vau.judge", "predict": "vau.predict",
+              "export": "vau.export"}[stage]
+    import importlib
+
+    return f"{importlib.import_module(module).USAGE}\n\n  {STAGES[stage]}"
+
+
+def _top_keys() -> list[str]:
+    try:
+        return sorted(str(k) for k in compose(None, []).keys())
+    except ConfigError as err:
+        return [f"(the default config does not compose: {err})"]
+
+
+def composed_yaml(cfg) -> str:
+    """The config as YAML, interpolations resolved where they can be (a missing value stays as written)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves at run time (e.g. a run folder): show it unresolved
+        return OmegaConf.to_yaml(cfg)
+
+
 def _split(argv: list[str]) -> tuple[str | None, list[str]]:
     conf = None
     rest = []
@@ -107,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown stage {stage!r}.{hint} Valid stages: {', '.join(STAGES)}. "
               f"Run `python -m vau --help` for usage.", file=sys.stderr)
         return 2
+    if any(arg in HELP_FLAGS for arg in rest):
+        print(stage_usage(stage, rest))
+        return 0
     setup_logging()
     try:
         if stage == "data":
@@ -135,7 +184,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return export_main(rest)
         conf, overrides = _split(rest)
+        show_config = "--cfg" in overrides
+        if show_config:  # Hydra's habit: `--cfg job` prints the composed config instead of running
+            at = overrides.index("--cfg")
+            overrides = overrides[:at] + overrides[at + 1 + (overrides[at + 1:at + 2] in (["job"], ["all"])):]
         cfg = compose(conf, overrides)
+        if show_config:
+            print(composed_yaml(cfg))
+            return 0
         from vau.registry import load_plugins
 
         load_plugins(cfg.get("plugins") or [])
@@ -151,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:
         # A malformed annotation file under fit/validate/test: one line naming file and row, as `data check` gives.
-        from vau.datamodules.annotations import AnnotationError
+        from vau.data.annotations import AnnotationError
 
         if isinstance(err, AnnotationError):
             print(f"error: {err}", file=sys.stderr)
@@ -208,12 +264,12 @@ def _data(argv: list[str]) -> int:
         gen = cfg.data.get("generate")
         if not gen:
             raise ConfigError(f"data={cfg.data.name} has no `generate` section; use data=demo")
-        from vau.datamodules.synthetic import generate
+        from vau.data.synthetic import generate
 
         root = generate(cfg.data.root, **dict(gen))
         print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
         return 0
-    from vau.datamodules.annotations import AnnotationError
+    from vau.data.annotations import AnnotationError
     from vau.datamodules.tools import check_videos, split_of, stats_report
     from vau.datamodules.views import ViewOptions
 
@@ -225,7 +281,7 @@ def _data(argv: list[str]) -> int:
         raise ConfigError("no annotation files: pass annotations=FILE or set data.annotations.{train,val,test}")
     try:
         if sub == "stats":
-            print(stats_report(files, ViewOptions.from_cfg(cfg.data.get("views"))))
+            print(stats_report(files, ViewOptions.from_cfg(cfg.data.get("views")), cfg.data.get("format")))
             return 0
         from vau.datamodules.dataset import VideoResolver
 
@@ -237,7 +293,7 @@ def _data(argv: list[str]) -> int:
             roots = {k: str(v) for k, v in (cfg.data.get("video_roots") or {}).items() if v}
         resolver = VideoResolver(root, roots)
         result = check_videos([path for _, path in files], resolver, workers=int(own.get("workers", 2)),
-                              decoder=str(cfg.data.get("decoder", "pyav")))
+                              decoder=str(cfg.data.get("decoder", "pyav")), format=cfg.data.get("format"))
         print(result.report())
         return 0 if result.ok else 1
     except AnnotationError as err:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from vau.chat import backend_from_options, first_json_object, prefixed, runner_from_options
 from vau.config import ConfigError, key_values
-from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
+from vau.data.annotations import Annotation, AnnotationError
+from vau.data.readers import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ SYSTEM = (
 USAGE = ("usage: python -m vau judge predictions=FILE[,FILE...] annotations=FILE [out=DIR] [tasks=describe,qa,...] "
          "(judge.path=DIR | judge.base_url=URL judge.model=NAME [judge.api_key_env=OPENAI_API_KEY]) "
          "[judge.concurrency=4] [judge.retries=3] [judge.timeout=120] [judge.cache=FILE|none] "
-         "[judge.max_new_tokens=256]")
+         "[judge.max_new_tokens=256] [format=vau_bench]")
 
 
 def judged_text(task: str, response: str) -> str:
@@ -286,7 +287,7 @@ def main(argv: list[str]) -> int:
         backend = backend_from_options(options, "judge")
         runner = runner_from_options(backend, options, "judge", out / "judge_cache.jsonl", PROMPT_VERSION, "judge")
         records = read_records(paths)
-        annotations = read_annotations(args["annotations"])
+        annotations = read_rows(args["annotations"], args.get("format"))
         tasks = {t for t in args.get("tasks", "").split(",") if t} or None
         rows, report = judge(records, annotations, runner, tasks)
     except (JudgeError, AnnotationError, ValueError) as err:

@@ -12,7 +12,7 @@ TAG samples with a known interval; the false-alarm rate over normal TAG samples 
 over CLS samples with a class.
 
 Example:
-    >>> from vau.tasks import Sample
+    >>> from vau.data import Sample
     >>> metric = AnswerAccuracy("qa")
     >>> qa = Sample(task="qa", video="v.mp4", options=("a", "b", "c", "d"), answer="B")
     >>> metric.update(["<answer>B</answer>", "<answer>C</answer>"], [qa, qa])
@@ -23,16 +23,37 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torchmetrics import Metric
 
-from vau.parsing import canonical_class, interval_iou, is_normal_interval, normalize_label, parse_class
-from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_of
+from vau.data.annotations import ANOMALY_CLASSES
+from vau.data.sample import Sample
+from vau.parsing import (
+    canonical_class,
+    class_candidates,
+    interval_iou,
+    is_normal_interval,
+    normalize_label,
+    parse_class,
+)
+from vau.registry import TASKS
+
+if TYPE_CHECKING:
+    from vau.tasks.base import Task
 
 
 def _resolve(task: str | Task) -> Task:
-    return get_task(task) if isinstance(task, str) else task
+    """A metric is bound to a Task object; a registered name is looked up in the registry (not imported from
+    vau.tasks, which builds its metrics from this module)."""
+    return TASKS.instance(task) if isinstance(task, str) else task
+
+
+def task_of(sample: Sample) -> Task | None:
+    """The task of a sample, or None for a name no loaded module registered."""
+    name = getattr(sample, "task", None)
+    return TASKS.instance(name) if isinstance(name, str) and name in TASKS else None
 
 
 class _Ratio(Metric):
@@ -254,8 +275,6 @@ class _Confusion(Metric):
         return self.classes.index(listed) if listed else len(self.classes)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
-        from vau.tasks.cls import class_candidates
-
         task = _resolve(self._task)
         for text, sample in zip(completions, samples):
             truth = task.truth(sample) if task.owns(sample) else None
@@ -301,52 +320,3 @@ class PerClassAccuracy(_Confusion):
     def support(self) -> torch.Tensor:
         """Samples of each listed class seen by this process (torchmetrics unsyncs states after ``compute``)."""
         return self.confusion.sum(1)[: len(self.classes)]
-
-
-def task_metrics(task: str | Task, classes: Sequence[str] = ANOMALY_CLASSES) -> dict[str, Metric]:
-    """The scalar metrics reported for ``task`` during validation/test, keyed by log name.
-
-    Args:
-        task: a task (or its registered name); its own metrics, plus the format rate (NaN for a task without tags).
-        classes: the class list of the CLS confusion-based metrics.
-    """
-    task = _resolve(task)
-    metrics: dict[str, Metric] = {"format_rate": FormatRate()}
-    metrics.update(task.metrics(tuple(classes)))
-    return metrics
-
-
-def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
-                 reflection: bool = False, circular: bool = False) -> dict[str, Metric]:
-    """The metrics of every task of a view (one task, or those of ``data.task=mixed``), keyed by log name.
-
-    ``reflection=True`` (two-pass self-correction, ``generation.self_correct``) adds each scored task's reflection
-    metrics (:meth:`vau.tasks.Task.reflection_metrics`: initial score, Δ(i→c), Δ(c→i)) where it lacks them.
-    ``circular=True`` (questions asked under option shifts, ``data.qa_shifts``) adds ``<task>_circular_accuracy``
-    for every multiple-choice task.
-
-    A name two tasks both report (``cls`` and ``cls_binary`` both give ``cls_binary_accuracy``) is prefixed with
-    each task's name, so the numbers of different tasks never mix; one format rate covers all replies.
-    """
-    per_task = {name: task_metrics(name, classes) for name in tasks}
-    if reflection:
-        for name, metrics in per_task.items():
-            task = _resolve(name)
-            if task.scored:
-                metrics.update({k: m for k, m in task.reflection_metrics().items() if k not in metrics})
-    if circular:
-        for name, metrics in per_task.items():
-            if _resolve(name).answer_kind == "choice":
-                metrics[f"{name}_circular_accuracy"] = CircularAccuracy(name)
-    counts: dict[str, int] = {}
-    for metrics in per_task.values():
-        for key in metrics:
-            counts[key] = counts.get(key, 0) + 1
-    out: dict[str, Metric] = {}
-    for name, metrics in per_task.items():
-        for key, metric in metrics.items():
-            if key == "format_rate":
-                out.setdefault(key, metric)
-            else:
-                out[key if counts[key] == 1 else f"{name}_{key}"] = metric
-    return out

@@ -27,6 +27,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vau.data.annotations import ANOMALY_CLASSES
+
 LETTERS = ("A", "B", "C", "D")
 NORMAL_INTERVAL = (0.0, 0.0)
 _TAG_CACHE: dict[str, tuple[re.Pattern, re.Pattern]] = {}
@@ -266,16 +268,20 @@ def _normal_name(classes: Sequence[str]) -> str:
 
 
 def canonical_class(name: str, classes: Sequence[str] | None = None) -> str | None:
-    """The entry of ``classes`` (default: vau.tasks.ANOMALY_CLASSES) that ``name`` spells, up to case/space/_."""
+    """The entry of ``classes`` (default: vau.data.ANOMALY_CLASSES) that ``name`` spells, up to case/space/_."""
     classes = _default_classes() if classes is None else classes
     key = normalize_label(name)
     return next((c for c in classes if normalize_label(c) == key), None)
 
 
 def _default_classes() -> tuple[str, ...]:
-    from vau.tasks import ANOMALY_CLASSES  # late: vau.tasks pulls in the data layer
-
     return ANOMALY_CLASSES
+
+
+def class_candidates(truth: str, classes: Sequence[str] = ANOMALY_CLASSES) -> tuple[str, ...]:
+    """``classes`` plus the ground-truth class when the list does not spell it (so a correct reply can match)."""
+    classes = tuple(classes)
+    return classes if canonical_class(truth, classes) else (*classes, truth)
 
 
 def parse_class(text: str, classes: Sequence[str] | None = None) -> str | None:

@@ -113,7 +113,7 @@ def read_questions(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
     """The samples to predict, QA option shifts included."""
-    from vau.datamodules.annotations import read_annotations
+    from vau.data.readers import read_rows
     from vau.datamodules.dataset import VideoResolver
     from vau.datamodules.views import ViewOptions
     from vau.qa_position import parse_shifts
@@ -129,7 +129,7 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
         views = ViewOptions.from_cfg(cfg.data.get("views"))
         # absolute paths: the predictions file (and the report's thumbnails) must not depend on the working folder
         samples = [task.sample(ann, str(resolver(ann.video, ann.source).absolute()))
-                   for ann in read_annotations(path) if task.keeps(ann, False, views)]
+                   for ann in read_rows(path, cfg.data.get("format")) if task.keeps(ann, False, views)]
     else:
         folder = Path(own["videos"]).absolute()
         files = video_files(folder)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from vau.datamodules.annotations import LETTERS
+from vau.data.annotations import LETTERS
 
 
 def parse_shifts(spec, n: int = 4) -> list[int] | None:

@@ -25,8 +25,7 @@ Example:
 from __future__ import annotations
 
 from vau.metrics import _Ratio
-from vau.parsing import is_normal_interval
-from vau.tasks.reflect import reflects
+from vau.parsing import is_normal_interval, reflects
 
 
 class InitialScore(_Ratio):

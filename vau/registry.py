@@ -1,5 +1,5 @@
 """One small plugin registry, shared by every axis a researcher extends: backbones, frame samplers, rewards,
-tasks and training algorithms.
+tasks, training algorithms and annotation formats.
 
 Example:
     >>> from vau.registry import Registry
@@ -57,6 +57,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        self._instances: dict[str, tuple[Any, Any]] = {}  # name -> (entry, entry(name)), see instance()
 
     def register(self, name: str) -> Callable[[Any], Any]:
         """Decorator registering ``obj`` under ``name``; a second definition of a name is an error."""
@@ -89,6 +90,16 @@ class Registry:
                 f"A plugin defined outside vau/ must be listed in the config key `plugins` "
                 f"or installed under the entry-point group {ENTRY_POINT_GROUP!r}."
             ) from None
+
+    def instance(self, name: str) -> Any:
+        """One shared instance of the entry ``name``, built as ``entry(name)`` on first use (tasks are stateless
+        objects asked per sample: building one per call would be waste). Re-registering a name (``temporary``)
+        builds a new one."""
+        entry = self.get(name)
+        cached = self._instances.get(name)
+        if cached is None or cached[0] is not entry:
+            cached = self._instances[name] = (entry, entry(name))
+        return cached[1]
 
     @contextmanager
     def temporary(self) -> Iterator[Registry]:
@@ -123,8 +134,9 @@ REWARDS = Registry("reward")
 TASKS = Registry("task")
 ALGORITHMS = Registry("algorithm")
 REFLECTORS = Registry("reflection builder")  # builders of SRVAU-R1 reflection chains (`python -m vau data reflect`)
+READERS = Registry("annotation format")  # path -> list[Annotation] (vau.data.readers.read_rows, config data.format)
 ALL = {"task": TASKS, "algorithm": ALGORITHMS, "backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS,
-       "reflection builder": REFLECTORS}
+       "reflection builder": REFLECTORS, "annotation format": READERS}
 
 
 class PluginImportError(ImportError):
@@ -133,7 +145,7 @@ class PluginImportError(ImportError):
 
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
-BUILTIN_MODULES = ("vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
+BUILTIN_MODULES = ("vau.data.readers", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
                    "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection",
                    "vau.datamodules.teacher")
 

@@ -17,11 +17,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vau.metrics import BinaryFalseAlarmRate, ClassAccuracy, task_metrics
+from vau.metrics import BinaryFalseAlarmRate, ClassAccuracy
 from vau.parsing import canonical_class, is_normal_interval
 from vau.qa_position import position_scores
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task
 from vau.tasks.base import split_passes
+from vau.tasks.metrics import task_metrics
 
 SOURCES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}
 IOU_EDGES = [round(i / 10, 1) for i in range(11)]

@@ -36,7 +36,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vau.datamodules.annotations import Annotation, AnnotationError, read_annotations
+from vau.data.annotations import Annotation, AnnotationError
+from vau.data.readers import read_rows
 from vau.outputs import json_safe
 from vau.parsing import canonical_class
 from vau.report import ReportError, evaluate
@@ -50,9 +51,9 @@ def scored_tasks() -> list[str]:
     return [n for n in task_names() if get_task(n).scored]
 
 
-KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite")
+KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite", "format", "plugins")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
-         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json]")
+         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json] [format=vau_bench] [plugins=MODULE[,MODULE...]]")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
                "anomaly class": "cls"}
 SHOW = 5  # example names listed per coverage problem
@@ -348,10 +349,14 @@ def main(argv: list[str]) -> int:
     """Run the score stage; returns the process exit code (2 for bad arguments or input)."""
     try:
         args = parse_args(list(argv))
+        if args.get("plugins"):  # a plugin's task or annotation format (installed plugins are loaded by the CLI)
+            from vau.registry import load_plugins
+
+            load_plugins([m for m in args["plugins"].split(",") if m], use_entry_points=False)
         if not Path(args["annotations"]).is_file():
             raise ScoreError(f"annotation file {args['annotations']} does not exist; pass annotations=PATH to a "
                              f"VAU-Bench CSV (e.g. test_msad.csv)")
-        annotations = read_annotations(args["annotations"])
+        annotations = read_rows(args["annotations"], args.get("format"))
         if not annotations:
             raise ScoreError(f"annotation file {args['annotations']} has no rows")
         duplicates = duplicate_videos(annotations)

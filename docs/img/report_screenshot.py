@@ -1,6 +1,6 @@
 """Re-make docs/img/report.png: an HTML report of generated demo clips, photographed by headless Chromium.
 
-The clips and their annotations are the demo mini-benchmark's (vau.datamodules.synthetic). The replies are
+The clips and their annotations are the demo mini-benchmark's (vau.data.synthetic). The replies are
 simulated (about three in four right, the rest plausibly wrong) so the page shows both kinds; the metric tables
 are computed from those simulated clips. Needs Chromium, chromedriver and selenium (see docs/report.md).
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vau.datamodules.annotations import LETTERS, read_annotations
+from vau.data.annotations import LETTERS, read_annotations
 from vau.datamodules.decoders import open_video
-from vau.datamodules.synthetic import KINDS, generate
+from vau.data.synthetic import KINDS, generate
 from vau.html_report import write_html_report
 
 OUT = Path(__file__).resolve().parent / "report.png"

@@ -8,6 +8,7 @@ the skipped fraction exceeds ``data.max_bad_fraction``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from vau.datamodules.encoding import SampleEncoder
 from vau.datamodules.video import FrameCache, SizeFn, VideoError, read_clip
 from vau.tasks import Sample, get_task
+from vau.tasks.qa import TARGET_LETTER_KEY
 
 
 class VideoResolver:
@@ -73,12 +75,15 @@ class VideoTaskDataset(Dataset):
         shuffle_options: training only: ask each multiple-choice question with its options in a fresh random order
             every epoch (``Task.reorder_options``; drawn from a stream of its own, seeded by (seed, epoch, index)), so
             no option letter can carry the answer (``data.train_option_order: shuffled``).
+        random_target_letters: training only: the SFT target of each multiple-choice question answers a letter drawn
+            afresh every epoch (seeded by (seed, epoch, index)) while its reasoning stays true: a chance-level policy
+            that cannot memorise a letter per clip (``data.qa_target_letter: random``).
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
                  cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
-                 shuffle_options: bool = False) -> None:
+                 shuffle_options: bool = False, random_target_letters: bool = False) -> None:
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
@@ -92,6 +97,7 @@ class VideoTaskDataset(Dataset):
         self.num_threads = num_threads
         self.decoder = decoder
         self.shuffle_options = bool(shuffle_options and train)
+        self.random_target_letters = bool(random_target_letters and train)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -103,6 +109,10 @@ class VideoTaskDataset(Dataset):
         if self.shuffle_options and sample.options:
             order = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(sample.options))
             sample = get_task(sample.task).reorder_options(sample, [int(i) for i in order])
+        if self.random_target_letters and sample.options and sample.answer:
+            letters = get_task(sample.task).answer_categories(sample)
+            pick = int(np.random.default_rng([self.seed, epoch, index, 2]).integers(len(letters)))
+            sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick]})
         try:
             clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
                              cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)

@@ -41,7 +41,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from vau.config import ConfigError, key_values
-from vau.datamodules.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation, AnnotationError, read_annotations
+from vau.data.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation, AnnotationError
+from vau.data.readers import read_rows
 from vau.parsing import interval_iou, is_normal_interval
 from vau.registry import REFLECTORS, TASKS
 from vau.tasks import Sample, Task, get_task
@@ -293,7 +294,7 @@ def attach_chains(rows: Sequence[Annotation], tasks: Iterable[str] | None = None
 
 
 def _raw_records(path: Path) -> tuple[list[str], dict[int, list[str]]]:
-    """Header and the records of a CSV by the row numbers :func:`read_annotations` gives them."""
+    """Header and the records of a CSV by the row numbers :func:`vau.data.readers.read_rows` gives them."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
@@ -306,7 +307,7 @@ def reflect_file(annotations: str | Path, out: str | Path, builder: str = "templ
                  views: ViewOptions = DEFAULT_VIEWS, **builder_kwargs) -> Counter:
     """Write ``annotations`` with reflection chains to ``out`` (see the module doc); returns the counts."""
     source = Path(annotations)
-    rows = read_annotations(source)
+    rows = read_rows(source, "vau_bench")  # the tool rewrites this CSV with chain columns: VAU-Bench CSV only
     chains, counts = build_chains(rows, tasks, builder, seed, corrective_ratio, views, output=out, **builder_kwargs)
     header, records = _raw_records(source)
     chain_keys = {c.lower() for c in CHAIN_COLUMNS}

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vau.datamodules.annotations import Annotation, read_annotations, summarize
+from vau.data.annotations import Annotation, summarize
+from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.video import VideoError, probe
 from vau.datamodules.views import ViewOptions, drop_counts, view_counts
@@ -32,19 +33,20 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
 
-def stats_report(files: list[tuple[str, str]], options: ViewOptions | None = None) -> str:
+def stats_report(files: list[tuple[str, str]], options: ViewOptions | None = None, format: str | None = None) -> str:  # noqa: A002
     """Text report over annotation files.
 
     Args:
         files: (split, CSV path) pairs; split is ``train`` / ``val`` / ``test`` or "" when unknown. A train
             split is counted with the training rules, every other split with the evaluation rules.
         options: ``data.views``.
+        format: the annotation format (``data.format``; :func:`vau.data.readers.read_rows`).
     """
     options = options or ViewOptions()
     out = []
     tasks = task_names()
     for split, path in files:
-        rows = read_annotations(path)
+        rows = read_rows(path, format)
         train = split == "train"
         rules = "training" if train else "evaluation"
         out.append(f"== {path}: split {split or '?'}, {len(rows)} rows, kept samples per task view ({rules} rules)")
@@ -99,12 +101,13 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_videos(files: list[str], resolver: VideoResolver, workers: int = 2, decoder: str = "pyav") -> CheckResult:
+def check_videos(files: list[str], resolver: VideoResolver, workers: int = 2, decoder: str = "pyav",
+                 format: str | None = None) -> CheckResult:  # noqa: A002
     """Open every distinct video named in ``files`` (first and last frame decoded with ``decoder``); nothing is
     trained."""
     videos: dict[str, tuple[str, str]] = {}
     for path in files:
-        for a in read_annotations(path):
+        for a in read_rows(path, format):
             videos.setdefault(str(resolver(a.video, a.source)), (a.video, path))
     result = CheckResult(checked=len(videos))
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from vau.datamodules.annotations import read_annotations, summarize
+from vau.data.annotations import summarize
+from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.decoders import check_decoder
 from vau.datamodules.encoding import Collator, SampleEncoder
@@ -41,20 +41,7 @@ from vau.tasks.qa import shift_options
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 OPTION_ORDERS = ("file", "shuffled")
-
-
-def load_samples(annotations: str | Path, task: str, resolver: VideoResolver | None = None,
-                 limit: int | None = None, train: bool = False, options: ViewOptions | None = None,
-                 mix=None) -> list[Sample]:
-    """The samples ``task`` keeps from one annotation file (evaluation rules unless ``train``), with resolved
-    video paths; ``limit`` keeps the first N samples of each task."""
-    rows = read_annotations(annotations)
-    resolve = (lambda a: str(resolver(a.video, a.source))) if resolver else None
-    samples: list[Sample] = []
-    for name in view_tasks(task, mix):
-        kept = build_samples(rows, name, train, options or ViewOptions(), resolve)
-        samples += kept[: int(limit)] if limit is not None else kept
-    return samples
+TARGET_LETTERS = ("answer", "random")  # data.qa_target_letter
 
 
 class VAUBenchDataModule(L.LightningDataModule):
@@ -94,6 +81,9 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.option_order = str(cfg.get("train_option_order") or "file")
         if self.option_order not in OPTION_ORDERS:
             raise ValueError(f"data.train_option_order={self.option_order!r}: use one of {OPTION_ORDERS}")
+        self.target_letter = str(cfg.get("qa_target_letter") or "answer")
+        if self.target_letter not in TARGET_LETTERS:
+            raise ValueError(f"data.qa_target_letter={self.target_letter!r}: use one of {TARGET_LETTERS}")
         cache_dir = cfg.get("frame_cache_dir")
         self.cache = FrameCache(cache_dir) if cache_dir else None
         self.datasets: dict[str, VideoTaskDataset] = {}
@@ -102,13 +92,13 @@ class VAUBenchDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         gen = self.cfg.get("generate")
         if gen:
-            from vau.datamodules.synthetic import generate
+            from vau.data.synthetic import generate
 
             generate(self.cfg.root, **dict(gen))
 
     def _samples(self, split: str, path: str) -> list[Sample]:
         train = split == "train"
-        rows = read_annotations(path)
+        rows = read_rows(path, self.cfg.get("format"))
         if self.cfg.get("reflect"):  # SRVAU-R1 reflection chains for the reflect tasks, built in memory
             from vau.datamodules.reflection import attach_chains
 
@@ -161,6 +151,7 @@ class VAUBenchDataModule(L.LightningDataModule):
             with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
             num_threads=int(self.cfg.get("decode_threads", 1)), decoder=self.decoder,
             shuffle_options=train and self.option_order == "shuffled",
+            random_target_letters=train and self.target_letter == "random",
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

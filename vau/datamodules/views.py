@@ -1,6 +1,6 @@
 """Task views: which samples each task keeps from the annotations, in training and in evaluation.
 
-Every task reads the same :class:`~vau.datamodules.annotations.Annotation` rows; a *view* keeps the rows the
+Every task reads the same :class:`~vau.data.annotations.Annotation` rows; a *view* keeps the rows the
 task can use and turns each into a :class:`~vau.tasks.Sample`. The rules (and why) belong to each task (:mod:`vau.tasks`);
 this module adds the two config switches and the multi-task ``mixed`` view:
 
@@ -14,7 +14,7 @@ this module adds the two config switches and the multi-task ``mixed`` view:
 
 Example (the MSAD test file)::
 
-    rows = read_annotations("test_msad.csv")
+    rows = read_rows("test_msad.csv")
     len(select(rows, "tag", train=False, options=ViewOptions()))     # 120
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from vau.datamodules.annotations import Annotation
+from vau.data.annotations import Annotation
 from vau.registry import TASKS
 from vau.tasks import Sample, ViewOptions, get_task, task_names
 from vau.tasks.base import DEFAULT_VIEWS

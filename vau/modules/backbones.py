@@ -23,13 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from vau.modules.precision import resolve_dtype
 from vau.registry import BACKBONES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
 
 def _get(cfg: Mapping | Any, key: str, default: Any = None) -> Any:
     return cfg.get(key, default) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else default
@@ -40,15 +37,6 @@ def config_dict(cfg: Mapping | Any) -> dict[str, Any]:
     if cfg is None:
         return {}
     return {k: _get(cfg, k) for k in cfg.keys()}
-
-
-def resolve_dtype(name: str | None) -> torch.dtype:
-    if name is None:
-        return torch.float32
-    try:
-        return DTYPES[str(name)]
-    except KeyError:
-        raise ValueError(f"backbone.dtype={name!r} is not one of {sorted(DTYPES)}") from None
 
 
 def check_pixel_budget(min_pixels: int | None, max_pixels: int | None, where: str = "") -> None:

@@ -14,10 +14,10 @@ import torch
 
 from vau.datamodules.encoding import TEXT_KEYS, model_inputs
 from vau.datamodules.views import view_tasks
-from vau.metrics import view_metrics
 from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
 from vau.tasks.base import SECOND_PASS_PROMPT, join_passes
+from vau.tasks.metrics import view_metrics
 
 log = logging.getLogger(__name__)
 

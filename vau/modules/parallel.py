@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
+from vau.modules.precision import resolve_dtype
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp2")
@@ -37,8 +39,6 @@ STRATEGIES = ("auto", "ddp", "fsdp2")
 def _dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
-    from vau.modules.backbones import resolve_dtype
-
     return resolve_dtype(name)
 
 

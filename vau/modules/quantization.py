@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from vau.modules.precision import resolve_dtype
+
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("nf4",)
@@ -64,7 +66,6 @@ def quantization_kwargs(cfg, vision_modules: Sequence[str]) -> dict[str, Any]:
         raise ImportError("backbone.quantization=nf4 needs bitsandbytes: pip install bitsandbytes") from err
     from transformers import BitsAndBytesConfig
 
-    from vau.modules.backbones import resolve_dtype
 
     compute = resolve_dtype(_get(cfg, "compute_dtype") or _get(cfg, "dtype") or "bfloat16")
     skip = list(ALWAYS_SKIPPED) + ([] if _get(cfg, "quantize_vision", False) else list(vision_modules))

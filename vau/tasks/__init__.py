@@ -23,27 +23,21 @@ Example:
 
 from __future__ import annotations
 
-from vau.datamodules.annotations import ANOMALY_CLASSES
+from vau.data.annotations import ANOMALY_CLASSES
+from vau.data.sample import Sample, ViewOptions
 from vau.registry import TASKS, RegistryError
 from vau.tasks import cls, describe, qa, reflect, tag  # noqa: F401  (importing registers the built-in tasks)
-from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, ViewOptions
+from vau.tasks.base import THINK_INSTRUCTION, Task
 
 __all__ = ["ANOMALY_CLASSES", "TASKS", "THINK_INSTRUCTION", "Sample", "Task", "ViewOptions", "get_task", "task_names",
            "task_of", "tokenizer_corpus"]
 
-_INSTANCES: dict[str, Task] = {}
-
-
 def get_task(name: str) -> Task:
     """The task registered as ``name`` (one instance per name); an unknown name fails listing the known ones."""
-    task = _INSTANCES.get(name)
-    if task is None:
-        try:
-            builder = TASKS.get(name)
-        except RegistryError as err:
-            raise RegistryError(f"{err} (config key data.task)") from None
-        task = _INSTANCES[name] = builder(name)
-    return task
+    try:
+        return TASKS.instance(name)
+    except RegistryError as err:
+        raise RegistryError(f"{err} (config key data.task)") from None
 
 
 def task_of(sample) -> Task | None:
@@ -51,7 +45,7 @@ def task_of(sample) -> Task | None:
     name = getattr(sample, "task", None)
     if not isinstance(name, str) or name not in TASKS:
         return None
-    return get_task(name)
+    return TASKS.instance(name)
 
 
 BUILTIN_TASKS = ("qa", "tag", "cls", "cls_binary", "describe")  # in the paper's order
@@ -80,6 +74,6 @@ def tokenizer_corpus() -> list[str]:
     lines += list(ANOMALY_CLASSES) + [" ".join(ANOMALY_CLASSES).lower()]
     lines += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(60) for b in range(10)]
     lines += ["system", "user", "assistant", "The answer is", "Option", "seconds", "normal", "anomaly"]
-    from vau.datamodules.synthetic import corpus as synthetic_corpus
+    from vau.data.synthetic import corpus as synthetic_corpus
 
     return lines + synthetic_corpus()

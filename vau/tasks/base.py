@@ -19,10 +19,12 @@ A new task is one file with a registered subclass::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from vau.datamodules.annotations import ANOMALY_CLASSES, NORMAL, Annotation
+from vau.data.annotations import ANOMALY_CLASSES, Annotation
+from vau.data.sample import DEFAULT_VIEWS, Sample, ViewOptions
+from vau.parsing import extract_tag, has_strict_format, reflect_body
+from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
 
 THINK_INSTRUCTION = "First reason briefly inside <think> </think>, then give the final answer inside <answer> </answer>."
 # Two-pass self-correction (``generation.self_correct``): the second user turn, and what stands between the two replies
@@ -57,67 +59,6 @@ def split_passes(reply: str) -> tuple[str, str] | None:
     return first, second
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One training/eval example: an annotation row seen through one task.
-
-    Rewards and metrics read the ground truth through the task (``get_task(sample.task).truth(sample)``).
-    """
-
-    task: str
-    video: str
-    video_path: str = ""
-    source: str = ""
-    question: str | None = None
-    options: tuple[str, ...] = ()
-    answer: str | None = None
-    interval: tuple[float, float] | None = None
-    anomaly_class: str = ""
-    description: str = ""
-    reasoning: str = ""
-    key_object: str = ""
-    row: int = 0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def is_normal(self) -> bool:
-        return self.anomaly_class == NORMAL
-
-    @classmethod
-    def from_annotation(cls, task: str, ann: Annotation, video_path: str = "") -> Sample:
-        return cls(
-            task=task, video=ann.video, video_path=video_path, source=ann.source, question=ann.question,
-            options=ann.options, answer=ann.answer, interval=ann.interval, anomaly_class=ann.anomaly_class,
-            description=ann.description, reasoning=ann.reasoning, key_object=ann.key_object, row=ann.row,
-        )
-
-    def with_path(self, video_path: str) -> Sample:
-        return replace(self, video_path=video_path)
-
-
-@dataclass(frozen=True)
-class ViewOptions:
-    """The ``data.views`` config node: the switches of the task views (docs/data.md "Task views").
-
-    Attributes:
-        tag_train_normal: TAG training also keeps normal clips (target [0.0, 0.0]).
-        tag_eval_normal: TAG evaluation also keeps normal clips (false-alarm rate; counts then differ from the paper).
-    """
-
-    tag_train_normal: bool = True
-    tag_eval_normal: bool = False
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | None) -> ViewOptions:
-        values = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} under data.views; known keys: {sorted(known)}")
-        return cls(**{k: bool(v) for k, v in values.items()})
-
-
-DEFAULT_VIEWS = ViewOptions()
 
 
 def think_target(sample: Sample, answer: str) -> str:
@@ -219,8 +160,6 @@ class Task:
         Reflect tasks (:mod:`vau.tasks.reflect`) ask for such replies; two-pass self-correction
         (``generation.self_correct``, :func:`join_passes`) writes them for any task.
         """
-        from vau.parsing import extract_tag, reflect_body
-
         before = reflect_body(reply)
         body = extract_tag(before, "answer") if before is not None else None
         return None if body is None else f"<answer>{body}</answer>"
@@ -257,8 +196,6 @@ class Task:
         """What a reflection did to the answers, keyed by log name: the initial score, Δ(i→c), Δ(c→i) and the share
         of replies that reflect (:mod:`vau.reflect_metrics`). Reflect tasks report them always; other tasks when
         their replies are two-pass (``generation.self_correct``)."""
-        from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
-
         return {f"{self.name}_initial_{self.score_name}": InitialScore(self, anomalous_only=self.answer_kind == "interval"),
                 f"{self.name}_delta_i2c": WrongToRight(self), f"{self.name}_delta_c2i": RightToWrong(self),
                 f"{self.name}_reflect_rate": ReflectRate(self)}
@@ -267,8 +204,6 @@ class Task:
         """Whether ``reply`` is in this task's format (the ``format`` reward and the format rate): by default exactly
         :attr:`format_tags` in order, each once, with non-blank content; a two-pass reply (:func:`join_passes`)
         when both of its replies are."""
-        from vau.parsing import has_strict_format
-
         passes = split_passes(reply)
         if passes is not None:
             return all(has_strict_format(part, tuple(self.format_tags)) for part in passes)

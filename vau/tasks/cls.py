@@ -3,16 +3,11 @@ it is anomalous (``cls_binary``)."""
 
 from __future__ import annotations
 
-from vau.datamodules.annotations import ANOMALY_CLASSES, Annotation
-from vau.parsing import canonical_class, is_normal_class, normalize_label, parse_anomalous, parse_class
+from vau.data.annotations import ANOMALY_CLASSES, Annotation
+from vau.metrics import BinaryAnomalyAccuracy, ClassAccuracy, ClassMacroF1, PerClassAccuracy
+from vau.parsing import class_candidates, is_normal_class, normalize_label, parse_anomalous, parse_class
 from vau.registry import TASKS
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
-
-
-def class_candidates(truth: str, classes=ANOMALY_CLASSES) -> tuple[str, ...]:
-    """``classes`` plus the ground-truth class when the list does not spell it (so a correct reply can match)."""
-    classes = tuple(classes)
-    return classes if canonical_class(truth, classes) else (*classes, truth)
 
 
 class _ClassTask(Task):
@@ -67,14 +62,10 @@ class AnomalyClassification(_ClassTask):
         return float(predicted is not None and normalize_label(predicted) == normalize_label(truth))
 
     def metrics(self, classes=ANOMALY_CLASSES) -> dict:
-        from vau.metrics import BinaryAnomalyAccuracy, ClassAccuracy, ClassMacroF1
-
         return {"cls_binary_accuracy": BinaryAnomalyAccuracy(self), "cls_accuracy": ClassAccuracy(classes, task=self),
                 "cls_macro_f1": ClassMacroF1(classes, task=self)}
 
     def per_class_metric(self, classes=ANOMALY_CLASSES):
-        from vau.metrics import PerClassAccuracy
-
         return PerClassAccuracy(classes, task=self)
 
 
@@ -98,6 +89,4 @@ class BinaryClassification(_ClassTask):
         return self.anomalous_reply(reply, sample)
 
     def metrics(self, classes=()) -> dict:
-        from vau.metrics import BinaryAnomalyAccuracy
-
         return {"cls_binary_accuracy": BinaryAnomalyAccuracy(self)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vau.datamodules.annotations import Annotation
+from vau.data.annotations import Annotation
 from vau.registry import TASKS
 from vau.tasks.base import Sample, Task
 

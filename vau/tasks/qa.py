@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vau.datamodules.annotations import LETTERS, Annotation
+from vau.data.annotations import LETTERS, Annotation
+from vau.metrics import AnswerAccuracy
 from vau.parsing import parse_choice
+from vau.qa_position import original_option, shown_options
 from vau.registry import TASKS
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
 
 OPTION_CHECK_KEY = "option_check"  # Sample.extra flag: the target's reasoning checks every option (data.qa_option_check)
+TARGET_LETTER_KEY = "target_letter"  # Sample.extra: the letter the SFT target answers instead of the true one
+# (data.qa_target_letter: random, drawn afresh every epoch; the reasoning and its option check stay true)
 
 
 def option_check(sample: Sample) -> str:
@@ -45,10 +49,11 @@ class MultipleChoiceQA(Task):
         )
 
     def target(self, sample: Sample) -> str:
+        letter = str(sample.extra.get(TARGET_LETTER_KEY) or sample.answer)
         if sample.extra.get(OPTION_CHECK_KEY):
             reasoning = f"{(sample.reasoning or sample.description).strip()} {option_check(sample)}"
-            return think_target(replace(sample, reasoning=reasoning), str(sample.answer))
-        return think_target(sample, str(sample.answer))
+            return think_target(replace(sample, reasoning=reasoning), letter)
+        return think_target(sample, letter)
 
     def truth(self, sample: Sample) -> str | None:
         return sample.answer
@@ -63,8 +68,6 @@ class MultipleChoiceQA(Task):
         return reorder_options(sample, order)
 
     def metrics(self, classes=()) -> dict:
-        from vau.metrics import AnswerAccuracy
-
         return {"qa_accuracy": AnswerAccuracy(self)}
 
 
@@ -78,8 +81,6 @@ def shift_options(sample: Sample, shift: int) -> Sample:
         >>> t.options, t.answer, t.extra["shift"]
         (('b', 'c', 'd', 'a'), 'A', 1)
     """
-    from vau.qa_position import original_option, shown_options
-
     n = len(sample.options)
     if not n:
         raise ValueError(f"{sample.video}: a question without options cannot be shifted")

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vau.datamodules.annotations import ANOMALY_CLASSES, Annotation
+from vau.data.annotations import ANOMALY_CLASSES, Annotation
 from vau.parsing import extract_tag, reflect_body, reflects  # noqa: F401  (re-exported)
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, ViewOptions

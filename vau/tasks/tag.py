@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 
-from vau.datamodules.annotations import Annotation
+from vau.data.annotations import Annotation
+from vau.metrics import FalseAlarmRate, MeanIoU, RecallAtIoU
 from vau.parsing import extract_tag, interval_iou, is_normal_interval, parse_anomalous, parse_interval
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
@@ -84,8 +85,6 @@ class TemporalGrounding(Task):
         return 0.0 if predicted is None else interval_iou(predicted, truth)
 
     def metrics(self, classes=()) -> dict:
-        from vau.metrics import FalseAlarmRate, MeanIoU, RecallAtIoU
-
         metrics = {"tag_miou": MeanIoU(self)}
         for threshold in RECALL_THRESHOLDS:
             metrics[f"tag_r{round(threshold * 100)}"] = RecallAtIoU(threshold, task=self)

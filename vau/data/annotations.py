@@ -11,7 +11,7 @@ Conventions of the released files (VAU-R1, ``annotations/*.csv``; see docs/data.
 - Class names are spelled ``Traffic_accident``, ``Natural Hazard``, ...: matched to :data:`ANOMALY_CLASSES`
   ignoring case, spaces, underscores and hyphens.
 - The Reasoning column is markdown or holds Python-literal lists/dicts: turned into clean text by
-  :mod:`vau.datamodules.reasoning` (no ``eval``); the raw cell is kept in ``raw_reasoning``.
+  :mod:`vau.data.reasoning` (no ``eval``); the raw cell is kept in ``raw_reasoning``.
 
 Headers are matched ignoring case and surrounding spaces (``start time`` = ``Start Time``); extra columns are
 kept verbatim in ``Annotation.extra`` (header -> cell; the reflect tasks read the reflection columns of
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vau.datamodules.reasoning import clean_reasoning, reasoning_format
+from vau.data.reasoning import clean_reasoning, reasoning_format
 
 COLUMNS = (
     "Video Name", "Question", "Option 1", "Option 2", "Option 3", "Option 4", "Correct Option",

@@ -20,7 +20,7 @@ its corrective chains (SRVAU-R1 demo). Clips without a distractor are byte-ident
 
 Example (writes mp4 files)::
 
-    from vau.datamodules.synthetic import generate
+    from vau.data.synthetic import generate
     generate("/tmp/vau-demo", n_train=8, n_val=4, n_test=4, seed=0)
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vau.datamodules.annotations import COLUMNS, LETTERS, write_annotations
+from vau.data.annotations import COLUMNS, LETTERS, write_annotations
 
 log = logging.getLogger(__name__)
 
