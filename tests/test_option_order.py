@@ -88,3 +88,34 @@ def test_option_check_targets_follow_the_order_shown(overrides, tiny_backbone):
         assert judged in text  # the walk names the options as shown, and its yes is the answer
     moved = get_task("qa").reorder_options(train.samples[0], [3, 2, 1, 0])
     assert option_check(moved).split(": yes")[0].endswith(moved.options["ABCD".index(moved.answer)])
+
+
+def test_random_target_letters_keep_the_reasoning_true(overrides, tiny_backbone):
+    """data.qa_target_letter=random: the option check still marks the true option, the answer letter is drawn afresh
+    every epoch (seeded), so across epochs a question's target letters vary and match the truth only by chance."""
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+
+    cfg = compose("demo", [*overrides, "data.qa_option_check=true", "data.train_option_order=file",
+                           "data.qa_target_letter=random"])
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    tokenizer = tiny_backbone.processor.tokenizer
+    letters, hits = [], 0
+    for index, sample in enumerate(train.samples):
+        per_epoch = []
+        for epoch in range(8):
+            text = tokenizer.decode(train[(epoch, index)]["target_ids"])
+            marked = text.split(": yes")[0].rsplit(". ", 2)[-2][-1]  # the letter of the option judged yes
+            assert marked == sample.answer  # the reasoning keeps the truth
+            per_epoch.append(text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0])
+        assert per_epoch == [tokenizer.decode(train[(e, index)]["target_ids"]).rsplit("<answer>", 1)[1][0]
+                             for e in range(8)]  # seeded: the same draw again
+        letters.append(len(set(per_epoch)))
+        hits += sum(letter == sample.answer for letter in per_epoch)
+    assert max(letters) > 1  # not one memorisable letter per question
+    assert hits < 0.6 * 8 * len(train.samples)  # right by chance (~1/4), not by design
+    with pytest.raises(ValueError, match="data.qa_target_letter='x'"):
+        VAUBenchDataModule(compose("demo", [*overrides, "data.qa_target_letter=x"]).data, cfg.sampler, tiny_backbone,
+                           tiny_backbone.pad_id, seed=0)
