@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from vau.config import GROUPS, ConfigError, choices, compose
+from vau.config import GROUPS, ConfigError, choices, compose, split_args
 
 STAGES = {
     "fit": "train (SFT or GRPO, per module=...), then evaluate on the test split",
@@ -89,13 +89,7 @@ def composed_yaml(cfg) -> str:
 
 
 def _split(argv: list[str]) -> tuple[str | None, list[str]]:
-    conf = None
-    rest = []
-    for arg in argv:
-        if arg.startswith("conf="):
-            conf = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
+    conf, _, rest = split_args(argv, own=())
     return conf, rest
 
 
@@ -237,15 +231,7 @@ Other key=value arguments are config overrides, e.g. data=vau_bench data.views.t
 
 
 def _data_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
-    conf, rest = _split(argv)
-    own, overrides = {}, []
-    for arg in rest:
-        key = arg.split("=", 1)[0]
-        if "=" in arg and (key in ("annotations", "video_root", "workers") or key.startswith("video_roots.")):
-            own[key] = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
-    return conf, own, overrides
+    return split_args(argv, own=("annotations", "video_root", "workers"), prefixes=("video_roots.",))
 
 
 def _data(argv: list[str]) -> int:

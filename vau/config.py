@@ -6,6 +6,7 @@ import difflib
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,19 +22,46 @@ class ConfigError(ValueError):
     """A config name, key or value the user gave that does not exist; the message lists valid choices."""
 
 
-def key_values(argv) -> dict[str, str]:
-    """``KEY=VALUE`` command-line arguments as a dict (a later key wins); ConfigError names the first argument
-    without ``=``.
+def split_args(argv, own: Sequence[str] | None = None, prefixes: Sequence[str] = (),
+               take_conf: bool = True) -> tuple[str | None, dict[str, str], list[str]]:
+    """The one ``KEY=VALUE`` parser of every stage: ``(conf, own, rest)``.
+
+    ``conf=NAME|PATH`` is taken out (``take_conf``); an argument whose key is in ``own`` (every key when ``own`` is
+    None) or starts with one of ``prefixes`` is the stage's own (a later key wins); the rest stays in order (config
+    overrides, or what :func:`key_values` refuses).
+
+    >>> split_args(["conf=demo", "out=a.csv", "trainer.max_steps=3", "video_roots.ucf=/v"], own=["out"],
+    ...            prefixes=["video_roots."])
+    ('demo', {'out': 'a.csv', 'video_roots.ucf': '/v'}, ['trainer.max_steps=3'])
+    """
+    conf, mine, rest = None, {}, []
+    for arg in argv:
+        key, sep, value = str(arg).partition("=")
+        if sep and take_conf and key == "conf":
+            conf = value
+        elif sep and (own is None or key in own or key.startswith(tuple(prefixes))):
+            mine[key] = value
+        else:
+            rest.append(arg)
+    return conf, mine, rest
+
+
+def key_values(argv, known: Sequence[str] | None = None, error: type[Exception] = ConfigError,
+               usage: str = "") -> dict[str, str]:
+    """``KEY=VALUE`` arguments of a stage that takes nothing else, as a dict (a later key wins); ``error`` names the
+    first argument that is not KEY=VALUE or (with ``known``) not a known key.
 
     >>> key_values(["out=a.csv", "seed=3"])
     {'out': 'a.csv', 'seed': '3'}
     """
-    args: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"{arg!r} is not KEY=VALUE")
-        args[key] = value
+    _, args, rest = split_args(argv, own=known, take_conf=False)
+    if rest:
+        arg = str(rest[0])
+        if "=" not in arg:
+            message = f"{arg!r} is not KEY=VALUE"
+        else:
+            message = f"unknown argument {arg!r}" + (f"; it takes {', '.join(k + '=' for k in known)}" if known else "")
+        raise error(message + (f"\n{usage}" if usage else ""))
     return args
 
 

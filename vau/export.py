@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vau.config import ConfigError, flag
+from vau.config import ConfigError, flag, split_args
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +161,7 @@ def export(cfg: DictConfig, ckpt: Path, out: Path, merge: bool = False, overwrit
 
 def main(argv: list[str]) -> int:
     """CLI entry: parse ``ckpt= out= merge= overwrite= conf=`` and pass the rest on as config overrides."""
-    own: dict[str, str] = {}
-    conf = None
-    overrides = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in OWN_KEYS:
-            own[key] = value
-        elif sep and key == "conf":
-            conf = value
-        else:
-            overrides.append(arg)
+    conf, own, overrides = split_args(argv, own=OWN_KEYS)
     if "ckpt" not in own or "out" not in own:
         raise ConfigError(f"export needs ckpt= and out=. {USAGE}")
     ckpt = Path(own["ckpt"])

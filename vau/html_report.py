@@ -29,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
-from vau.report import source_name
+from vau.config import flag, key_values
+from vau.data.annotations import source_name
 from vau.thumbnails import Strip, pick_times, video_thumbnails
 
 log = logging.getLogger(__name__)
@@ -354,12 +355,8 @@ def _int_arg(args: dict, key: str, default: int) -> int:
 def main(argv: list[str]) -> int:
     """Re-render a report from a score.json; returns the process exit code (2 for bad arguments or input)."""
     try:
-        args = {}
-        for arg in argv:
-            key, sep, value = arg.partition("=")
-            if not sep or key not in ("score", "out", "thumbs", "decoder", "workers", "overwrite"):
-                raise ReportError(f"unknown argument {arg!r}\n{USAGE}")
-            args[key] = value
+        args = key_values(argv, known=("score", "out", "thumbs", "decoder", "workers", "overwrite"),
+                          error=ReportError, usage=USAGE)
         if not args.get("score"):
             raise ReportError(f"missing score=FILE (the score.json that `python -m vau score` wrote)\n{USAGE}")
         source = Path(args["score"])
@@ -376,7 +373,6 @@ def main(argv: list[str]) -> int:
         if decoder not in ("pyav", "decord"):
             raise ReportError(f"decoder={decoder!r}: choose pyav or decord")
         out = Path(args.get("out") or source.parent / "report.html")
-        from vau.config import flag
         from vau.outputs import check_output, text_contains
 
         check_output("out", out, {"score": source}, ours=text_contains(HTML_MARKER), error=ReportError,

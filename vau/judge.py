@@ -27,6 +27,8 @@ from vau.chat import backend_from_options, first_json_object, prefixed, runner_f
 from vau.config import ConfigError, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.registry import RegistryError
+from vau.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ _LINE_SCORE = re.compile(r"(?:^|[,;|])[ \t>*#\-\d.)]*[\"'*]*([A-Za-z][A-Za-z_ &/
 # a judge declining the task; its text may still quote the score template ("classification: 10", ...)
 _REFUSAL = re.compile(r"\b(?:sorry|apologi[sz]e|as an ai)\b|\bI(?:'m| am)? (?:unable|not able)\b"
                       r"|\bI (?:cannot|can't|can ?not|won't|will not|must decline|decline|refuse)\b", re.IGNORECASE)
-_THINK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"</?[a-zA-Z_]+>")
 SYSTEM = (
     "You are a strict, impartial judge of video anomaly understanding. You compare a model's description or "
     "reasoning about a video with the reference annotation and score it on five dimensions, each an integer from "
@@ -67,15 +67,18 @@ USAGE = ("usage: python -m vau judge predictions=FILE[,FILE...] annotations=FILE
          "[judge.max_new_tokens=256] [format=vau_bench]")
 
 
+def _task(name: str) -> Task:
+    """The record's task; for a name no loaded module registered, the base Task (its ``<think>`` text is judged)."""
+    try:
+        return get_task(name)
+    except RegistryError:
+        return Task(name)
+
+
 def judged_text(task: str, response: str) -> str:
-    """The text a judge scores: ``<think>`` reasoning when the reply has some, else (free-text tasks only)
-    the reply without tags; "" when there is nothing to judge."""
-    thoughts = [t.strip() for t in _THINK.findall(response or "") if t.strip()]
-    if thoughts:
-        return "\n".join(thoughts)
-    if task == "describe":
-        return " ".join(_TAG.sub(" ", response or "").split())
-    return ""
+    """The text a judge scores, as the task says (``Task.judged_text``): ``<think>`` reasoning when the reply has
+    some, else (free-text tasks) the reply without tags; "" when there is nothing to judge."""
+    return _task(task).judged_text(response)
 
 
 def _number(value) -> float | None:
@@ -150,7 +153,7 @@ def messages(reference: Annotation, task: str, text: str) -> list[dict[str, str]
         lines.append(f"Key object: {' '.join(reference.key_object.split())}")
     lines += [f"Description: {' '.join(reference.description.split()) or '(none)'}",
               f"Reasoning: {reference.reasoning.strip() or '(none)'}"]
-    what = "description" if task == "describe" else "reasoning"
+    what = _task(task).judged_as
     user = "\n".join(["Reference annotation:", *lines, "", f"Model's {what} to score:", text, "",
                       "Score it on the five dimensions; reply with the JSON object only."])
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -50,6 +50,14 @@ def _resolve(task: str | Task) -> Task:
     return TASKS.instance(task) if isinstance(task, str) else task
 
 
+def local(metric: Metric) -> Metric:
+    """``metric`` computing over this process's updates only: a report is built on one rank from records already
+    gathered, so a torchmetrics sync inside ``compute`` would wait for ranks that never call it."""
+    metric.sync_on_compute = False
+    metric._to_sync = False  # what compute() reads; reset from sync_on_compute only by forward()
+    return metric
+
+
 def task_of(sample: Sample) -> Task | None:
     """The task of a sample, or None for a name no loaded module registered."""
     name = getattr(sample, "task", None)

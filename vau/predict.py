@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vau.config import ConfigError, compose, flag
+from vau.config import ConfigError, compose, flag, split_args
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,7 @@ USAGE = ("usage: python -m vau predict [conf=NAME] [ckpt=PATH|last] (annotations
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
-    conf, own, overrides = None, {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key == "conf":
-            conf = value
-        elif sep and key in KEYS:
-            own[key] = value
-        else:
-            overrides.append(arg)
+    conf, own, overrides = split_args(argv, own=KEYS)
     if not own.get("out"):
         raise ConfigError(f"predict needs out=FILE.jsonl (where the predictions go)\n{USAGE}")
     if bool(own.get("annotations")) == bool(own.get("videos")):
@@ -133,7 +125,7 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
     else:
         folder = Path(own["videos"]).absolute()
         files = video_files(folder)
-        if task.answer_kind == "choice":
+        if task.asks_options:
             if not own.get("questions"):
                 raise ConfigError(f"task={task_name} asks a question of each video: give questions=FILE (a CSV with "
                                   f"Video Name, Question, Option 1-4), or choose tag, cls, cls_binary or describe")
@@ -150,7 +142,7 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
         shifts = parse_shifts(own.get("qa_shifts"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if shifts and task.answer_kind == "choice":
+    if shifts and task.asks_options:
         samples = [shift_options(s, k) for s in samples for k in shifts]
     if not samples:
         raise ConfigError(f"task={task_name}: nothing to predict in {own.get('annotations') or own.get('videos')}")

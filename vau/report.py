@@ -17,32 +17,16 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vau.metrics import BinaryFalseAlarmRate, ClassAccuracy
-from vau.parsing import canonical_class, is_normal_interval
-from vau.qa_position import position_scores
+from vau.data.annotations import source_order
+from vau.metrics import local
+from vau.parsing import canonical_class
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task
 from vau.tasks.base import split_passes
 from vau.tasks.metrics import task_metrics
 
-SOURCES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}
-IOU_EDGES = [round(i / 10, 1) for i in range(11)]
-CORRECT_IOU = 0.5  # a TAG clip counts as "correct" in the clip list at IoU >= 0.5 (the R@0.5 criterion)
-UNPARSED = "unparsed"
-
 
 class ReportError(ValueError):
     """A prediction record the report cannot use (e.g. a shift outside the question's options)."""
-
-
-def source_name(source: str) -> str:
-    """Display name of a source key (``ucf`` -> ``UCF-Crime``); an unknown key as given, "" as ``unknown``."""
-    return SOURCES.get(source, source or "unknown")
-
-
-def source_order(sources) -> list[str]:
-    """The paper's source order (MSAD, UCF-Crime, ECVA), then other sources by name."""
-    present = set(sources)
-    return [s for s in SOURCES if s in present] + sorted(present - set(SOURCES))
 
 
 def short_name(task: str, metric: str) -> str:
@@ -55,14 +39,6 @@ def short_name(task: str, metric: str) -> str:
 
 def _value(x: float) -> float | None:
     return None if math.isnan(x) else x
-
-
-def _local(metric):
-    """``metric`` computing over this process's updates only: the report is built on one rank from records already
-    gathered, so a torchmetrics sync inside ``compute`` would wait for ranks that never call it."""
-    metric.sync_on_compute = False
-    metric._to_sync = False  # what compute() reads; reset from sync_on_compute only by forward()
-    return metric
 
 
 def _shift(record: Mapping, choice: bool) -> int:
@@ -88,7 +64,7 @@ def match(samples: Sequence[Sample], records: Sequence[Mapping]) -> dict:
         if sample is None:
             unmatched.append((video, task))
             continue
-        shift = _shift(record, get_task(task).answer_kind == "choice")
+        shift = _shift(record, get_task(task).asks_options)
         if not 0 <= shift < max(1, len(sample.options)):
             raise ReportError(f"prediction for {video} ({task}) has shift {shift}; a question with "
                               f"{len(sample.options)} options takes shifts 0..{len(sample.options) - 1}")
@@ -108,12 +84,11 @@ def group_metrics(task: Task, samples: Sequence[Sample], completions: Sequence[s
     metrics = dict(task_metrics(task, classes))
     if any(split_passes(c) is not None for c in completions):  # two-pass replies (generation.self_correct)
         metrics.update({k: m for k, m in task.reflection_metrics().items() if k not in metrics})
-    if task.answer_kind in ("class", "binary"):
-        metrics[f"{task.name}_false_alarm"] = BinaryFalseAlarmRate(task)
+    metrics.update(task.report_metrics())
     out: dict = {"n": len(samples)}
     counts, names = {}, {}
     for name, metric in metrics.items():
-        metric = _local(metric)
+        metric = local(metric)
         metric.update(list(completions), list(samples))
         key = short_name(task.name, name)
         out[key] = _value(float(metric.compute()))
@@ -129,82 +104,22 @@ def percent_metrics(group: Mapping) -> dict:
             for key, name in group["names"].items()}
 
 
-def _display(task: Task, value, sample: Sample) -> str | None:
-    if value is None:
-        return None
-    if task.answer_kind == "choice":
-        index = "ABCD".find(str(value))
-        text = sample.options[index] if 0 <= index < len(sample.options) else ""
-        return f"{value}. {text}" if text else str(value)
-    if task.answer_kind == "interval":
-        start, end = value
-        return "normal [0.0, 0.0]" if is_normal_interval(value) else f"[{float(start):.1f}, {float(end):.1f}]"
-    if task.answer_kind == "binary":
-        return "Anomaly" if value else "Normal"
-    return str(value)
-
-
 def clip_record(task: Task, sample: Sample, record: Mapping | None) -> dict:
     """One clip of the report: reply, prediction and truth as display text, score (TAG: IoU) and correctness."""
     response = (record or {}).get("response", "")
     truth = task.truth(sample)
     prediction = task.parse(response, sample)
     score = task.accuracy(response, sample)
-    if hasattr(task, "is_correct"):
-        correct = task.is_correct(score)
-    elif task.answer_kind == "interval":
-        correct = score is not None and score >= CORRECT_IOU
-    else:
-        correct = score is not None and score >= 1.0
-    interval = task.answer_kind == "interval"
+    correct = task.is_correct(score)
     extra = record or {}
     return {
         "video": sample.video, "task": task.name, "source": sample.source, "anomaly_class": sample.anomaly_class,
-        "response": response, "prediction": _display(task, prediction, sample), "truth": _display(task, truth, sample),
+        "response": response, "prediction": task.display(prediction, sample), "truth": task.display(truth, sample),
         "score": None if score is None else float(score), "correct": bool(correct),
-        "pred_interval": list(prediction) if interval and prediction is not None else None,
-        "true_interval": list(truth) if interval and truth is not None else None,
+        "pred_interval": task.answer_interval(prediction), "true_interval": task.answer_interval(truth),
         "frame_times": extra.get("frame_times"), "video_path": extra.get("video_path") or sample.video_path or None,
         "duration": extra.get("duration"), "missing": record is None,
     }
-
-
-def confusion(task: Task, samples: Sequence[Sample], completions: Sequence[str], classes: Sequence[str]) -> dict:
-    """Truth rows x predicted columns over the classes that occur, plus an ``unparsed`` column.
-
-    A class task uses the confusion counts of :class:`vau.metrics.ClassAccuracy`; a binary task counts
-    Anomaly / Normal calls.
-    """
-    if task.answer_kind == "binary":
-        names = ["Anomaly", "Normal"]
-        matrix = [[0, 0, 0], [0, 0, 0]]
-        for sample, reply in zip(samples, completions):
-            truth = task.anomalous_truth(sample)
-            if truth is None:
-                continue
-            call = task.anomalous_reply(reply, sample)
-            matrix[0 if truth else 1][2 if call is None else (0 if call else 1)] += 1
-        return {"task": task.name, "classes": names, "columns": [*names, UNPARSED], "matrix": matrix}
-    metric = _local(ClassAccuracy(classes, task=task))  # its confusion state is the matrix
-    metric.update(list(completions), list(samples))
-    full = metric.confusion.to(dtype=int).tolist()
-    k = len(classes)
-    keep = [i for i in range(k) if any(full[i]) or any(row[i] for row in full)]
-    rows = keep + ([k] if any(full[k]) else [])  # truths outside the class list (none when it covers the data)
-    names = [classes[i] for i in keep]
-    return {"task": task.name, "classes": names + (["other"] if len(rows) > len(keep) else []),
-            "columns": [*names, UNPARSED], "matrix": [[full[r][c] for c in [*keep, k]] for r in rows]}
-
-
-def iou_histogram(task: Task, samples: Sequence[Sample], completions: Sequence[str]) -> dict:
-    """Counts of the TAG IoUs of anomalous clips (no parseable interval = IoU 0) in 10 bins of [0, 1]; the last
-    bin holds IoU 1."""
-    ious = [task.accuracy(r, s) for s, r in zip(samples, completions)
-            if task.truth(s) is not None and not is_normal_interval(task.truth(s))]
-    counts = [0] * (len(IOU_EDGES) - 1)
-    for iou in ious:  # comparisons with the edges, so a clip counted by R@0.5 is in a bin from 0.5 up
-        counts[sum(iou >= edge for edge in IOU_EDGES[1:-1])] += 1
-    return {"task": task.name, "edges": list(IOU_EDGES), "counts": counts, "n": len(ious)}
 
 
 def class_list(samples: Sequence[Sample]) -> tuple[str, ...]:
@@ -240,7 +155,7 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
     report: dict = {"tasks": {}, "qa_position": None, "confusion": None, "iou_histogram": None, "clips": [],
                     "unmatched": matched["unmatched"], "duplicates": matched["duplicates"],
                     "conflicting_duplicates": matched["conflicting_duplicates"]}
-    confusions: dict[str, dict] = {}  # the first class task's, else the first binary task's
+    sections: dict[str, dict] = {}  # Task.report_sections; a class task's confusion wins over a binary task's
     for name in tasks:
         task = get_task(name)
         rows = by_task.get(name, [])
@@ -254,28 +169,16 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
             entry["by_source"][source] = group_metrics(task, [s for s, _ in part], [c for _, c in part], classes)
         per_class = task.per_class_metric(classes)
         if per_class is not None:
-            per_class = _local(per_class)
+            per_class = local(per_class)
             per_class.update(completions, rows)
             recall, support = per_class.compute().tolist(), per_class.support().tolist()
             entry["per_class"] = {c: {"value": None if math.isnan(r) else round(100.0 * r, 2), "n": int(n)}
                                   for c, r, n in zip(classes, recall, support) if n > 0}
         report["tasks"][name] = entry
         report["clips"] += [clip_record(task, s, r) for s, r in zip(rows, raw)]
-        if task.answer_kind == "choice" and report["qa_position"] is None:
-            report["qa_position"] = _position(task, rows, replies)
-        if task.answer_kind in ("class", "binary"):
-            confusions.setdefault(task.answer_kind, confusion(task, rows, completions, classes))
-        if task.answer_kind == "interval" and report["iou_histogram"] is None:
-            report["iou_histogram"] = iou_histogram(task, rows, completions)
-    report["confusion"] = confusions.get("class") or confusions.get("binary")
+        for key, section in task.report_sections(rows, completions, replies, classes).items():
+            sections.setdefault(key, section)  # the first task's section of each kind
+    report["qa_position"] = sections.get("qa_position")
+    report["iou_histogram"] = sections.get("iou_histogram")
+    report["confusion"] = sections.get("confusion") or sections.get("binary_confusion")
     return report
-
-
-def _position(task: Task, rows: Sequence[Sample], replies: Mapping) -> dict:
-    """:func:`vau.qa_position.position_scores` overall and per source."""
-    mine = {(video, shift): record for (name, video, shift), record in replies.items() if name == task.name}
-    out = {"task": task.name, **position_scores(task, rows, mine), "by_source": {}}
-    for source in source_order(s.source for s in rows):
-        part = [s for s in rows if s.source == source]
-        out["by_source"][source] = position_scores(task, part, mine)
-    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from vau.report import source_name
+from vau.data.annotations import source_name
 
 LABELS = {"accuracy": "Acc.", "miou": "mIoU", "r30": "R@0.3", "r50": "R@0.5", "r70": "R@0.7",
           "false_alarm": "FA(normal)", "binary_accuracy": "Bin.Acc.", "macro_f1": "MacroF1", "format_rate": "Format",

@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
 from vau.outputs import json_safe
@@ -74,12 +75,7 @@ class Prediction:
 
 # ----------------------------------------------------------------------------------------------- reading ----
 def parse_args(argv: list[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in KEYS:
-            raise ScoreError(f"unknown argument {arg!r}; score takes {', '.join(k + '=' for k in KEYS)}\n{USAGE}")
-        args[key] = value
+    args = key_values(argv, known=KEYS, error=ScoreError, usage=USAGE)
     missing = [k for k in ("annotations", "predictions") if not args.get(k)]
     if missing:
         raise ScoreError(f"missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}")
@@ -235,24 +231,13 @@ def class_list(annotations: list[Annotation]) -> tuple[str, ...]:
 
 
 def scored_rows(annotations: list[Annotation], predictions: list[Prediction], task: str) -> tuple[list, int]:
-    """The rows ``task`` scores, and how many normal clips were left out.
-
-    Every row with the task's ground truth, except for an interval task (TAG) whose predictions cover no normal
-    clip: then its normal clips are left out (a VAU-R1-protocol test never asks about them), so the false-alarm
-    rate is reported only when normal clips were asked about.
-    """
-    from vau.parsing import is_normal_interval
-
+    """The rows ``task`` scores, and how many were left out: every row with the task's ground truth, as the task
+    counts them given the videos it has predictions for (``Task.rows_to_score``; TAG leaves out normal clips when
+    none of them was asked about, as a VAU-R1-protocol test never asks)."""
     spec = get_task(task)
-    kept = [a for a in annotations if spec.has_truth(a)]
-    if spec.answer_kind != "interval":
-        return kept, 0
     find = _lookup(annotations)
-    normal = [a for a in kept if is_normal_interval(spec.truth(spec.sample(a)))]
     predicted = {find(p.video).video for p in predictions if p.task == task and find(p.video) is not None}
-    if any(a.video in predicted for a in normal):
-        return kept, 0
-    return [a for a in kept if a not in normal], len(normal)
+    return spec.rows_to_score([a for a in annotations if spec.has_truth(a)], predicted)
 
 
 def score(annotations: list[Annotation], predictions: list[Prediction], tasks: list[str]) -> dict:
@@ -326,7 +311,6 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
 def check_outputs(args: dict, files: list[Path]) -> None:
     """``output=`` and the files of ``report=DIR`` never land on an input, a folder or a file score did not write
     (vau.outputs); checked before scoring."""
-    from vau.config import flag
     from vau.html_report import HTML_MARKER
     from vau.outputs import check_output, json_with_key, text_contains
 

@@ -37,6 +37,7 @@ COLUMNS = (
 )
 LETTERS = ("A", "B", "C", "D")
 SOURCES = ("msad", "ucf", "ecva")
+SOURCE_NAMES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}  # display names, in the paper's order
 MISSING = "-1"
 NORMAL = "Normal"
 
@@ -47,6 +48,17 @@ ANOMALY_CLASSES = (
     "Medical Abnormality", "Natural Hazard", "Normal", "Object_falling", "People_falling", "Robbery", "Shooting",
     "Stealing", "Traffic_accident", "Vandalism", "Water_incident",
 )
+
+
+def source_name(source: str) -> str:
+    """Display name of a source key (``ucf`` -> ``UCF-Crime``); an unknown key as given, "" as ``unknown``."""
+    return SOURCE_NAMES.get(source, source or "unknown")
+
+
+def source_order(sources) -> list[str]:
+    """The paper's source order (MSAD, UCF-Crime, ECVA), then other sources by name."""
+    present = set(sources)
+    return [s for s in SOURCE_NAMES if s in present] + sorted(present - set(SOURCE_NAMES))
 
 
 def class_key(name: str) -> str:

@@ -73,10 +73,7 @@ def _lines(sample: Sample, task: Task) -> list[str]:
         lines.append(f"Question: {sample.question.strip()}")
     if sample.options:
         lines += [f"{letter}. {text.strip()}" for letter, text in zip(LETTERS, sample.options)]
-    kind = {"choice": "the letter of the correct option", "interval": "the anomaly's [start, end] in seconds "
-            "([0.0, 0.0] for a normal video)", "class": "the anomaly class (or Normal)",
-            "binary": "Anomaly or Normal"}.get(task.answer_kind, "the answer")
-    lines.append(f"Answer format: {kind}")
+    lines.append(f"Answer format: {task.answer_format}")
     for label, value in (("Anomaly class", sample.anomaly_class), ("Key object", sample.key_object),
                          ("Video description", sample.description), ("Rationale", sample.reasoning)):
         if str(value or "").strip():

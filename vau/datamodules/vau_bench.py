@@ -122,8 +122,8 @@ class VAUBenchDataModule(L.LightningDataModule):
         if shifts:  # position-robust evaluation: every question also under cyclic shifts of its options
             expanded: list[Sample] = []
             for sample in samples:
-                choice = get_task(sample.task).answer_kind == "choice"
-                expanded += [shift_options(sample, k) for k in shifts] if choice else [sample]
+                asks_options = get_task(sample.task).asks_options
+                expanded += [shift_options(sample, k) for k in shifts] if asks_options else [sample]
             samples = expanded
             log.info("%s: questions asked under option shifts %s (%d samples)", split, shifts, len(samples))
         notes = summarize(rows)

@@ -28,7 +28,7 @@ from vau.registry import TASKS
 from vau.tasks import Sample, ViewOptions, get_task, task_names
 from vau.tasks.base import DEFAULT_VIEWS
 
-__all__ = ["MIXED", "ViewOptions", "build_samples", "drop_counts", "drop_reason", "is_mixed", "keeps", "mix_weights",
+__all__ = ["MIXED", "ViewOptions", "build_samples", "drop_counts", "drop_reason", "is_mixed", "mix_weights",
            "select", "view_counts", "view_tasks"]
 
 MIXED = "mixed"
@@ -42,11 +42,6 @@ def is_mixed(view: str) -> bool:
 def drop_reason(task: str, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> str | None:
     """Why ``task`` does not use ``ann`` (for ``data stats`` and the DataModule's log), or None when it does."""
     return get_task(task).drop_reason(ann, train, options)
-
-
-def keeps(task: str, ann: Annotation, train: bool, options: ViewOptions = DEFAULT_VIEWS) -> bool:
-    """Whether ``task`` uses ``ann`` in training (``train=True``) or evaluation."""
-    return drop_reason(task, ann, train, options) is None
 
 
 def select(rows: Iterable[Annotation], task: str, train: bool,

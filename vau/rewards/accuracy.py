@@ -31,7 +31,7 @@ def choice_accuracy(completions: list[str], samples: list[Sample], **ctx) -> lis
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
         task = task_of(sample)
-        out.append(task.accuracy(text, sample) if task is not None and task.answer_kind == "choice" else None)
+        out.append(task.accuracy(text, sample) if task is not None and task.asks_options else None)
     return out
 
 

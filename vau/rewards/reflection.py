@@ -87,7 +87,7 @@ def iou_gain(completions: list[str], samples: list[Sample], **ctx) -> list[float
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
         task = _reflect_task(sample)
-        if task is None or task.answer_kind != "interval":
+        if task is None or task.interval_truth(sample) is None:
             out.append(None)
             continue
         initial = task.initial_accuracy(text, sample)

@@ -1,6 +1,6 @@
 """Temporal-grounding rewards (TAG samples with a known interval).
 
-They apply to every task whose answer is an interval (``Task.answer_kind == "interval"``: ``tag``, plugin tasks).
+They apply to every task whose answer is an interval (``Task.interval_truth``: ``tag``, its variants, plugin tasks).
 
 Normal-clip convention (shared with the TAG prompt in vau.tasks.tag and the metrics in vau.metrics): a normal clip's
 interval is [0.0, 0.0]. The reply [0, 0] on a normal clip scores 1; any other reply scores 0; the reply [0, 0] on
@@ -30,7 +30,7 @@ def predicted_interval(text: str, sample: Sample) -> tuple[float, float] | None:
 def known_interval(sample: Sample) -> tuple[float, float] | None:
     """The sample's ground-truth interval when its task answers with an interval and it is valid, else None."""
     task = task_of(sample)
-    return task.truth(sample) if task is not None and task.answer_kind == "interval" else None
+    return task.interval_truth(sample) if task is not None else None
 
 
 @REWARDS.register("temporal_iou")

@@ -18,6 +18,7 @@ A new task is one file with a registered subclass::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from vau.data.sample import DEFAULT_VIEWS, Sample, ViewOptions
 from vau.parsing import extract_tag, has_strict_format, reflect_body
 from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
 
+THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
 THINK_INSTRUCTION = "First reason briefly inside <think> </think>, then give the final answer inside <answer> </answer>."
 # Two-pass self-correction (``generation.self_correct``): the second user turn, and what stands between the two replies
 # in the joined reply (a ``<reflect>`` block, so the first answer reads as the initial one everywhere).
@@ -83,6 +85,10 @@ class Task:
         correct_threshold: an answer whose score (:meth:`accuracy`) reaches it counts as right for the
             wrong -> right / right -> wrong rates and the ``self_correction`` reward (1 = exact; TAG: IoU 0.5).
         score_name: the name of the task's main score in metric names (``accuracy``; TAG: ``miou``).
+        asks_options: the prompt lists lettered options (QA): evaluation can ask it under option shifts (circular
+            accuracy), ``choice_accuracy`` rewards it, ``predict videos=DIR`` needs ``questions=FILE`` for it.
+        judged_as: what ``python -m vau judge`` calls the text it scores of a reply.
+        answer_format: the answer's form in words, for a teacher model writing reflections (``builder=teacher``).
     """
 
     answer_kind: str = "text"
@@ -91,6 +97,9 @@ class Task:
     missing_truth: str = "no ground truth for this task"
     correct_threshold: float = 1.0
     score_name: str = "accuracy"
+    asks_options: bool = False
+    judged_as: str = "reasoning"
+    answer_format: str = "the answer"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -219,6 +228,39 @@ class Task:
     def per_class_metric(self, classes: tuple[str, ...] = ANOMALY_CLASSES):
         """A metric whose ``compute`` is a vector over ``classes`` (reported per class by ``score``), or None."""
         return None
+
+    def report_metrics(self) -> dict:
+        """Metrics ``score``'s report adds to :meth:`metrics`, keyed by log name (none by default)."""
+        return {}
+
+    def report_sections(self, rows: list[Sample], completions: list[str], replies: Mapping,
+                        classes: tuple[str, ...]) -> dict:
+        """The report sections this task contributes besides its metrics, keyed ``qa_position``, ``confusion`` or
+        ``iou_histogram`` (:mod:`vau.tasks.reporting`); ``replies`` maps (task, video, shift) to a record."""
+        return {}
+
+    def display(self, value: Any, sample: Sample) -> str | None:
+        """A parsed answer or truth as the report's clip list shows it."""
+        return None if value is None else str(value)
+
+    def answer_interval(self, value: Any) -> list[float] | None:
+        """A parsed answer or truth as ``[start, end]`` seconds for the report's timeline; None when the task does
+        not answer with an interval."""
+        return None
+
+    def interval_truth(self, sample: Sample) -> tuple[float, float] | None:
+        """The truth as an interval, read by the interval rewards (``temporal_iou``, ``iou_gain``); None when the task
+        does not answer with an interval."""
+        return None
+
+    def judged_text(self, reply: str) -> str:
+        """The text ``python -m vau judge`` scores: the ``<think>`` reasoning; "" when there is none."""
+        return "\n".join(t.strip() for t in THINK_BLOCK.findall(reply or "") if t.strip())
+
+    def rows_to_score(self, kept: list[Annotation], predicted: set[str]) -> tuple[list[Annotation], int]:
+        """The rows ``score`` counts given the videos that have a prediction of this task, and how many were left
+        out; by default every row with a truth."""
+        return kept, 0
 
     def corpus(self, sample: Sample) -> list[str]:
         """Texts of this task for the tiny test tokenizer (its prompt and target on a placeholder sample)."""

@@ -4,10 +4,11 @@ it is anomalous (``cls_binary``)."""
 from __future__ import annotations
 
 from vau.data.annotations import ANOMALY_CLASSES, Annotation
-from vau.metrics import BinaryAnomalyAccuracy, ClassAccuracy, ClassMacroF1, PerClassAccuracy
+from vau.metrics import BinaryAnomalyAccuracy, BinaryFalseAlarmRate, ClassAccuracy, ClassMacroF1, PerClassAccuracy
 from vau.parsing import class_candidates, is_normal_class, normalize_label, parse_anomalous, parse_class
 from vau.registry import TASKS
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
+from vau.tasks.reporting import binary_confusion, class_confusion
 
 
 class _ClassTask(Task):
@@ -30,12 +31,17 @@ class _ClassTask(Task):
         """Whether the reply calls the clip anomalous (any anomaly class counts), None when it does not say."""
         return parse_anomalous(reply, class_candidates(sample.anomaly_class or ""))
 
+    def report_metrics(self) -> dict:
+        """The false-alarm rate of the anomalous/normal call on normal clips."""
+        return {f"{self.name}_false_alarm": BinaryFalseAlarmRate(self)}
+
 
 @TASKS.register("cls")
 class AnomalyClassification(_ClassTask):
     """Rows whose class is one of the 20 labels (19 anomaly types + Normal); the reply names the class (20-way)."""
 
     answer_kind = "class"
+    answer_format = "the anomaly class (or Normal)"
     default_rewards = {"format": {"weight": 1.0}, "class_match": {"weight": 1.0}}
 
     def prompt(self, sample: Sample) -> str:
@@ -68,12 +74,16 @@ class AnomalyClassification(_ClassTask):
     def per_class_metric(self, classes=ANOMALY_CLASSES):
         return PerClassAccuracy(classes, task=self)
 
+    def report_sections(self, rows, completions, replies, classes) -> dict:
+        return {"confusion": class_confusion(self, rows, completions, classes)}
+
 
 @TASKS.register("cls_binary")
 class BinaryClassification(_ClassTask):
     """The cls rows, answered Anomaly / Normal (VAU-R1's binary accuracy as a task of its own)."""
 
     answer_kind = "binary"
+    answer_format = "Anomaly or Normal"
 
     def prompt(self, sample: Sample) -> str:
         return f"Is there an anomaly in this video? {THINK_INSTRUCTION} Answer with Anomaly or Normal."
@@ -90,3 +100,10 @@ class BinaryClassification(_ClassTask):
 
     def metrics(self, classes=()) -> dict:
         return {"cls_binary_accuracy": BinaryAnomalyAccuracy(self)}
+
+    def display(self, value, sample: Sample) -> str | None:
+        return None if value is None else ("Anomaly" if value else "Normal")
+
+    def report_sections(self, rows, completions, replies, classes) -> dict:
+        # the report shows one confusion matrix: a class task's when there is one (its key "confusion" wins)
+        return {"binary_confusion": binary_confusion(self, rows, completions)}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from vau.data.annotations import Annotation
 from vau.registry import TASKS
 from vau.tasks.base import Sample, Task
+
+TAG = re.compile(r"</?[a-zA-Z_]+>")
 
 
 @TASKS.register("describe")
@@ -15,6 +19,7 @@ class Describe(Task):
     format_tags = ()
     default_rewards = {}
     missing_truth = "no description"
+    judged_as = "description"
 
     def has_truth(self, ann: Annotation) -> bool:
         return bool(ann.description)
@@ -24,3 +29,7 @@ class Describe(Task):
 
     def target(self, sample: Sample) -> str:
         return f"{sample.description.strip()}\n{sample.reasoning.strip()}".strip()
+
+    def judged_text(self, reply: str) -> str:
+        """The ``<think>`` reasoning when the reply has some, else the whole reply without tags."""
+        return super().judged_text(reply) or " ".join(TAG.sub(" ", reply or "").split())

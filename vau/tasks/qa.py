@@ -10,6 +10,7 @@ from vau.parsing import parse_choice
 from vau.qa_position import original_option, shown_options
 from vau.registry import TASKS
 from vau.tasks.base import THINK_INSTRUCTION, Sample, Task, think_target
+from vau.tasks.reporting import position_report
 
 OPTION_CHECK_KEY = "option_check"  # Sample.extra flag: the target's reasoning checks every option (data.qa_option_check)
 TARGET_LETTER_KEY = "target_letter"  # Sample.extra: the letter the SFT target answers instead of the true one
@@ -36,6 +37,8 @@ class MultipleChoiceQA(Task):
 
     answer_kind = "choice"
     missing_truth = "no question (-1)"
+    asks_options = True
+    answer_format = "the letter of the correct option"
 
     def has_truth(self, ann: Annotation) -> bool:
         return ann.has_question
@@ -60,6 +63,17 @@ class MultipleChoiceQA(Task):
 
     def parse(self, reply: str, sample: Sample) -> str | None:
         return parse_choice(reply, sample.options)
+
+    def display(self, value, sample: Sample) -> str | None:
+        """``B. A fire breaks out``: the letter and the option text it stands for."""
+        if value is None:
+            return None
+        index = "ABCD".find(str(value))
+        text = sample.options[index] if 0 <= index < len(sample.options) else ""
+        return f"{value}. {text}" if text else str(value)
+
+    def report_sections(self, rows, completions, replies, classes) -> dict:
+        return {"qa_position": position_report(self, rows, replies)}
 
     def answer_categories(self, sample: Sample) -> tuple[str, ...]:
         return tuple(LETTERS[: len(sample.options)])

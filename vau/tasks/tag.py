@@ -20,6 +20,7 @@ from vau.metrics import FalseAlarmRate, MeanIoU, RecallAtIoU
 from vau.parsing import extract_tag, interval_iou, is_normal_interval, parse_anomalous, parse_interval
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, Task, ViewOptions, think_target
+from vau.tasks.reporting import iou_histogram
 
 RECALL_THRESHOLDS = (0.3, 0.5, 0.7)
 
@@ -30,6 +31,7 @@ class TemporalGrounding(Task):
     training: those plus normal clips, target [0.0, 0.0]; rows with an unknown interval (-1): never."""
 
     answer_kind = "interval"
+    answer_format = "the anomaly's [start, end] in seconds ([0.0, 0.0] for a normal video)"
     default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}}
     correct_threshold = 0.5  # our choice: "right" = IoU >= 0.5, the R@0.5 criterion
     score_name = "miou"
@@ -83,6 +85,30 @@ class TemporalGrounding(Task):
             return None
         predicted = self.parse(reply, sample)
         return 0.0 if predicted is None else interval_iou(predicted, truth)
+
+    def interval_truth(self, sample: Sample) -> tuple[float, float] | None:
+        return self.truth(sample)
+
+    def answer_interval(self, value) -> list[float] | None:
+        return None if value is None else [float(x) for x in value]
+
+    def display(self, value, sample: Sample) -> str | None:
+        """``[2.0, 6.5]`` (one decimal), or ``normal [0.0, 0.0]``."""
+        if value is None:
+            return None
+        start, end = value
+        return "normal [0.0, 0.0]" if is_normal_interval(value) else f"[{float(start):.1f}, {float(end):.1f}]"
+
+    def report_sections(self, rows, completions, replies, classes) -> dict:
+        return {"iou_histogram": iou_histogram(self, rows, completions)}
+
+    def rows_to_score(self, kept: list[Annotation], predicted: set[str]) -> tuple[list[Annotation], int]:
+        """Without a prediction for any normal clip (a VAU-R1-protocol test never asks about them) the normal clips
+        are left out, so the false-alarm rate is reported only when normal clips were asked about."""
+        normal = [a for a in kept if is_normal_interval(self.truth(self.sample(a)))]
+        if any(a.video in predicted for a in normal):
+            return kept, 0
+        return [a for a in kept if a not in normal], len(normal)
 
     def metrics(self, classes=()) -> dict:
         metrics = {"tag_miou": MeanIoU(self)}
