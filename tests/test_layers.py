@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("vau.metrics", "vau.reflect_metrics")),
     ("tasks", ("vau.tasks",)),
     ("learning inputs", ("vau.rewards", "vau.datamodules")),
-    ("models", ("vau.modules",)),
+    ("models", ("vau.modules", "vau.rollout")),
     ("jobs", ("vau.report", "vau.report_tables", "vau.report_plots", "vau.thumbnails", "vau.html_report",
               "vau.score", "vau.judge", "vau.export", "vau.predict", "vau.callbacks", "vau.trainer")),
     ("entry", ("vau.run", "vau.cli", "vau.__main__")),

@@ -134,9 +134,10 @@ REWARDS = Registry("reward")
 TASKS = Registry("task")
 ALGORITHMS = Registry("algorithm")
 REFLECTORS = Registry("reflection builder")  # builders of SRVAU-R1 reflection chains (`python -m vau data reflect`)
+ROLLOUT_ENGINES = Registry("rollout engine")  # what generates completions (vau.rollout; module.generation.engine)
 READERS = Registry("annotation format")  # path -> list[Annotation] (vau.data.readers.read_rows, config data.format)
 ALL = {"task": TASKS, "algorithm": ALGORITHMS, "backbone": BACKBONES, "sampler": SAMPLERS, "reward": REWARDS,
-       "reflection builder": REFLECTORS, "annotation format": READERS}
+       "reflection builder": REFLECTORS, "annotation format": READERS, "rollout engine": ROLLOUT_ENGINES}
 
 
 class PluginImportError(ImportError):
@@ -145,7 +146,7 @@ class PluginImportError(ImportError):
 
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
-BUILTIN_MODULES = ("vau.data.readers", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen",
+BUILTIN_MODULES = ("vau.data.readers", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen", "vau.rollout.hf",
                    "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection",
                    "vau.datamodules.teacher")
 

@@ -12,10 +12,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from vau.datamodules.encoding import TEXT_KEYS, model_inputs
+from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
 from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
+from vau.registry import ROLLOUT_ENGINES
 from vau.tasks.base import SECOND_PASS_PROMPT, join_passes
 from vau.tasks.metrics import view_metrics
 
@@ -98,6 +99,8 @@ class VAUModule(L.LightningModule):
         self.max_new_tokens = int(generation.get("max_new_tokens", 64))
         self.self_correct = bool(generation.get("self_correct", False))
         self.second_pass_prompt = str(generation.get("second_pass_prompt") or SECOND_PASS_PROMPT)
+        self.engine_name = str(generation.get("engine") or "hf")
+        self.engine = ROLLOUT_ENGINES.get(self.engine_name)(self)  # what generates (vau.rollout)
         self.predictions_dir = predictions_dir
         self.rewards = rewards
         self.tasks = view_tasks(task, mix)
@@ -157,34 +160,10 @@ class VAUModule(L.LightningModule):
             finally:
                 self._generation_kwargs = None
 
-    @torch.no_grad()
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, times: int = 1,
                      encoded_vision: dict[str, Any] | None = None, **sampling) -> torch.Tensor:
-        """Completion token ids (B * times, T) for prompt ``inputs``, prompt removed; padded with the pad id after EOS.
-
-        Generation stops at any of the backbone's ``eos_token_ids`` and never samples its
-        ``suppressed_token_ids`` (both can be overridden through ``sampling``). With ``times`` > 1 every prompt is
-        prefilled once and continued ``times`` times (:func:`vau.modules.shared_prompt.generate_shared`), its vision
-        outputs taken from ``encoded_vision`` when given.
-        """
-        prompt_len = inputs["input_ids"].shape[1]
-        sampling.setdefault("eos_token_id", self.backbone.eos_token_ids)
-        sampling.setdefault("suppress_tokens", self.backbone.suppressed_token_ids)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.generation_context() as sync:
-                if times > 1:
-                    from vau.modules.shared_prompt import generate_shared
-
-                    return generate_shared(self.model, self.backbone, inputs, times, encoded_vision,
-                                           max_new_tokens=max_new_tokens, pad_token_id=self.backbone.pad_id,
-                                           **sync, **sampling)
-                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                          pad_token_id=self.backbone.pad_id, **sync, **sampling)
-        finally:
-            self.model.train(was_training)
-        return out[:, prompt_len:]
+        """Completion token ids (B * times, T) of prompt ``inputs`` from the rollout engine (:mod:`vau.rollout`)."""
+        return self.engine.generate(inputs, max_new_tokens, times=times, encoded_vision=encoded_vision, **sampling)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.backbone.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -193,41 +172,16 @@ class VAUModule(L.LightningModule):
         """Greedy replies, as text; with ``generation.self_correct`` the two-pass replies (:meth:`second_pass`)."""
         inputs = model_inputs(batch, prompt_only=True)
         max_new_tokens = max_new_tokens or self.max_new_tokens
-        first = self.generate_ids(inputs, max_new_tokens, do_sample=False)
+        first = self.engine.replies(inputs, max_new_tokens)
         if not self.self_correct:
             return self.decode(first)
-        second = self.generate_ids(self.second_pass(inputs, first), max_new_tokens, do_sample=False)
+        second = self.engine.replies(self.second_pass(inputs, first), max_new_tokens)
         return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))]
 
     def second_pass(self, inputs: dict[str, torch.Tensor], first_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Prompt inputs that continue each conversation after its first reply with the second-pass user turn.
-
-        Each row becomes prompt (without its padding) + first reply (up to its closing token) + the chat template's
-        follow-up turn (:meth:`vau.modules.backbones.Backbone.follow_up_ids`), left-padded again. The vision inputs are
-        reused as they are: the video tokens of each row are unchanged, only text follows them.
-        """
-        follow = torch.tensor(self.backbone.follow_up_ids(self.second_pass_prompt), dtype=torch.long)
-        stops = torch.tensor(sorted({*self.backbone.eos_token_ids, self.backbone.pad_id}), device=first_ids.device)
-        mask = inputs["attention_mask"].bool()
-        rows, types = [], []
-        for row in range(first_ids.shape[0]):
-            reply = first_ids[row]
-            stop = torch.isin(reply, stops).nonzero()
-            reply = reply[: int(stop[0]) if len(stop) else len(reply)].cpu()
-            prompt = inputs["input_ids"][row][mask[row]].cpu()
-            rows.append(torch.cat([prompt, reply, follow]))
-            if "mm_token_type_ids" in inputs:
-                mm = inputs["mm_token_type_ids"][row][mask[row]].cpu()
-                types.append(torch.cat([mm, torch.zeros(len(reply) + len(follow), dtype=mm.dtype)]))
-        width = max(len(r) for r in rows)
-        out = {k: v for k, v in inputs.items() if k not in TEXT_KEYS}
-        out["input_ids"] = torch.stack([torch.cat([r.new_full((width - len(r),), self.backbone.pad_id), r]) for r in rows])
-        out["attention_mask"] = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long),
-                                                        torch.ones(len(r), dtype=torch.long)]) for r in rows])
-        if types:
-            out["mm_token_type_ids"] = torch.stack([torch.cat([t.new_zeros(width - len(t)), t]) for t in types])
-        device = inputs["input_ids"].device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) and k in TEXT_KEYS else v for k, v in out.items()}
+        """Prompt inputs that continue each conversation after its first reply with the second-pass user turn
+        (``generation.second_pass_prompt``), built by the engine (:meth:`vau.rollout.engine.RolloutEngine.follow_up`)."""
+        return self.engine.follow_up(inputs, first_ids, self.second_pass_prompt)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> None:

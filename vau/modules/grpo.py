@@ -208,23 +208,11 @@ class GRPOModule(VAUModule):
                        repeated=repeated)
 
     def sample_completions(self, prompt: dict[str, torch.Tensor], **generate_kwargs):
-        """G sampled completions of every prompt: (ids (B*G, T), frozen vision outputs or None, the prompt
-        repeated G times or None). ``generate_kwargs`` add to / override the configured sampling."""
+        """G sampled completions of every prompt from the rollout engine: (ids (B*G, T), frozen vision outputs or
+        None, the prompt repeated G times or None). ``generate_kwargs`` add to / override the configured sampling."""
         sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
                     "top_k": int(self.cfg["top_k"]) or None, **generate_kwargs}
-        encoded = repeated = None
-        if self.shared_prompt:
-            # Each prompt once: generation prefills it once; a frozen vision tower runs once for the whole step.
-            if self.vision_frozen():
-                # Under FSDP2 the vision tower's weights are gathered for this call like for a generate().
-                with torch.no_grad(), self.generation_context():
-                    encoded = self.backbone.encode_vision(self.model, prompt)
-            ids = self.generate_ids(prompt, int(self.cfg["max_new_tokens"]), times=self.G, encoded_vision=encoded,
-                                    **sampling)  # synced under FSDP2
-        else:
-            repeated = self.backbone.repeat_vision(prompt, self.G)
-            ids = self.generate_ids(repeated, int(self.cfg["max_new_tokens"]), **sampling)
-        return ids, encoded, repeated
+        return self.engine.sample(prompt, self.G, int(self.cfg["max_new_tokens"]), **sampling)
 
     def vision_frozen(self) -> bool:
         """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""

@@ -1,0 +1,49 @@
+"""The contract of a rollout engine (``module.generation.engine``).
+
+An engine is built once per training module, ``ENGINE(module)``, and is asked for token ids; the module turns
+them into a :class:`vau.modules.grpo.Rollout` (GRPO) or reply texts (evaluation, ``predict``), so rewards,
+advantages and the loss never see which engine ran. What an engine may read from the module: ``model`` (the policy,
+with its adapters), ``backbone`` (processor, end-of-sequence and suppressed ids, vision helpers, the chat
+template's follow-up turn) and ``generation_context()`` (the FSDP2 synchronisation every ``generate`` runs in).
+
+A batch keeps what an engine outside the policy's process would need besides the encoded prompt: the samples
+(prompt text through their task, ``Sample.video_path``) and each clip's frame times and duration
+(``batch["frame_times"]``, ``batch["durations"]``), so a server-side engine can re-read the same frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class RolloutEngine:
+    """Generates completions for a VAU training module (see the module doc).
+
+    Subclasses implement :meth:`generate`; :meth:`sample` and :meth:`replies` have defaults built on it.
+    """
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, times: int = 1,
+                 encoded_vision: dict[str, Any] | None = None, **sampling) -> torch.Tensor:
+        """Completion ids ``(B * times, T)`` of the prompts ``inputs`` (prompt removed, padded after the end), each
+        prompt continued ``times`` times in consecutive rows; ``sampling`` are ``generate`` keyword arguments."""
+        raise NotImplementedError
+
+    def sample(self, prompt: dict[str, torch.Tensor], n: int, max_new_tokens: int,
+               **sampling) -> tuple[torch.Tensor, dict | None, dict | None]:
+        """GRPO's ``n`` sampled completions of every prompt: ``(ids (B*n, T), encoded vision or None, the prompt
+        repeated n times or None)``; the last two are what the loss's forward passes may reuse."""
+        return self.generate(prompt, max_new_tokens, times=n, **sampling), None, None
+
+    def follow_up(self, inputs: dict[str, torch.Tensor], first_ids: torch.Tensor, text: str) -> dict[str, torch.Tensor]:
+        """Prompt inputs that continue each conversation after its first reply ``first_ids`` with the user turn
+        ``text`` (two-pass self-correction; a multi-turn engine's next turn)."""
+        raise NotImplementedError
+
+    def replies(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """Greedy completion ids of every prompt (evaluation, ``predict``, each pass of self-correction)."""
+        return self.generate(inputs, max_new_tokens, do_sample=False)
