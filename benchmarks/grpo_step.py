@@ -103,7 +103,8 @@ def make_module(backbone, groups: int, completion: int, shared: bool, beta: floa
     if mode == "lora":  # fp32 adapters on the frozen base (bf16 for the real shapes); the vision tower stays frozen
         settings = LoraSettings.from_config({"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0})
         backbone = dataclasses.replace(backbone, model=apply_lora(backbone.model, settings,
-                                                                  backbone.vision_module_prefixes))
+                                                                  backbone.vision_module_prefixes,
+                                                                  (backbone.lora_targets, backbone.vision_lora_targets)))
 
     module = GRPOModule(backbone, {"name": "adamw", "lr": 1e-6}, "qa", RewardSet({"format": {"weight": 1.0}}),
                         grpo={"num_generations": groups, "max_new_tokens": completion, "beta": beta,

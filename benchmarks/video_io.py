@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vau.datamodules.decoders import open_video  # noqa: E402
 from vau.datamodules.samplers import FrameSelection  # noqa: E402
-from vau.datamodules.video import FrameCache, processor_size_fn, read_clip  # noqa: E402
+from vau.datamodules.video import FrameCache, read_clip  # noqa: E402
+from vau.modules.qwen import frame_size_fn  # noqa: E402
 
 QWEN_MIN_PIXELS = 128 * 28 * 28  # qwen-vl-utils' VIDEO_MIN_TOKEN_NUM * 28 * 28
 QWEN_MAX_PIXELS = 768 * 28 * 28  # VIDEO_MAX_TOKEN_NUM * 28 * 28 (VAU-R1 evaluates with this budget)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # vau's size rule comes from the processor the model would use, configured with the same budget.
     processor = Qwen2VLVideoProcessor(size={"shortest_edge": args.min_pixels, "longest_edge": args.max_pixels})
-    size_fn = processor_size_fn(processor)
+    size_fn = frame_size_fn(processor)
     cache_dir = Path(tempfile.mkdtemp(prefix="vau-frame-cache-"))
     rows = []
     videos = []

@@ -92,8 +92,9 @@ def test_vision_prefixes_are_the_vision_tower(twin):
     assert twin.vision_module_prefixes
     for prefix in twin.vision_module_prefixes:
         assert sum(p.numel() for p in twin.model.get_submodule(prefix).parameters()) > 0
-    lm_only = resolve_targets(twin.model, LoraSettings(enabled=True), twin.vision_module_prefixes)
-    both = resolve_targets(twin.model, LoraSettings(enabled=True, vision=True), twin.vision_module_prefixes)
+    defaults = (twin.lora_targets, twin.vision_lora_targets)  # the backbone's own target names
+    lm_only = resolve_targets(twin.model, LoraSettings(enabled=True), twin.vision_module_prefixes, defaults)
+    both = resolve_targets(twin.model, LoraSettings(enabled=True, vision=True), twin.vision_module_prefixes, defaults)
     assert lm_only and not any(in_vision(n, twin.vision_module_prefixes) for n in lm_only)
     assert set(lm_only) < set(both) and all(in_vision(n, twin.vision_module_prefixes) for n in set(both) - set(lm_only))
 

@@ -21,7 +21,8 @@ from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.vau_bench import VAUBenchDataModule
-from vau.datamodules.video import FrameCache, VideoError, processor_size_fn, read_clip
+from vau.datamodules.video import FrameCache, VideoError, read_clip
+from vau.modules.qwen import frame_size_fn
 from vau.tasks import Sample, get_task
 
 UNIFORM = build_sampler({"name": "uniform", "num_frames": 4})
@@ -66,7 +67,7 @@ def test_decode_time_resize_matches_the_processor(tiny, media, tmp_path_factory,
     # With a budget from config, configure_processor also turns on the per-frame cap: both rules are covered.
     processor = BACKBONES.get("tiny_qwen2_5_vl")({"cache_dir": str(tmp_path_factory.getbasetemp() / "tiny-backbone"),
                                                   **budget}).processor if budget else tiny.processor
-    size_fn = processor_size_fn(processor)
+    size_fn = frame_size_fn(processor)
     raw = read_clip(media["wide"], UNIFORM)
     small = read_clip(media["wide"], UNIFORM, size_fn=size_fn)
     expected = size_fn(4, 120, 208)
@@ -89,7 +90,7 @@ def test_decode_time_resize_matches_qwen3_vl_whole_clip_budget(frames: int, heig
 
     vp = Qwen3VLVideoProcessor(size={"shortest_edge": 4096, "longest_edge": 16 * 32 * 32 * 8})
     raw = np.random.default_rng(0).integers(0, 255, size=(frames, height, width, 3), dtype=np.uint8)
-    small = resize_frames(raw, *processor_size_fn(vp)(frames, height, width))
+    small = resize_frames(raw, *frame_size_fn(vp)(frames, height, width))
     meta = lambda f: VideoMetadata(total_num_frames=3 * frames, fps=30.0, width=f.shape[2], height=f.shape[1],  # noqa: E731
                                    frames_indices=list(range(0, 3 * frames, 3)))
     a = vp(videos=[raw], video_metadata=[meta(raw)], do_sample_frames=False, return_tensors="pt")

@@ -13,9 +13,9 @@ def test_labels_mask_prompt_and_padding_hand_checked():
     # Two items with hand-written ids: prompt [5, 6, 7] + target [8, 9], and prompt [5] + target [3].
     items = [
         {"sample": None, "prompt_ids": torch.tensor([5, 6, 7]), "target_ids": torch.tensor([8, 9]),
-         "mm_token_type_ids": torch.tensor([0, 2, 0]), "vision": {"pixel_values_videos": torch.ones(2, 3)}},
+         "aligned": {"mm_token_type_ids": torch.tensor([0, 2, 0])}, "vision": {"pixel_values_videos": torch.ones(2, 3)}},
         {"sample": None, "prompt_ids": torch.tensor([5]), "target_ids": torch.tensor([3]),
-         "mm_token_type_ids": torch.tensor([0]), "vision": {"pixel_values_videos": torch.zeros(1, 3)}},
+         "aligned": {"mm_token_type_ids": torch.tensor([0])}, "vision": {"pixel_values_videos": torch.zeros(1, 3)}},
     ]
     batch = Collator(pad_id=0)(items)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [0, 0, 0, 5, 3]]

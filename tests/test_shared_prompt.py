@@ -95,7 +95,8 @@ CASES = {
 def _module(backbone, case, beta, shared):
     model = copy.deepcopy(backbone.model)
     if case["lora"]:
-        model = apply_lora(model, LoraSettings.from_config(case["lora"]), backbone.vision_module_prefixes)
+        model = apply_lora(model, LoraSettings.from_config(case["lora"]), backbone.vision_module_prefixes,
+                           (backbone.lora_targets, backbone.vision_lora_targets))
         for name, param in model.named_parameters():  # non-zero B: the adapters change the policy from step 1
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(hash(name) % 2**31))

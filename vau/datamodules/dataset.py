@@ -67,7 +67,7 @@ class VideoTaskDataset(Dataset):
             evaluation picks deterministic positions.
         seed: the run's seed.
         with_target: append the target text (SFT); GRPO only needs the prompt.
-        size_fn: frame size to resize to at decode time (:func:`vau.datamodules.video.processor_size_fn`).
+        size_fn: frame size to resize to at decode time (``Backbone.frame_size``).
         size_key: identifies ``size_fn`` in frame-cache keys.
         cache: optional on-disk :class:`FrameCache` of decoded clips.
         num_threads: decoding threads per video.

@@ -10,7 +10,6 @@ from vau.datamodules.video import DecodedClip
 from vau.tasks import Sample, Task, get_task
 
 IGNORE_INDEX = -100
-TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 class SampleEncoder:
@@ -50,8 +49,9 @@ class SampleEncoder:
             do_sample_frames=False,
         )
         item: dict[str, Any] = {"sample": sample, "prompt_ids": enc["input_ids"][0]}
-        item["mm_token_type_ids"] = enc["mm_token_type_ids"][0] if "mm_token_type_ids" in enc else None
-        item["vision"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
+        # per-token keys besides the ids (Backbone.text_aligned_keys), and the vision inputs
+        item["aligned"] = {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc}
+        item["vision"] = {k: v for k, v in enc.items() if k not in self.backbone.text_keys}
         item["duration"] = clip.total_frames / clip.fps  # seconds; duration-aware rewards need it
         item["frame_times"] = [round(float(t), 3) for t in clip.timestamps]  # what the model saw (predictions)
         if with_target:
@@ -120,12 +120,11 @@ class Collator:
         batch["labels"] = _left_pad(labels, IGNORE_INDEX)
         batch["prompt_input_ids"] = _left_pad([it["prompt_ids"] for it in good], self.pad_id)
         batch["prompt_attention_mask"] = _left_pad([torch.ones_like(it["prompt_ids"]) for it in good], 0)
-        if good[0]["mm_token_type_ids"] is not None:
-            mm = [it["mm_token_type_ids"] for it in good]
-            batch["mm_token_type_ids"] = _left_pad(
-                [torch.cat([m, torch.zeros_like(it["target_ids"])]) for m, it in zip(mm, good)], 0
-            )
-            batch["prompt_mm_token_type_ids"] = _left_pad(mm, 0)
+        batch["aligned_keys"] = list(good[0].get("aligned") or {})  # Backbone.text_aligned_keys the processor gave
+        for key in batch["aligned_keys"]:  # laid out per token: padded like the ids, zeros (text) under the target
+            per_item = [it["aligned"][key] for it in good]
+            batch[key] = _left_pad([torch.cat([m, torch.zeros_like(it["target_ids"])]) for m, it in zip(per_item, good)], 0)
+            batch[f"prompt_{key}"] = _left_pad(per_item, 0)
         batch["vision"] = {key: torch.cat([torch.as_tensor(it["vision"][key]) for it in good]) for key in good[0]["vision"]}
         batch["samples"] = SampleList([it["sample"] for it in good])
         batch["durations"] = [float(it.get("duration", float("nan"))) for it in good]
@@ -137,7 +136,7 @@ def model_inputs(batch: dict[str, Any], prompt_only: bool = False) -> dict[str, 
     """Keyword arguments for the model's forward/generate from a collated batch."""
     prefix = "prompt_" if prompt_only else ""
     inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"]}
-    if f"{prefix}mm_token_type_ids" in batch:
-        inputs["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
+    for key in batch.get("aligned_keys", ()):
+        inputs[key] = batch[f"{prefix}{key}"]
     inputs.update(batch["vision"])
     return inputs

@@ -32,7 +32,7 @@ from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.loading import EpochSampler
 from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
-from vau.datamodules.video import FrameCache, processor_size_fn
+from vau.datamodules.video import FrameCache
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mixed, mix_weights, view_tasks
 from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
@@ -74,9 +74,7 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.collate = Collator(backbone.pad_id if pad_id is None else pad_id)
         self.seed = int(seed)
         self.with_target = with_target
-        self.size_fn = processor_size_fn(backbone.processor) if cfg.get("decode_resize", True) else None
-        vp = getattr(backbone.processor, "video_processor", None)
-        self.size_key = f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if self.size_fn else ""
+        self.size_fn, self.size_key = backbone.frame_size() if cfg.get("decode_resize", True) else (None, "")
         self.decoder = check_decoder(str(cfg.get("decoder", "pyav")))  # fails here, not in a worker
         self.option_order = str(cfg.get("train_option_order") or "file")
         if self.option_order not in OPTION_ORDERS:

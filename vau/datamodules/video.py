@@ -16,10 +16,8 @@ Example (a real file)::
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 
 from vau.datamodules.decoders import VideoError, open_video
 
-__all__ = ["DecodedClip", "FrameCache", "SizeFn", "VideoError", "probe", "processor_size_fn", "read_clip",
+__all__ = ["DecodedClip", "FrameCache", "SizeFn", "VideoError", "probe", "read_clip",
            "resize_frames"]
 
 log = logging.getLogger(__name__)
@@ -59,41 +57,6 @@ class DecodedClip:
             total_num_frames=self.total_frames, fps=self.fps, width=width, height=height,
             duration=self.total_frames / self.fps, frames_indices=self.indices.tolist(),
         )
-
-
-def processor_size_fn(processor) -> SizeFn | None:
-    """The frame size a Qwen-VL video processor will resize a clip to, computed with the processor's own
-    ``smart_resize`` and settings (pixel budget ``size``, patch/merge/temporal factors, per-frame cap).
-
-    Returns None for processors without that rule (their frames are then passed on as decoded).
-    """
-    vp = getattr(processor, "video_processor", processor)
-    smart = getattr(sys.modules.get(type(vp).__module__), "smart_resize", None)
-    size = getattr(vp, "size", None)
-    if smart is None or size is None or not hasattr(vp, "patch_size"):
-        return None
-    min_pixels = int(size["shortest_edge"] if "shortest_edge" in size else size.get("min_pixels"))
-    max_pixels = int(size["longest_edge"] if "longest_edge" in size else size.get("max_pixels"))
-    factor = int(vp.patch_size * vp.merge_size)
-    temporal = int(getattr(vp, "temporal_patch_size", 2) or 2)
-    cap = bool(getattr(vp, "cap_pixels_per_frame", False))
-    max_tokens = getattr(vp, "max_video_tokens", None)
-    whole_clip = "num_frames" in inspect.signature(smart).parameters  # Qwen3-VL budgets the whole clip
-
-    def size_fn(num_frames: int, height: int, width: int) -> tuple[int, int]:
-        budget = max_pixels
-        if whole_clip:
-            if cap and max_tokens:
-                per_frame = max(min(max_tokens * factor * factor, budget // num_frames), int(min_pixels * 1.05))
-                budget = per_frame * num_frames
-            return tuple(smart(max(num_frames, temporal), height, width, temporal_factor=temporal, factor=factor,
-                               min_pixels=min_pixels, max_pixels=budget))
-        if cap and max_tokens:  # mirrors Qwen2VLVideoProcessor.resize
-            total = int(max_tokens * factor * factor * 0.9)
-            budget = max(min(budget, total * temporal // num_frames), int(min_pixels * 1.05))
-        return tuple(smart(height, width, factor=factor, min_pixels=min_pixels, max_pixels=budget))
-
-    return size_fn
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

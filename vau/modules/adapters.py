@@ -7,9 +7,9 @@ Config: the root ``lora`` node (see ``conf/config.yaml``)::
       r: 16
       alpha: 32
       dropout: 0.05
-      target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]   # language model
+      target_modules: null           # language-model linears; null = the backbone's (Backbone.lora_targets)
       vision: false                  # also adapt the vision tower
-      vision_target_modules: [qkv, proj, gate_proj, up_proj, down_proj]
+      vision_target_modules: null    # null = the backbone's (Backbone.vision_lora_targets)
       seed: ${seed}                  # the adapters' random init
 
 and under ``backbone``: ``gradient_checkpointing`` (bool) and ``gradient_checkpointing_reentrant`` (bool).
@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
-LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VISION_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
+LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-style LMs
 
 
 @dataclass
@@ -47,9 +46,9 @@ class LoraSettings:
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(LM_TARGETS))
+    target_modules: list[str] | None = None  # None: the backbone's lora_targets
     vision: bool = False
-    vision_target_modules: list[str] = field(default_factory=lambda: list(VISION_TARGETS))
+    vision_target_modules: list[str] | None = None  # None: the backbone's vision_lora_targets
     seed: int = 0
 
     @classmethod
@@ -87,17 +86,21 @@ def in_vision(name: str, prefixes: Sequence[str]) -> bool:
     return any(dotted.find(f".{p}.") != -1 for p in prefixes)
 
 
-def resolve_targets(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str]) -> list[str]:
+def resolve_targets(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str],
+                    defaults: tuple[Sequence[str], Sequence[str]] = (LM_TARGETS, ())) -> list[str]:
     """Full module names of the linear layers to adapt (language model targets, plus vision ones if asked).
 
     Args:
         model: the loaded model.
         settings: the validated ``lora`` node.
         vision_prefixes: the vision tower's root modules (``Backbone.vision_module_prefixes``).
+        defaults: (language-model, vision) target names for settings left at None (``Backbone.lora_targets``,
+            ``Backbone.vision_lora_targets``).
     """
     if not vision_prefixes:
         raise ValueError("vision_prefixes is empty: the backbone must name its vision tower's modules")
-    lm, vision = set(settings.target_modules), set(settings.vision_target_modules)
+    lm = set(settings.target_modules if settings.target_modules is not None else defaults[0])
+    vision = set(settings.vision_target_modules if settings.vision_target_modules is not None else defaults[1])
     names = []
     for name, module in model.named_modules():
         if not _is_linear(module) or name.endswith("lm_head"):
@@ -113,7 +116,7 @@ def resolve_targets(model: torch.nn.Module, settings: LoraSettings, vision_prefi
                          f"name the last component of its linear layers, e.g. {list(LM_TARGETS)}")
     if settings.vision and not any(in_vision(n, vision_prefixes) for n in names):
         raise ValueError(f"lora.vision=true but lora.vision_target_modules={sorted(vision)} matched no linear layer "
-                         f"of the vision tower; e.g. {list(VISION_TARGETS)}")
+                         f"of the vision tower; name the last component of its linear layers")
     return names
 
 
@@ -131,11 +134,12 @@ def enable_gradient_checkpointing(model: torch.nn.Module, reentrant: bool = Fals
         model.enable_input_require_grads()
 
 
-def apply_lora(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str]) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: Sequence[str],
+               defaults: tuple[Sequence[str], Sequence[str]] = (LM_TARGETS, ())) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT LoRA model; only adapter weights stay trainable (see :func:`resolve_targets`)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = resolve_targets(model, settings, vision_prefixes)
+    targets = resolve_targets(model, settings, vision_prefixes, defaults)
     config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha), lora_dropout=float(settings.dropout),
                         target_modules=targets, bias="none")
     # The adapters' random init comes from lora.seed alone, whatever drew from the global RNG before (e.g. building
@@ -151,7 +155,8 @@ def apply_lora(model: torch.nn.Module, settings: LoraSettings, vision_prefixes: 
 
 
 def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quantized: bool, *,
-                          vision_prefixes: Sequence[str]) -> torch.nn.Module:
+                          vision_prefixes: Sequence[str],
+                          lora_targets: tuple[Sequence[str], Sequence[str]] = (LM_TARGETS, ())) -> torch.nn.Module:
     """Apply LoRA (if ``lora.enabled``) and gradient checkpointing (if ``backbone.gradient_checkpointing``).
 
     Args:
@@ -172,7 +177,7 @@ def setup_training_memory(model: torch.nn.Module, backbone_cfg, lora_cfg, quanti
     if get("gradient_checkpointing", False):
         enable_gradient_checkpointing(model, reentrant=bool(get("gradient_checkpointing_reentrant", False)))
     if settings.enabled:
-        model = apply_lora(model, settings, vision_prefixes)
+        model = apply_lora(model, settings, vision_prefixes, lora_targets)
     return model
 
 

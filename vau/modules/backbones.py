@@ -75,12 +75,42 @@ class Backbone(ABC):
     #: Qualified names of the vision tower's root modules: LoRA keeps them apart from the language model and
     #: 4-bit loading skips them (see :mod:`vau.modules.adapters`, :mod:`vau.modules.quantization`).
     vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: LoRA target names (last component of a linear layer's name) in the language model and in the vision tower,
+    #: used where ``lora.target_modules`` / ``lora.vision_target_modules`` are null.
+    lora_targets: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    vision_lora_targets: ClassVar[tuple[str, ...]] = ()
+    #: Processor outputs with one entry per text token besides ``input_ids`` / ``attention_mask`` (e.g. a modality
+    #: id per token): generic code pads them like the ids and extends them with zeros for text it appends.
+    text_aligned_keys: ClassVar[tuple[str, ...]] = ()
     #: Default sizes of the tiny twin; ``backbone.sizes`` overrides them. Part of the twin's cache key.
     tiny_sizes: ClassVar[dict[str, int]] = {}
     #: Bump when a twin's tokenizer corpus or architecture changes: invalidates cached twins of this family.
     tiny_version: ClassVar[int] = 1
 
+    # -- frames -------------------------------------------------------------------------------------------------
+    def frame_size(self) -> tuple[Any, str]:
+        """``(size_fn, key)``: ``size_fn(num_frames, height, width) -> (height, width)`` is the size the processor
+        will resize a clip to (decoding resizes to it right away, ``data.decode_resize``), ``key`` names the settings
+        it depends on (frame-cache keys); ``(None, "")`` when frames go to the processor as decoded."""
+        return None, ""
+
     # -- tokens -------------------------------------------------------------------------------------------------
+    @property
+    def text_keys(self) -> tuple[str, ...]:
+        """The model-input keys laid out per text token (the rest are vision inputs)."""
+        return ("input_ids", "attention_mask", *self.text_aligned_keys)
+
+    def append_text(self, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        """``inputs`` with the tokens ``ids`` (attention ``mask``) appended to every row: the text-aligned keys get
+        zeros (plain text) for them; vision inputs are unchanged."""
+        out = dict(inputs)
+        out["input_ids"] = torch.cat([inputs["input_ids"], ids], dim=1)
+        out["attention_mask"] = torch.cat([inputs["attention_mask"], mask.to(inputs["attention_mask"].dtype)], dim=1)
+        for key in self.text_aligned_keys:
+            if key in inputs:
+                out[key] = torch.cat([inputs[key], torch.zeros_like(ids, dtype=inputs[key].dtype)], dim=1)
+        return out
+
     @property
     def pad_id(self) -> int:
         tok = self.processor.tokenizer
@@ -266,5 +296,6 @@ def build_backbone(cfg, lora=None) -> Backbone:
     from vau.modules.adapters import setup_training_memory
 
     backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=bool(_get(cfg, "quantization")),
-                                           vision_prefixes=backbone.vision_module_prefixes)
+                                           vision_prefixes=backbone.vision_module_prefixes,
+                                           lora_targets=(backbone.lora_targets, backbone.vision_lora_targets))
     return backbone

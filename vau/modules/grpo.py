@@ -296,12 +296,7 @@ class GRPOModule(VAUModule):
                 rollout.repeated = self.backbone.repeat_vision(rollout.prompt, self.G)
             prompt = rollout.repeated
             T = rollout.completion_ids.shape[1]
-            inputs = dict(prompt)
-            inputs["input_ids"] = torch.cat([prompt["input_ids"], rollout.completion_ids], dim=1)
-            inputs["attention_mask"] = torch.cat([prompt["attention_mask"], rollout.mask.long()], dim=1)
-            if "mm_token_type_ids" in prompt:
-                inputs["mm_token_type_ids"] = torch.cat(
-                    [prompt["mm_token_type_ids"], torch.zeros_like(rollout.completion_ids)], dim=1)
+            inputs = self.backbone.append_text(prompt, rollout.completion_ids, rollout.mask.long())
             logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
         logits = logits / float(self.cfg["temperature"])
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -9,11 +9,13 @@ one ``(N, D)`` block, ``prod(grid_thw)`` rows per video) and the processors' pix
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from vau.datamodules.video import SizeFn
 from vau.modules import qwen_tiny
 from vau.modules.backbones import Backbone, _get, check_pixel_budget
 from vau.registry import BACKBONES
@@ -30,6 +32,15 @@ MODALITIES = (
 
 class QwenVLBackbone(Backbone):
     """What the Qwen-VL generations share; the subclasses differ in model type and tiny twin."""
+
+    text_aligned_keys = ("mm_token_type_ids",)  # 0 text, 1 image, 2 video per token (rope index, generate)
+    vision_lora_targets = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")  # the Qwen-ViT blocks' linears
+
+    def frame_size(self) -> tuple[SizeFn | None, str]:
+        """The processor's pixel-budget rule (:func:`frame_size_fn`) and the settings it depends on."""
+        vp = getattr(self.processor, "video_processor", None)
+        size_fn = frame_size_fn(self.processor)
+        return size_fn, (f"{getattr(vp, 'size', None)}|{getattr(vp, 'cap_pixels_per_frame', None)}" if size_fn else "")
 
     vision_module_prefixes = ("model.visual",)
     tiny_sizes = qwen_tiny.DEFAULT_SIZES
@@ -242,3 +253,38 @@ def tiny_qwen2_vl(cfg) -> Qwen2VLBackbone:
 def tiny_qwen3_vl(cfg) -> Qwen3VLBackbone:
     """Tiny random Qwen3-VL built offline from a seed, cached, then loaded like a real checkpoint (CPU tests)."""
     return Qwen3VLBackbone.load_tiny(cfg)
+
+
+def frame_size_fn(processor) -> SizeFn | None:
+    """The frame size a Qwen-VL video processor will resize a clip to, computed with the processor's own
+    ``smart_resize`` and settings (pixel budget ``size``, patch/merge/temporal factors, per-frame cap).
+
+    Returns None for processors without that rule (their frames are then passed on as decoded).
+    """
+    vp = getattr(processor, "video_processor", processor)
+    smart = getattr(sys.modules.get(type(vp).__module__), "smart_resize", None)
+    size = getattr(vp, "size", None)
+    if smart is None or size is None or not hasattr(vp, "patch_size"):
+        return None
+    min_pixels = int(size["shortest_edge"] if "shortest_edge" in size else size.get("min_pixels"))
+    max_pixels = int(size["longest_edge"] if "longest_edge" in size else size.get("max_pixels"))
+    factor = int(vp.patch_size * vp.merge_size)
+    temporal = int(getattr(vp, "temporal_patch_size", 2) or 2)
+    cap = bool(getattr(vp, "cap_pixels_per_frame", False))
+    max_tokens = getattr(vp, "max_video_tokens", None)
+    whole_clip = "num_frames" in inspect.signature(smart).parameters  # Qwen3-VL budgets the whole clip
+
+    def size_fn(num_frames: int, height: int, width: int) -> tuple[int, int]:
+        budget = max_pixels
+        if whole_clip:
+            if cap and max_tokens:
+                per_frame = max(min(max_tokens * factor * factor, budget // num_frames), int(min_pixels * 1.05))
+                budget = per_frame * num_frames
+            return tuple(smart(max(num_frames, temporal), height, width, temporal_factor=temporal, factor=factor,
+                               min_pixels=min_pixels, max_pixels=budget))
+        if cap and max_tokens:  # mirrors Qwen2VLVideoProcessor.resize
+            total = int(max_tokens * factor * factor * 0.9)
+            budget = max(min(budget, total * temporal // num_frames), int(min_pixels * 1.05))
+        return tuple(smart(height, width, factor=factor, min_pixels=min_pixels, max_pixels=budget))
+
+    return size_fn

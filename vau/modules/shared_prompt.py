@@ -25,8 +25,6 @@ from typing import Any
 
 import torch
 
-TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
-
 
 def _cache():
     from transformers import DynamicCache
@@ -98,12 +96,12 @@ def generate_shared(model, backbone, prompt: dict[str, torch.Tensor], times: int
     """
     length = prompt["input_ids"].shape[1]
     positions = backbone.position_ids(model, prompt, times)
-    head = {k: (v[:, :-1] if k in TEXT_KEYS else v) for k, v in _with_vision(prompt, encoded).items()}
+    head = {k: (v[:, :-1] if k in backbone.text_keys else v) for k, v in _with_vision(prompt, encoded).items()}
     cache, key = _cache(), _cache_key(model)
     model(**head, **{key: cache}, use_cache=True, logits_to_keep=1,
           position_ids=backbone.rows_of_positions(positions, slice(None, None, times), slice(0, length - 1)))
     cache.batch_repeat_interleave(times)
     backbone.prepare_cached_generation(model, prompt, times)
-    text = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k in TEXT_KEYS}
+    text = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k in backbone.text_keys}
     out = model.generate(**text, **{key: cache}, **generate_kwargs)
     return out[:, length:]

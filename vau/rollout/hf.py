@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from vau.datamodules.encoding import TEXT_KEYS
 from vau.modules.shared_prompt import generate_shared
 from vau.registry import ROLLOUT_ENGINES
 from vau.rollout.engine import RolloutEngine
@@ -77,22 +76,23 @@ class HFEngine(RolloutEngine):
         follow = torch.tensor(backbone.follow_up_ids(text), dtype=torch.long)
         stops = torch.tensor(sorted({*backbone.eos_token_ids, backbone.pad_id}), device=first_ids.device)
         mask = inputs["attention_mask"].bool()
-        rows, types = [], []
+        aligned = [k for k in backbone.text_aligned_keys if k in inputs]
+        rows, extra = [], {k: [] for k in aligned}
         for row in range(first_ids.shape[0]):
             reply = first_ids[row]
             stop = torch.isin(reply, stops).nonzero()
             reply = reply[: int(stop[0]) if len(stop) else len(reply)].cpu()
             prompt = inputs["input_ids"][row][mask[row]].cpu()
             rows.append(torch.cat([prompt, reply, follow]))
-            if "mm_token_type_ids" in inputs:
-                mm = inputs["mm_token_type_ids"][row][mask[row]].cpu()
-                types.append(torch.cat([mm, torch.zeros(len(reply) + len(follow), dtype=mm.dtype)]))
+            for key in aligned:  # the appended reply and turn are plain text: zeros
+                kept = inputs[key][row][mask[row]].cpu()
+                extra[key].append(torch.cat([kept, torch.zeros(len(reply) + len(follow), dtype=kept.dtype)]))
         width = max(len(r) for r in rows)
-        out = {k: v for k, v in inputs.items() if k not in TEXT_KEYS}
+        out = {k: v for k, v in inputs.items() if k not in backbone.text_keys}
         out["input_ids"] = torch.stack([torch.cat([r.new_full((width - len(r),), backbone.pad_id), r]) for r in rows])
         out["attention_mask"] = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long),
                                                         torch.ones(len(r), dtype=torch.long)]) for r in rows])
-        if types:
-            out["mm_token_type_ids"] = torch.stack([torch.cat([t.new_zeros(width - len(t)), t]) for t in types])
+        for key, values in extra.items():
+            out[key] = torch.stack([torch.cat([t.new_zeros(width - len(t)), t]) for t in values])
         device = inputs["input_ids"].device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) and k in TEXT_KEYS else v for k, v in out.items()}
+        return {k: v.to(device) if isinstance(v, torch.Tensor) and k in backbone.text_keys else v for k, v in out.items()}
