@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vau import html_report
-from vau.html_report import ReportError, write_html_report
+from vau.eval import html_report
+from vau.eval.html_report import ReportError, write_html_report
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FPS, SECONDS, W, H = 10, 4, 96, 64

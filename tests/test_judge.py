@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.chat_server import ChatServer, Raw, http_reply
 from vau.data.annotations import write_annotations
-from vau.judge import DIMENSIONS, judged_text, main, parse_scores
+from vau.eval.judge import DIMENSIONS, judged_text, main, parse_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {"classification": 8, "key_object_action": 6, "fluency": 9, "informativeness": 5, "factual_consistency": 7}

@@ -24,8 +24,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tasks", ("vau.tasks",)),
     ("learning inputs", ("vau.rewards", "vau.datamodules")),
     ("models", ("vau.modules", "vau.rollout")),
-    ("jobs", ("vau.report", "vau.report_tables", "vau.report_plots", "vau.thumbnails", "vau.html_report",
-              "vau.score", "vau.judge", "vau.export", "vau.predict", "vau.callbacks", "vau.trainer")),
+    ("jobs", ("vau.eval.report", "vau.eval.report_tables", "vau.eval.report_plots", "vau.eval.thumbnails", "vau.eval.html_report",
+              "vau.eval.score", "vau.eval.judge", "vau.export", "vau.eval.predict", "vau.callbacks", "vau.trainer")),
     ("entry", ("vau.run", "vau.cli", "vau.__main__")),
 )
 
@@ -124,7 +124,7 @@ def test_no_import_circle():
 
 @pytest.mark.parametrize("source, expected", [
     ("from vau.tasks import get_task\n", ["vau.tasks"]),
-    ("def f():\n    from vau.report import evaluate\n", ["vau.report"]),
+    ("def f():\n    from vau.eval.report import evaluate\n", ["vau.eval.report"]),
     ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from vau.run import main\n", []),
     ("import vau.modules.grpo\n", ["vau.modules.grpo"]),
 ])

@@ -112,7 +112,7 @@ def test_fit_refuses_an_existing_run_folder_unless_it_resumes_from_it(overrides,
 
 
 def test_report_embeds_only_plots_inside_its_folder(tmp_path, capsys):
-    from vau.html_report import read_plot
+    from vau.eval.html_report import read_plot
 
     folder = tmp_path / "rep"
     folder.mkdir()
@@ -209,8 +209,8 @@ def test_score_says_when_a_video_has_several_annotation_rows(ann, tmp_path, caps
 
 
 def test_written_json_is_valid_even_when_a_metric_is_not_a_number(tmp_path):
-    from vau.html_report import _script_json
-    from vau.score import json_safe
+    from vau.eval.html_report import _script_json
+    from vau.eval.score import json_safe
 
     report = {"tasks": {"tag": {"overall": {"miou": float("nan")}}}, "clips": [{"iou": float("inf")}]}
     text = json.dumps(json_safe(report), allow_nan=False)

@@ -283,7 +283,7 @@ def test_tag_reflect_metrics_use_iou_and_the_anomalous_clips():
 
 
 def test_score_reports_the_reflect_metrics_of_a_predictions_file(tmp_path, capsys):
-    from vau.score import main, scored_tasks
+    from vau.eval.score import main, scored_tasks
 
     assert set(REFLECT) <= set(scored_tasks())
     bench = tmp_path / "bench.csv"

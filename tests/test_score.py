@@ -10,7 +10,7 @@ import pytest
 
 from tests.shared_data import SHARED
 from vau.data.annotations import COLUMNS, read_annotations, write_annotations
-from vau.score import main
+from vau.eval.score import main
 from vau.tasks import get_task
 
 MSAD_TEST = SHARED / "test_msad.csv"

@@ -11,8 +11,8 @@ import pytest
 
 from tests.shared_data import SHARED
 from vau.data.annotations import COLUMNS, write_annotations
+from vau.eval.score import main
 from vau.qa_position import original_letter, original_option, shown_options
-from vau.score import main
 
 MSAD_TEST = SHARED / "test_msad.csv"
 OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight starts", "Someone steals a bag")
@@ -216,7 +216,7 @@ def test_report_dir_writes_json_markdown_and_deterministic_plots(bench, tmp_path
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert image[..., :3].std() > 0  # something is drawn
         assert (folder / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    page = (folder / "report.html").read_text()  # the HTML page of the same report (vau.html_report)
+    page = (folder / "report.html").read_text()  # the HTML page of the same report (vau.eval.html_report)
     assert "msad_Fire_1.mp4" in page and "report.html" in out
 
 
@@ -274,7 +274,7 @@ def test_fit_logs_the_report_to_tensorboard(overrides, tmp_path, fit_with, monke
     from vau.callbacks import ScoreReportLogger
     from vau.config import compose
     from vau.data.annotations import read_annotations
-    from vau.score import Prediction, score
+    from vau.eval.score import Prediction, score
 
     builtin = []
 

@@ -307,7 +307,7 @@ class ScoreReportLogger(L.Callback):
 
     It reads the test replies the module collected (``VAUModule._predictions``, the records of
     ``predictions_rank*.jsonl``) and the samples of the test batches, and scores them with
-    :func:`vau.report.evaluate`, the function ``score`` uses. Under DDP every rank's samples and records are
+    :func:`vau.eval.report.evaluate`, the function ``score`` uses. Under DDP every rank's samples and records are
     gathered (``all_gather_object``) and rank 0 alone writes. Lightning runs callbacks' ``on_test_epoch_end``
     before the module's, which writes and clears the records.
     """
@@ -339,8 +339,8 @@ class ScoreReportLogger(L.Callback):
         writer = _tensorboard(trainer)
         if writer is None:
             return
-        from vau.report import evaluate
-        from vau.report_plots import log_report
+        from vau.eval.report import evaluate
+        from vau.eval.report_plots import log_report
 
         self.report = evaluate(samples, records)
         self.tags = log_report(writer, self.report, trainer.global_step)

@@ -64,7 +64,7 @@ def stage_usage(stage: str, argv: list[str] = ()) -> str:
             "",
             "`--cfg job` prints the composed, resolved config of conf=NAME and the overrides, and runs nothing.",
         ])
-    module = {"score": "vau.score", "report": "vau.html_report", "judge": "vau.judge", "predict": "vau.predict",
+    module = {"score": "vau.eval.score", "report": "vau.eval.html_report", "judge": "vau.eval.judge", "predict": "vau.eval.predict",
               "export": "vau.export"}[stage]
     import importlib
 
@@ -155,22 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "data":
             return _data(rest)
         if stage == "score":
+            from vau.eval.score import main as score_main
             from vau.registry import load_plugins
-            from vau.score import main as score_main
 
             load_plugins()  # tasks of installed plugin packages can be scored too
 
             return score_main(rest)
         if stage == "report":
-            from vau.html_report import main as report_main
+            from vau.eval.html_report import main as report_main
 
             return report_main(rest)
         if stage == "judge":
-            from vau.judge import main as judge_main
+            from vau.eval.judge import main as judge_main
 
             return judge_main(rest)
         if stage == "predict":
-            from vau.predict import main as predict_main
+            from vau.eval.predict import main as predict_main
 
             return predict_main(rest)
         if stage == "export":

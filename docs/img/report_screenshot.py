@@ -19,7 +19,7 @@ import numpy as np
 from vau.data.annotations import LETTERS, read_annotations
 from vau.datamodules.decoders import open_video
 from vau.data.synthetic import KINDS, generate
-from vau.html_report import write_html_report
+from vau.eval.html_report import write_html_report
 
 OUT = Path(__file__).resolve().parent / "report.png"
 CLASSES = [k.anomaly_class for k in KINDS]

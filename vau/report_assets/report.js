@@ -1,4 +1,4 @@
-// vau score report: the clip list. Inlined into report.html by vau/html_report.py.
+// vau score report: the clip list. Inlined into report.html by vau/eval/html_report.py.
 // Clip fields are model output: they only ever go into text nodes (textContent), never into markup.
 (function () {
   "use strict";

@@ -1,7 +1,7 @@
 """The report sections a task contributes besides its metrics (``Task.report_sections``): the QA answer-position
 analysis, the confusion matrix of a classification task and the IoU histogram of a grounding task.
 
-They live with the tasks, below the report (:mod:`vau.report`), which asks each task for its sections rather than
+They live with the tasks, below the report (:mod:`vau.eval.report`), which asks each task for its sections rather than
 switching on what kind of answer it gives.
 """
 

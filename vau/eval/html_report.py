@@ -31,7 +31,7 @@ from pathlib import Path
 
 from vau.config import flag, key_values
 from vau.data.annotations import source_name
-from vau.thumbnails import Strip, pick_times, video_thumbnails
+from vau.eval.thumbnails import Strip, pick_times, video_thumbnails
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Scores a predictions file against a VAU-Bench annotation CSV with the metrics of :mod:`vau.metrics` and prints
 the paper's tables (percent, two decimals; rows = MSAD / UCF-Crime / ECVA / overall) with the denominator n of
 every number, the answer-position table of QA (raw and circular accuracy beside the constant-letter baselines), the
-CLS confusion matrix and the TAG IoU histogram (:mod:`vau.report`, docs/scoring.md). ``report=DIR`` writes
+CLS confusion matrix and the TAG IoU histogram (:mod:`vau.eval.report`, docs/scoring.md). ``report=DIR`` writes
 DIR/score.json, DIR/score.md and the PNG plots; ``output=FILE`` writes the same JSON as score.json to FILE.
 
 Predictions are either JSON lines, one object per reply (what ``python -m vau test`` writes)::
@@ -39,11 +39,11 @@ from pathlib import Path
 from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.eval.report import ReportError, evaluate
+from vau.eval.report_plots import write_plots
+from vau.eval.report_tables import report_tables
 from vau.outputs import json_safe
 from vau.parsing import canonical_class
-from vau.report import ReportError, evaluate
-from vau.report_plots import write_plots
-from vau.report_tables import report_tables
 from vau.tasks import ANOMALY_CLASSES, get_task, task_names
 
 
@@ -241,7 +241,7 @@ def scored_rows(annotations: list[Annotation], predictions: list[Prediction], ta
 
 
 def score(annotations: list[Annotation], predictions: list[Prediction], tasks: list[str]) -> dict:
-    """The evaluation report of ``tasks`` (:func:`vau.report.evaluate` over the annotation rows) plus coverage.
+    """The evaluation report of ``tasks`` (:func:`vau.eval.report.evaluate` over the annotation rows) plus coverage.
 
     ``tasks[t]["metrics"]`` holds percent values keyed by metric name (what ``output=`` has always written);
     ``overall`` / ``by_source`` hold fractions (contract of ``score.json``).
@@ -311,7 +311,7 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
 def check_outputs(args: dict, files: list[Path]) -> None:
     """``output=`` and the files of ``report=DIR`` never land on an input, a folder or a file score did not write
     (vau.outputs); checked before scoring."""
-    from vau.html_report import HTML_MARKER
+    from vau.eval.html_report import HTML_MARKER
     from vau.outputs import check_output, json_with_key, text_contains
 
     inputs = {"annotations": args["annotations"], **{f"predictions ({f.name})": f for f in files}}
@@ -363,7 +363,7 @@ def main(argv: list[str]) -> int:
         if args.get("report"):
             folder = Path(args["report"])
             report = write_report(report, text, folder)
-            from vau.html_report import write_html_report
+            from vau.eval.html_report import write_html_report
 
             page = write_html_report(report, folder / "report.html")
             print(f"report written to {folder}: score.json, score.md, {page.name}, "

@@ -86,7 +86,7 @@ def write_plots(report: Mapping, folder: Path) -> dict[str, str]:
 def log_report(writer, report: Mapping, step: int, prefix: str = "test") -> list[str]:
     """Log the report to a TensorBoard ``SummaryWriter``: the confusion figure, the IoU histogram (as a histogram
     and a figure), per-source scalars and the tables as text. Returns the tags written."""
-    from vau.report_tables import report_tables
+    from vau.eval.report_tables import report_tables
 
     tags = []
     confusion = report.get("confusion")

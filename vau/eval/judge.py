@@ -278,7 +278,7 @@ def main(argv: list[str]) -> int:
         missing = [k for k in ("predictions", "annotations") if not args.get(k)]
         if missing:
             raise JudgeError(f"missing {' and '.join(k + '=FILE' for k in missing)}")
-        from vau.score import ScoreError, prediction_files
+        from vau.eval.score import ScoreError, prediction_files
 
         try:
             paths = prediction_files(args["predictions"])  # comma lists and globs (predictions_rank*.jsonl)

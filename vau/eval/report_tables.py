@@ -1,4 +1,4 @@
-"""Markdown tables of an evaluation report (:func:`vau.report.evaluate`) in the paper's layout.
+"""Markdown tables of an evaluation report (:func:`vau.eval.report.evaluate`) in the paper's layout.
 
 One table per task: rows are the sources (MSAD, UCF-Crime, ECVA) and the overall row, columns the task's metrics in
 percent; an ``n`` column follows each run of metrics that share a denominator (TAG: mIoU and R@k count anomalous
