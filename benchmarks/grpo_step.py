@@ -145,8 +145,8 @@ def one_step(module, prompt, optimizer, completion: int, autocast: bool) -> None
         advantages = torch.randn(rows, device=ids.device)
         if module.beta:
             with torch.no_grad(), module.reference_policy() as ref:
-                rollout.ref_logps, _ = module.token_logps(ref, rollout)
-        loss, _, _ = module.loss(rollout, advantages)
+                rollout = dataclasses.replace(rollout, ref_logps=module.token_logps(ref, rollout)[0])
+        loss, _, _, rollout = module.loss(rollout, advantages)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -317,7 +317,7 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
     module.model.train()
     existing = [*module.model.parameters(), *module.model.buffers(), *inputs.values(), ids, rollout.mask]
     with LivePeak(existing) as live:
-        loss, _, _ = module.loss(rollout, advantages)
+        loss, _, _, _ = module.loss(rollout, advantages)
         kept = live.current  # what the graph holds for backward (+ the loss)
     loss.backward()
     optimizer.step()

@@ -86,12 +86,13 @@ def test_second_iteration_uses_stored_old_logps(tiny_backbone, demo_root):
     rollout = grpo.rollout(prompt_batch(tiny_backbone, demo_root))
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     optimizer = torch.optim.SGD(grpo.model.parameters(), lr=1.0)
-    loss, stats, _ = grpo.loss(rollout, advantages)
+    loss, stats, _, rollout = grpo.loss(rollout, advantages)
     stored = rollout.old_logps.clone()
     assert stats.clip_region.item() == 0  # first iteration: ratio is exactly 1
     loss.backward()
     optimizer.step()
-    loss2, stats2, _ = grpo.loss(rollout, advantages)
+    loss2, stats2, _, again = grpo.loss(rollout, advantages)
+    assert again is rollout  # old log-probs stored: nothing new to record
     assert torch.equal(rollout.old_logps, stored)  # not recomputed from the updated policy
     new_logps, _ = grpo.token_logps(grpo.model, rollout)
     assert not torch.allclose(new_logps, stored)

@@ -145,9 +145,9 @@ def test_grpo_step_gradients_equal_the_repeated_prompt_path(case, beta, tiny_bac
             r = rollouts[module]
             if beta and iteration == 0:
                 with torch.no_grad(), module.reference_policy() as ref:
-                    r.ref_logps, _ = module.token_logps(ref, r)
+                    r = rollouts[module] = dataclasses.replace(r, ref_logps=module.token_logps(ref, r)[0])
             logps[module] = module.token_logps(module.model, r)[0].detach()
-            loss, _, _ = module.loss(r, advantages)
+            loss, _, _, rollouts[module] = module.loss(r, advantages)
             loss.backward()
             losses[module] = loss.detach()
             grads[module] = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}

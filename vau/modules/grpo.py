@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -49,8 +49,11 @@ def grpo_defaults() -> dict[str, Any]:
     return dict(OmegaConf.to_container(OmegaConf.load(conf_dir() / "module" / "grpo.yaml").grpo))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rollout:
+    """One step's completions and what the loss needs of them. A value: the steps after the rollout (rewards,
+    advantages, loss) read it and return an updated copy (``dataclasses.replace``), never change it."""
+
     prompt: dict[str, torch.Tensor]  # prompt inputs, B rows (each prompt once)
     completion_ids: torch.Tensor  # (B*G, T), G consecutive rows per prompt
     mask: torch.Tensor  # (B*G, T) float, tokens up to and including the first EOS
@@ -204,6 +207,9 @@ class GRPOModule(VAUModule):
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]
         durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
+        if repeated is None and (not self.shared_prompt or self._checkpointing()):
+            # the repeat path of token_logps needs G copies of each prompt; made once per step, here
+            repeated = self.backbone.repeat_vision(prompt, self.G)
         return Rollout(prompt, ids, mask, truncated, self.decode(ids), samples, durations, encoded_vision=encoded,
                        repeated=repeated)
 
@@ -230,14 +236,16 @@ class GRPOModule(VAUModule):
                             nonfinite=self.nonfinite_rewards)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
-    def advantages(self, rewards, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, rewards, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, Rollout]:
         """Group-relative advantages of a :class:`vau.rewards.RewardResult`: (B*G,) per completion, or (B*G, T) per
-        token under ``turn_credit: per_turn``; and the (B,) flag of groups without reward spread."""
+        token under ``turn_credit: per_turn``; the (B,) flag of groups without reward spread; and the rollout with
+        its loss mask narrowed to the completions that count."""
         valid = None
+        mask = rollout.mask
         if rewards.skipped is not None:
             # Completions whose reward was not finite (nonfinite_rewards=skip): out of the group statistics and the loss.
             valid = ~rewards.skipped.to(self.device)
-            rollout.mask = rollout.mask * valid.float().to(rollout.mask.device).unsqueeze(1)
+            mask = mask * valid.float().to(mask.device).unsqueeze(1)
         scale = str(self.cfg["scale_rewards"])
         if self.turn_credit == "per_turn":
             # Each turn normalised within its group by its own rewards: the first answer's tokens learn from the first
@@ -252,8 +260,8 @@ class GRPOModule(VAUModule):
             adv, zero_std = group_advantages(rewards.total.to(self.device), self.G, scale, valid=valid)
         if self.cfg["drop_zero_std_groups"]:
             # Groups with identical rewards carry no signal; drop them from the loss (and its normalisation).
-            rollout.mask = rollout.mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1).to(rollout.mask.device)
-        return adv.to(self.device), zero_std
+            mask = mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1).to(mask.device)
+        return adv.to(self.device), zero_std, (rollout if mask is rollout.mask else replace(rollout, mask=mask))
 
     def first_turn_tokens(self, rollout: Rollout) -> torch.Tensor:
         """(B*G,) number of tokens up to and including the first ``</answer>`` of each completion that has a first
@@ -292,9 +300,8 @@ class GRPOModule(VAUModule):
             logits = completion_logits(model, self.backbone, rollout.prompt, rollout.completion_ids,
                                        rollout.mask.long(), self.G, rollout.encoded_vision).float()
         else:
-            if rollout.repeated is None:
-                rollout.repeated = self.backbone.repeat_vision(rollout.prompt, self.G)
-            prompt = rollout.repeated
+            prompt = rollout.repeated if rollout.repeated is not None else self.backbone.repeat_vision(rollout.prompt,
+                                                                                                        self.G)
             T = rollout.completion_ids.shape[1]
             inputs = self.backbone.append_text(prompt, rollout.completion_ids, rollout.mask.long())
             logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
@@ -305,10 +312,12 @@ class GRPOModule(VAUModule):
         return logps, entropy.detach()
 
     def loss(self, rollout: Rollout, advantages: torch.Tensor):
+        """``(loss, stats, mean entropy, rollout)``; the rollout returned holds the old log-probs the next iteration
+        over it (``num_iterations`` > 1) compares with."""
         logps, entropy = self.token_logps(self.model, rollout)
         if rollout.old_logps is None:
             # First update on this rollout: the policy that sampled it is the current one.
-            rollout.old_logps = logps.detach()
+            rollout = replace(rollout, old_logps=logps.detach())
         num_items = None
         if self.cfg["loss_type"] == "dapo":
             num_items = rollout.mask.sum()
@@ -327,7 +336,7 @@ class GRPOModule(VAUModule):
             max_completion_length=int(self.cfg["max_new_tokens"]), num_items=num_items,
         )
         entropy_mean = (entropy * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)
-        return loss, stats, entropy_mean
+        return loss, stats, entropy_mean, rollout
 
     # -- the step -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -335,13 +344,13 @@ class GRPOModule(VAUModule):
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
         rollout = self.rollout(batch)
         rewards = self.score(rollout)
-        advantages, zero_std = self.advantages(rewards, rollout)
+        advantages, zero_std, rollout = self.advantages(rewards, rollout)
         if self.beta != 0.0:
             with torch.no_grad(), self.reference_policy() as ref:
-                rollout.ref_logps, _ = self.token_logps(ref, rollout)
+                rollout = replace(rollout, ref_logps=self.token_logps(ref, rollout)[0])
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         for _ in range(self.num_iterations):
-            loss, stats, entropy = self.loss(rollout, advantages)
+            loss, stats, entropy, rollout = self.loss(rollout, advantages)
             self.manual_backward(loss)
             if self.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=float(self.max_grad_norm),
