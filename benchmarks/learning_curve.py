@@ -1,9 +1,10 @@
 """GRPO learning proof on the generated demo: reward and held-out QA accuracy against optimiser steps.
 
-Stage 1 (``conf=demo_sft_shuffled``) teaches the reply format from shuffled answers: a chance-level policy.
-Stage 2 (``conf=demo_grpo``) runs GRPO from it with format + choice-accuracy rewards and validates on the
-held-out split every ``trainer.val_check_interval`` steps. The table shows the mean training reward over each
-interval and the held-out accuracy at its end.
+Stage 1 (``conf=demo_sft_chance``) teaches the reply format, true reasoning and the option check, with a random
+answer letter: a chance-level policy. Stage 2 (``conf=demo_grpo_permuted``) runs GRPO from it with format +
+choice-accuracy rewards and validates on the held-out split every ``trainer.val_check_interval`` steps.
+``--task qa_v5`` is the earlier pair on fixed-order options (demo data version 5), where the letter is the class.
+The table shows the mean training reward over each interval and the held-out accuracy at its end.
 
 Usage:
     python benchmarks/learning_curve.py                 # QA, the defaults of the two experiments
@@ -23,11 +24,14 @@ import time
 from pathlib import Path
 
 STAGES = {  # (SFT experiment, GRPO experiment, training reward, held-out metric: circular accuracy first for QA)
-    "qa": ("demo_sft_shuffled", "demo_grpo", "train/reward/choice_accuracy", "val/qa_circular_accuracy"),
+    "qa": ("demo_sft_chance", "demo_grpo_permuted", "train/reward/choice_accuracy", "val/qa_circular_accuracy"),
+    "qa_v5": ("demo_sft_shuffled", "demo_grpo", "train/reward/choice_accuracy", "val/qa_accuracy"),
     "tag": ("demo_sft_tag", "demo_grpo_tag", "train/reward/temporal_iou", "val/tag_miou"),
     "qa_reflect": ("demo_sft_reflect_qa", "demo_grpo_reflect_qa", "train/reward/choice_accuracy",
                    "val/qa_reflect_circular_accuracy"),
 }
+# Overrides of both stages: qa_v5 regenerates the demo with its options in one fixed order (data version 5).
+BOTH = {"qa_v5": ["data.generate.permute_options=false", "data.qa_shifts=null"]}
 RAW = {"qa": "val/qa_accuracy", "qa_reflect": "val/qa_reflect_accuracy"}  # printed beside circular accuracy
 # Reflect tasks: what the reflection did, before (the SFT policy) and after GRPO, on the test split.
 REFLECTION = ("initial_accuracy", "accuracy", "delta_i2c", "delta_c2i", "reflect_rate")
@@ -94,9 +98,10 @@ def main() -> None:
     sft_conf, grpo_conf, reward_tag, metric_tag = STAGES[args.task]
     out = Path(args.out) / args.task
     sft_dir, grpo_dir = out / "sft", out / "grpo"
-    sft_minutes = fit(sft_conf, sft_dir, [])
+    both = BOTH.get(args.task, [])
+    sft_minutes = fit(sft_conf, sft_dir, both)
     sft_ckpt = sft_dir / "checkpoints" / "last.ckpt"
-    grpo_minutes = fit(grpo_conf, grpo_dir, [f"init_from={sft_ckpt}", *args.overrides])
+    grpo_minutes = fit(grpo_conf, grpo_dir, [*both, f"init_from={sft_ckpt}", *args.overrides])
     start = scalars(sft_dir).get(metric_tag.replace("val/", "test/"), [(0, float("nan"))])[-1][1]
     end = scalars(grpo_dir).get(metric_tag.replace("val/", "test/"), [(0, float("nan"))])[-1][1]
     name = metric_tag.split("/")[-1]
