@@ -71,8 +71,8 @@ def test_quantize_vision_puts_the_vision_tower_in_4_bit_too(overrides):
 
 def _fit_and_diff(cfg, tmp_path):
     """Fit with the real Trainer; return {name: (before, after)} of every parameter, and the backbone."""
+    from vau.components import build_module
     from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.run import build_module
     from vau.trainer import build_trainer
 
     backbone = _backbone(cfg)

@@ -14,26 +14,16 @@ import shutil
 import time
 from pathlib import Path
 
-import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vau.callbacks import BadVideoMonitor
-from vau.checkpoints import check_weights_fit, ensure_writable, load_init_weights, read_checkpoint, resolve_ckpt
-from vau.modules.optim import check_master_weights
+from vau.checkpoints import check_weights_fit, ensure_writable, read_checkpoint, resolve_ckpt
+from vau.components import build_components, run_settings
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
 from vau.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-
-
-def build_module(cfg: DictConfig, backbone, run_dir: Path):
-    """The training algorithm named by ``module.name`` (:data:`vau.registry.ALGORITHMS`), built from config."""
-    module = ALGORITHMS.get(cfg.module.name).from_config(cfg, backbone, run_dir)
-    load_init_weights(module, cfg)
-    check_master_weights(module.model.named_parameters())  # before any work: bf16 weights would lose updates
-    return module
 
 
 SHOW = 5  # unreadable clip names listed per split
@@ -93,22 +83,17 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     A run that fails before writing anything but its config.yaml leaves no folder behind.
     """
     started = time.perf_counter()
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    algorithm = ALGORITHMS.get(cfg.module.name)  # an unknown name fails before any work
-    check_run_dir(stage, cfg)
-    existed = bool(cfg.get("run_dir")) and Path(cfg.run_dir).exists()
-    run_dir = make_run_dir(cfg)
-    threads = torch.get_num_threads()
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    try:
-        return _run(stage, cfg, run_dir, algorithm, started)
-    except BaseException:
-        if not existed:
-            remove_unused_run_dir(run_dir, auto_named=not cfg.get("run_dir"))
-        raise
-    finally:
-        torch.set_num_threads(threads)  # a process-wide setting: leave it as found (tests, notebooks)
+    with run_settings(cfg):
+        algorithm = ALGORITHMS.get(cfg.module.name)  # an unknown name fails before any work
+        check_run_dir(stage, cfg)
+        existed = bool(cfg.get("run_dir")) and Path(cfg.run_dir).exists()
+        run_dir = make_run_dir(cfg)
+        try:
+            return _run(stage, cfg, run_dir, algorithm, started)
+        except BaseException:
+            if not existed:
+                remove_unused_run_dir(run_dir, auto_named=not cfg.get("run_dir"))
+            raise
 
 
 def check_run_dir(stage: str, cfg: DictConfig) -> None:
@@ -158,17 +143,11 @@ def remove_unused_run_dir(run_dir: Path, auto_named: bool) -> None:
 
 
 def _run(stage: str, cfg: DictConfig, run_dir: Path, algorithm, started: float) -> dict[str, float]:
-    from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
-
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     log.info("run directory: %s", run_dir)
     if stage == "fit":
         ensure_writable(run_dir / "checkpoints")  # fail now, not at the first save after hours of training
-    backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
-    datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
-                                    with_target=algorithm.needs_targets)
-    module = build_module(cfg, backbone, run_dir)
+    _, datamodule, module = build_components(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, algorithm)
     ckpt = resolve_ckpt(cfg)
     if ckpt:  # a broken file or another backbone's weights: one line naming it, before Lightning tries

@@ -39,14 +39,22 @@ def build_strategy(cfg: DictConfig, spec):
     return strategy
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None) -> L.Trainer:
-    """A Trainer writing to ``run_dir``; the training algorithm (default: ``module.name``'s class) adjusts the
-    ``trainer`` arguments."""
+def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "fit", callbacks=()) -> L.Trainer:
+    """The Trainer of a stage. ``fit`` / ``validate`` / ``test``: writing to ``run_dir`` (checkpoints, TensorBoard,
+    vau's callbacks), the training algorithm (default: ``module.name``'s class) adjusting the ``trainer`` arguments.
+    ``predict``: one device, no logger and no checkpoints, ``callbacks`` (the record writer) only."""
     from vau.registry import ALGORITHMS
+
+    if stage == "predict":
+        return L.Trainer(accelerator=str(cfg.trainer.get("accelerator", "auto")), devices=1,
+                         precision=cfg.trainer.get("precision", "32-true"), logger=False, enable_checkpointing=False,
+                         callbacks=list(callbacks), enable_model_summary=False,
+                         enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)))
 
     algorithm = algorithm or ALGORITHMS.get(cfg.module.name)
     kwargs = algorithm.trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True))
     strategy = build_strategy(cfg, kwargs.pop("strategy", "auto"))
+    extra = list(callbacks)
     ckpt = cfg.get("checkpoint") or {}
     every = ckpt.get("every_n_train_steps")
     callbacks = [
@@ -63,6 +71,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None) -> L.Trainer:
         callbacks.append(VauProgressBar())
     if kwargs.get("enable_model_summary", True):
         callbacks.append(ModelSize())
+    callbacks.extend(extra)
     plugins = list(kwargs.pop("plugins", None) or [])
     if not getattr(strategy, "_save_distributed_checkpoint", False):  # FSDP2 folders are written by torch DCP
         plugins.append(AtomicCheckpointIO())

@@ -21,6 +21,7 @@ Output: JSON lines (``out=``, one record per reply; docs/predict.md) written bat
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -28,10 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vau.components import build_components, run_settings
 from vau.config import ConfigError, compose, flag, split_args
+from vau.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +325,6 @@ def write_csv(out: Path) -> Path:
 
 def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
     """Predict ``samples`` not yet in ``out``; returns the counts."""
-    from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
-    from vau.registry import ALGORITHMS
-
     identity = run_identity(cfg, ckpt)
     done = resume_keys(out, identity)
     todo = [s for s in samples if (s.video, s.task, int(s.extra.get("shift", 0))) not in done]
@@ -336,28 +334,16 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
                  len(todo))
     writer = RecordWriter(out, identity)
     if todo:
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        if cfg.get("torch_threads"):
-            import torch
-
-            torch.set_num_threads(int(cfg.torch_threads))
-        backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
+        # the caller's config stays as it was: this run's task and weights go into a copy
+        cfg = copy.deepcopy(cfg)
         cfg.data.task = samples[0].task
-        module = ALGORITHMS.get(cfg.module.name).from_config(cfg, backbone, out.parent)
-        if ckpt is not None:
-            from vau.checkpoints import load_init_weights
-
-            cfg.init_from = str(ckpt)
-            load_init_weights(module, cfg, key="ckpt")
-        data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
-                                  with_target=False)
-        loader = data.eval_loader(data.dataset_of(todo), int(cfg.data.get("eval_batch_size") or cfg.data.batch_size))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        trainer = L.Trainer(accelerator=str(cfg.trainer.get("accelerator", "auto")), devices=1,
-                            precision=cfg.trainer.get("precision", "32-true"), logger=False,
-                            enable_checkpointing=False, callbacks=[writer], enable_model_summary=False,
-                            enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)))
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        cfg.init_from = str(ckpt) if ckpt is not None else None
+        with run_settings(cfg):
+            _, data, module = build_components(cfg, out.parent, with_target=False, init_key="ckpt")
+            loader = data.eval_loader(data.dataset_of(todo), int(cfg.data.get("eval_batch_size") or cfg.data.batch_size))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build_trainer(cfg, out.parent, stage="predict", callbacks=[writer]).predict(
+                module, dataloaders=loader, return_predictions=False)
     bad_path = Path(f"{out}.unreadable.txt")
     if writer.unreadable:
         bad_path.write_text("".join(f"{b.get('video')}\t{b.get('reason', '')}\t{b.get('error', '')}\n"
