@@ -377,7 +377,7 @@ def _uneven(module, lengths: list) -> None:
 
     def rollout(batch):
         n = 2 + 8 * module.global_rank
-        module.cfg["max_new_tokens"] = n
+        module.cfg.max_new_tokens = n
         base_model(module.model).generation_config.min_new_tokens = n
         result = original(batch)
         lengths.append(int(result.completion_ids.shape[1]))

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vau"
 # Bottom first. A module belongs to the longest entry that is its name or a package above it ("vau" itself: only
 # vau/__init__.py, so a new module that no entry names fails test_every_module_has_a_layer).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("vau", "vau.registry", "vau.config", "vau.outputs", "vau.run_dir", "vau.checkpoints", "vau.chat")),
+    ("base", ("vau", "vau.registry", "vau.config", "vau.schema", "vau.outputs", "vau.run_dir", "vau.checkpoints",
+              "vau.chat")),
     ("data", ("vau.data",)),
     ("text", ("vau.parsing", "vau.qa_position")),
     ("metrics", ("vau.metrics", "vau.reflect_metrics")),

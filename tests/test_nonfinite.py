@@ -140,17 +140,17 @@ def test_grpo_fit_skips_nan_completions_counts_them_and_keeps_them_out_of_the_lo
 
 # ------------------------------------------------------------------------------------ non-finite loss / grads ----
 def _break(monkeypatch, how):
-    """Let ``how(module)`` damage the module that ``vau.run.run`` builds."""
-    import vau.run
+    """Let ``how(module)`` damage the module that ``vau.run.run`` builds (through vau.components)."""
+    import vau.components
 
-    real = vau.run.build_module
+    real = vau.components.build_module
 
-    def build_module(cfg, backbone, run_dir):
-        module = real(cfg, backbone, run_dir)
+    def build_module(*args, **kwargs):
+        module = real(*args, **kwargs)
         how(module)
         return module
 
-    monkeypatch.setattr(vau.run, "build_module", build_module)
+    monkeypatch.setattr(vau.components, "build_module", build_module)
 
 
 def _nan_weight(module):

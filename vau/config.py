@@ -108,6 +108,10 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
+    from vau.schema import register
+
+    register()  # the typed nodes (module.grpo, module.generation) the module YAML files build on
+
     overrides = list(overrides)
     tmp = None
     if conf is not None:

@@ -34,19 +34,25 @@ from vau.modules.grpo_loss import (
 )
 from vau.registry import ALGORITHMS
 from vau.rewards import NONFINITE_POLICIES
+from vau.schema import GRPOConfig
 
 log = logging.getLogger(__name__)
 TURN_CREDITS = ("joint", "per_turn")
 FIRST_TURN_END = "</answer>"
 
 
-def grpo_defaults() -> dict[str, Any]:
-    """Every ``module.grpo`` key with its default, read from ``conf/module/grpo.yaml`` (the one place they live)."""
+def grpo_settings(grpo=None) -> GRPOConfig:
+    """The ``module.grpo`` node as a typed :class:`vau.schema.GRPOConfig` (its defaults where ``grpo`` is silent); an
+    unknown key or a value of the wrong type fails naming it."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    from vau.config import conf_dir
-
-    return dict(OmegaConf.to_container(OmegaConf.load(conf_dir() / "module" / "grpo.yaml").grpo))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(GRPOConfig), OmegaConf.create(dict(grpo or {})))
+    except OmegaConfBaseException as err:
+        known = sorted(GRPOConfig.__dataclass_fields__)
+        raise ValueError(f"module.grpo: {str(err).splitlines()[0]}; known keys: {known}") from None
+    return OmegaConf.to_object(merged)
 
 
 @dataclass(frozen=True)
@@ -112,31 +118,26 @@ class GRPOModule(VAUModule):
                  predictions_dir: str | None = None, max_grad_norm: float | None = 1.0, mix=None) -> None:
         super().__init__(backbone, optim, task, generation, predictions_dir, rewards=rewards, mix=mix)
         self.automatic_optimization = False  # several updates per rollout (num_iterations)
-        defaults = grpo_defaults()
-        cfg = {**defaults, **dict(grpo or {})}
-        unknown = set(cfg) - set(defaults)
-        if unknown:
-            raise ValueError(f"unknown module.grpo key(s) {sorted(unknown)}; known: {sorted(defaults)}")
-        self.cfg = cfg
-        self.G = int(cfg["num_generations"])
+        cfg = self.cfg = grpo_settings(grpo)
+        self.G = int(cfg.num_generations)
         if self.G < 2:
             raise ValueError(f"module.grpo.num_generations={self.G}: GRPO compares completions within a group, "
                              f"so it needs at least 2 (the VAU-R1 setting is 4)")
         if rewards is None or not len(rewards):
             raise ValueError("GRPO needs at least one reward: set the `reward` config group (e.g. reward=qa)")
-        if cfg["loss_type"] not in LOSS_TYPES or cfg["importance_sampling_level"] not in IS_LEVELS:
+        if cfg.loss_type not in LOSS_TYPES or cfg.importance_sampling_level not in IS_LEVELS:
             raise ValueError(f"module.grpo.loss_type must be one of {LOSS_TYPES} and importance_sampling_level "
                              f"one of {IS_LEVELS}")
-        self.shared_prompt = bool(cfg["shared_prompt"])
-        if cfg["nonfinite_rewards"] not in NONFINITE_POLICIES:
-            raise ValueError(f"module.grpo.nonfinite_rewards={cfg['nonfinite_rewards']!r}: use one of "
+        self.shared_prompt = bool(cfg.shared_prompt)
+        if cfg.nonfinite_rewards not in NONFINITE_POLICIES:
+            raise ValueError(f"module.grpo.nonfinite_rewards={cfg.nonfinite_rewards!r}: use one of "
                              f"{NONFINITE_POLICIES}")
-        self.nonfinite_rewards = str(cfg["nonfinite_rewards"])
-        if cfg["turn_credit"] not in TURN_CREDITS:
-            raise ValueError(f"module.grpo.turn_credit={cfg['turn_credit']!r}: use one of {TURN_CREDITS}")
-        self.turn_credit = str(cfg["turn_credit"])
-        self.beta = float(cfg["beta"])
-        self.num_iterations = int(cfg["num_iterations"])
+        self.nonfinite_rewards = str(cfg.nonfinite_rewards)
+        if cfg.turn_credit not in TURN_CREDITS:
+            raise ValueError(f"module.grpo.turn_credit={cfg.turn_credit!r}: use one of {TURN_CREDITS}")
+        self.turn_credit = str(cfg.turn_credit)
+        self.beta = float(cfg.beta)
+        self.num_iterations = int(cfg.num_iterations)
         self.max_grad_norm = max_grad_norm
         self.ref_model: torch.nn.Module | None = None
 
@@ -203,7 +204,7 @@ class GRPOModule(VAUModule):
         ids, encoded, repeated = self.sample_completions(prompt)
         # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
         mask, truncated = completion_mask(ids, self.backbone.eos_token_ids)
-        if self.cfg["mask_truncated_completions"]:
+        if self.cfg.mask_truncated_completions:
             mask = mask * (~truncated).float().unsqueeze(1)
         samples = [s for s in batch["samples"] for _ in range(self.G)]
         durations = [d for d in batch.get("durations", [None] * len(batch["samples"])) for _ in range(self.G)]
@@ -216,9 +217,9 @@ class GRPOModule(VAUModule):
     def sample_completions(self, prompt: dict[str, torch.Tensor], **generate_kwargs):
         """G sampled completions of every prompt from the rollout engine: (ids (B*G, T), frozen vision outputs or
         None, the prompt repeated G times or None). ``generate_kwargs`` add to / override the configured sampling."""
-        sampling = {"do_sample": True, "temperature": float(self.cfg["temperature"]), "top_p": float(self.cfg["top_p"]),
-                    "top_k": int(self.cfg["top_k"]) or None, **generate_kwargs}
-        return self.engine.sample(prompt, self.G, int(self.cfg["max_new_tokens"]), **sampling)
+        sampling = {"do_sample": True, "temperature": float(self.cfg.temperature), "top_p": float(self.cfg.top_p),
+                    "top_k": int(self.cfg.top_k) or None, **generate_kwargs}
+        return self.engine.sample(prompt, self.G, int(self.cfg.max_new_tokens), **sampling)
 
     def vision_frozen(self) -> bool:
         """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""
@@ -232,7 +233,7 @@ class GRPOModule(VAUModule):
     def score(self, rollout: Rollout):
         lengths = rollout.mask.sum(dim=1).long().tolist()
         return self.rewards(rollout.texts, rollout.samples, completion_lengths=lengths,
-                            max_new_tokens=int(self.cfg["max_new_tokens"]), durations=rollout.durations,
+                            max_new_tokens=int(self.cfg.max_new_tokens), durations=rollout.durations,
                             nonfinite=self.nonfinite_rewards)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class GRPOModule(VAUModule):
             # Completions whose reward was not finite (nonfinite_rewards=skip): out of the group statistics and the loss.
             valid = ~rewards.skipped.to(self.device)
             mask = mask * valid.float().to(mask.device).unsqueeze(1)
-        scale = str(self.cfg["scale_rewards"])
+        scale = str(self.cfg.scale_rewards)
         if self.turn_credit == "per_turn":
             # Each turn normalised within its group by its own rewards: the first answer's tokens learn from the first
             # answer's score alone, so answering wrong first can never pay through a later correction.
@@ -258,7 +259,7 @@ class GRPOModule(VAUModule):
             zero_std = zero_first & zero_final
         else:
             adv, zero_std = group_advantages(rewards.total.to(self.device), self.G, scale, valid=valid)
-        if self.cfg["drop_zero_std_groups"]:
+        if self.cfg.drop_zero_std_groups:
             # Groups with identical rewards carry no signal; drop them from the loss (and its normalisation).
             mask = mask * (~zero_std).float().repeat_interleave(self.G).unsqueeze(1).to(mask.device)
         return adv.to(self.device), zero_std, (rollout if mask is rollout.mask else replace(rollout, mask=mask))
@@ -305,7 +306,7 @@ class GRPOModule(VAUModule):
             T = rollout.completion_ids.shape[1]
             inputs = self.backbone.append_text(prompt, rollout.completion_ids, rollout.mask.long())
             logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1].float()
-        logits = logits / float(self.cfg["temperature"])
+        logits = logits / float(self.cfg.temperature)
         logprobs = torch.log_softmax(logits, dim=-1)
         logps = logprobs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
         entropy = -(logprobs.exp() * logprobs).sum(-1)
@@ -319,7 +320,7 @@ class GRPOModule(VAUModule):
             # First update on this rollout: the policy that sampled it is the current one.
             rollout = replace(rollout, old_logps=logps.detach())
         num_items = None
-        if self.cfg["loss_type"] == "dapo":
+        if self.cfg.loss_type == "dapo":
             num_items = rollout.mask.sum()
             if dist.is_available() and dist.is_initialized():
                 num_items = num_items.clone()
@@ -329,11 +330,11 @@ class GRPOModule(VAUModule):
         self._loss_terms = {"policy log-probs": logps, "old log-probs": rollout.old_logps,
                             "reference log-probs": rollout.ref_logps, "advantages": advantages}
         loss, stats = policy_loss(
-            logps, rollout.old_logps, advantages, rollout.mask, loss_type=self.cfg["loss_type"],
-            epsilon_low=float(self.cfg["epsilon_low"]), epsilon_high=float(self.cfg["epsilon_high"]),
+            logps, rollout.old_logps, advantages, rollout.mask, loss_type=self.cfg.loss_type,
+            epsilon_low=float(self.cfg.epsilon_low), epsilon_high=float(self.cfg.epsilon_high),
             beta=self.beta, ref_logps=rollout.ref_logps,
-            importance_sampling_level=self.cfg["importance_sampling_level"],
-            max_completion_length=int(self.cfg["max_new_tokens"]), num_items=num_items,
+            importance_sampling_level=self.cfg.importance_sampling_level,
+            max_completion_length=int(self.cfg.max_new_tokens), num_items=num_items,
         )
         entropy_mean = (entropy * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)
         return loss, stats, entropy_mean, rollout
@@ -387,7 +388,7 @@ class GRPOModule(VAUModule):
         self.log_dict(values, batch_size=n)
         self.log("train/reward", rewards.means()["total"], prog_bar=True, batch_size=n)
         self.log_lr(n)
-        every = int(self.cfg["log_completions_every_n_steps"] or 0)
+        every = int(self.cfg.log_completions_every_n_steps or 0)
         # The step Lightning logs this batch's scalars at; self.global_step already counts its optimizer step(s).
         step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
         if every and step % every == 0 and self.trainer.is_global_zero:
