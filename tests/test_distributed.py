@@ -340,7 +340,7 @@ def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = No
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
     from vau.modules.backbones import build_backbone
-    from vau.run import build_module
+    from vau.components import build_module
     from vau.run_dir import make_run_dir
     from vau.trainer import build_trainer
 
