@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from vau.data.annotations import LETTERS, read_annotations
-from vau.datamodules.decoders import open_video
 from vau.data.synthetic import KINDS, generate
+from vau.datamodules.decoders import open_video
 from vau.eval.html_report import write_html_report
 
 OUT = Path(__file__).resolve().parent / "report.png"
