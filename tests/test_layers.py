@@ -136,3 +136,32 @@ def test_the_walk_sees_function_level_imports_and_skips_typing_only_ones(tmp_pat
     path = tmp_path / "m.py"
     path.write_text(source)
     assert [target for target, _ in imports_of(path, module_files())] == expected
+
+
+def deferred_imports_without_reason(path: Path) -> list[int]:
+    """Lines of function-level ``from vau ...`` imports in ``path`` whose line does not say ``# deferred``."""
+    source = path.read_text()
+    lines = source.splitlines()
+    return sorted({node.lineno for fn in ast.walk(ast.parse(source, str(path)))
+                   if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for node in ast.walk(fn)
+                   if isinstance(node, (ast.Import, ast.ImportFrom))
+                   and any(name.split(".")[0] == "vau" for name in
+                           ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]))
+                   and "# deferred" not in lines[node.lineno - 1]})
+
+
+def test_function_level_imports_of_vau_say_why():
+    """An import inside a function hides a dependency (and once held an import circle open): vau imports at the top
+    of a module, except where the command line defers the heavy stack (vau/cli.py's docstring), marked so."""
+    bare = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in module_files().values()
+            for line in deferred_imports_without_reason(path)]
+    assert not bare, "move these imports to the top of the module, or mark why they wait (# deferred: ...):\n" + \
+        "\n".join(bare)
+
+
+def test_the_deferred_check_sees_an_unmarked_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from vau.tasks import get_task\n\n\n"
+                    "def g():\n    from vau.run import run  # deferred: the heavy stack\n")
+    assert deferred_imports_without_reason(path) == [2]

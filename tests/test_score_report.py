@@ -279,8 +279,8 @@ def test_fit_logs_the_report_to_tensorboard(overrides, tmp_path, fit_with, monke
     builtin = []
 
     class Keep(ScoreReportLogger):  # the run's own instance, kept to compare its report with `score`'s
-        def __init__(self):
-            super().__init__()
+        def __init__(self, writer):
+            super().__init__(writer)
             builtin.append(self)
 
     monkeypatch.setattr("vau.trainer.ScoreReportLogger", Keep)

@@ -8,8 +8,14 @@ import time
 from dataclasses import dataclass, field
 
 import lightning as L
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+
+from vau.eval.report import evaluate
+from vau.eval.report_plots import log_report
+from vau.eval.writer import PredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +122,6 @@ class BadVideoMonitor(L.Callback):
 
     def _gather(self) -> None:
         """Merge every process's counts (distributed runs), so rank 0's table covers the whole split."""
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return
         mine = {s: (c.size, dict(c.bad), c.scored) for s, c in self.splits.items()}
@@ -305,14 +309,15 @@ class ScoreReportLogger(L.Callback):
     """At the end of the test stage, log the evaluation report of ``python -m vau score`` to TensorBoard: the CLS
     confusion matrix (figure), the TAG IoU histogram (histogram and figure), per-source scalars and the tables.
 
-    It reads the test replies the module collected (``VAUModule._predictions``, the records of
+    It reads the records the prediction writer wrote (:attr:`vau.eval.writer.PredictionWriter.records`, the lines of
     ``predictions_rank*.jsonl``) and the samples of the test batches, and scores them with
     :func:`vau.eval.report.evaluate`, the function ``score`` uses. Under DDP every rank's samples and records are
-    gathered (``all_gather_object``) and rank 0 alone writes. Lightning runs callbacks' ``on_test_epoch_end``
-    before the module's, which writes and clears the records.
+    gathered (``all_gather_object``) and rank 0 alone writes. Lightning runs callbacks' ``on_test_epoch_end`` in
+    list order: the writer's comes first (vau.trainer).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, writer: PredictionWriter) -> None:
+        self.writer = writer
         self.samples: list = []
         self.report: dict | None = None  # the last report logged (rank 0)
         self.tags: list[str] = []  # the TensorBoard tags it wrote
@@ -325,9 +330,7 @@ class ScoreReportLogger(L.Callback):
             self.samples += list(batch.get("samples") or [])
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        import torch.distributed as dist
-
-        records = list(getattr(pl_module, "_predictions", None) or [])
+        records = list(self.writer.records)
         samples = self.samples
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             every: list = [None] * dist.get_world_size()
@@ -339,9 +342,6 @@ class ScoreReportLogger(L.Callback):
         writer = _tensorboard(trainer)
         if writer is None:
             return
-        from vau.eval.report import evaluate
-        from vau.eval.report_plots import log_report
-
         self.report = evaluate(samples, records)
         self.tags = log_report(writer, self.report, trainer.global_step)
         log.info("test report logged to TensorBoard (%d tags)", len(self.tags))
@@ -349,8 +349,6 @@ class ScoreReportLogger(L.Callback):
 
 def _tensorboard(trainer):
     """The SummaryWriter of the trainer's TensorBoard logger, or None without one."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment

@@ -12,7 +12,7 @@ from pathlib import Path
 from lightning.fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig
 
-from vau.config import ConfigError
+from vau.config import ConfigError, choices
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ def newest_checkpoint(cfg: DictConfig, experiment: str, key: str) -> str:
 
 def first_run_hint(cfg: DictConfig, experiment: str) -> str:
     """What to run so that ``experiment`` has a checkpoint: the exact command when it is a shipped experiment."""
-    from vau.config import choices
-
     output_dir = str(cfg.paths.output_dir)
     where = "" if output_dir == "outputs" else f" paths.output_dir={output_dir}"
     try:

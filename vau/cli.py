@@ -1,4 +1,9 @@
-"""``python -m vau <stage> [conf=NAME] [overrides...]``."""
+"""``python -m vau <stage> [conf=NAME] [overrides...]``.
+
+A stage imports its own code when it runs (the imports marked "deferred"): the training and evaluation stack
+(torch, Lightning, transformers) takes about 5 s to import, which ``--help``, ``list``, a mistyped stage or a
+config error should not wait for (``import vau.cli`` alone: about 0.2 s).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import os
 import sys
 
 from vau.config import GROUPS, ConfigError, choices, compose, split_args
+from vau.data.annotations import AnnotationError
+from vau.data.synthetic import generate
+from vau.registry import ALL, first_doc_line, load_plugins
 
 STAGES = {
     "fit": "train (SFT or GRPO, per module=...), then evaluate on the test split",
@@ -94,8 +102,6 @@ def _split(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def print_registries() -> None:
-    from vau.registry import ALL, first_doc_line
-
     for kind, registry in ALL.items():
         print(f"{kind}s:")
         for name, obj in registry.items():
@@ -155,26 +161,25 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "data":
             return _data(rest)
         if stage == "score":
-            from vau.eval.score import main as score_main
-            from vau.registry import load_plugins
+            from vau.eval.score import main as score_main  # deferred: see the module docstring
 
             load_plugins()  # tasks of installed plugin packages can be scored too
 
             return score_main(rest)
         if stage == "report":
-            from vau.eval.html_report import main as report_main
+            from vau.eval.html_report import main as report_main  # deferred: see the module docstring
 
             return report_main(rest)
         if stage == "judge":
-            from vau.eval.judge import main as judge_main
+            from vau.eval.judge import main as judge_main  # deferred: see the module docstring
 
             return judge_main(rest)
         if stage == "predict":
-            from vau.eval.predict import main as predict_main
+            from vau.eval.predict import main as predict_main  # deferred: see the module docstring
 
             return predict_main(rest)
         if stage == "export":
-            from vau.export import main as export_main
+            from vau.export import main as export_main  # deferred: see the module docstring
 
             return export_main(rest)
         conf, overrides = _split(rest)
@@ -186,13 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         if show_config:
             print(composed_yaml(cfg))
             return 0
-        from vau.registry import load_plugins
 
         load_plugins(cfg.get("plugins") or [])
         if stage == "list":
             print_registries()
             return 0
-        from vau.run import run
+        from vau.run import run  # deferred: see the module docstring
 
         run(stage, cfg)
         return 0
@@ -201,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:
         # A malformed annotation file under fit/validate/test: one line naming file and row, as `data check` gives.
-        from vau.data.annotations import AnnotationError
-
         if isinstance(err, AnnotationError):
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -241,7 +243,7 @@ def _data(argv: list[str]) -> int:
         return 2
     sub = argv[0]
     if sub == "reflect":  # no config: the annotation file and the builder's options only
-        from vau.datamodules.reflection import main as reflect_main
+        from vau.datamodules.reflection import main as reflect_main  # deferred: see the module docstring
 
         return reflect_main(argv[1:])
     conf, own, overrides = _data_args(argv[1:])
@@ -250,14 +252,12 @@ def _data(argv: list[str]) -> int:
         gen = cfg.data.get("generate")
         if not gen:
             raise ConfigError(f"data={cfg.data.name} has no `generate` section; use data=demo")
-        from vau.data.synthetic import generate
 
         root = generate(cfg.data.root, **dict(gen))
         print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
         return 0
-    from vau.data.annotations import AnnotationError
-    from vau.datamodules.tools import check_videos, split_of, stats_report
-    from vau.datamodules.views import ViewOptions
+    from vau.datamodules.tools import check_videos, split_of, stats_report  # deferred: see the module docstring
+    from vau.datamodules.views import ViewOptions  # deferred: see the module docstring
 
     if "annotations" in own:
         files = [(split_of(p), p) for p in own["annotations"].split(",") if p]
@@ -269,7 +269,7 @@ def _data(argv: list[str]) -> int:
         if sub == "stats":
             print(stats_report(files, ViewOptions.from_cfg(cfg.data.get("views")), cfg.data.get("format")))
             return 0
-        from vau.datamodules.dataset import VideoResolver
+        from vau.datamodules.dataset import VideoResolver  # deferred: see the module docstring
 
         roots = {k.split(".", 1)[1]: v for k, v in own.items() if k.startswith("video_roots.")}
         if "video_root" in own or roots:  # folders given on the command line replace the config's

@@ -28,7 +28,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vau.config import ConfigError, flag, split_args
+from vau.checkpoints import newest_checkpoint
+from vau.config import ConfigError, compose, flag, split_args
+from vau.modules.adapters import LoraSettings, uses_adapters
+from vau.modules.backbones import build_backbone
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ OWN_KEYS = ("ckpt", "out", "merge", "overwrite")
 def run_config(ckpt: Path, conf: str | None, overrides: list[str]) -> DictConfig:
     """The config the checkpoint's run used (its ``config.yaml``), or ``conf`` composed, plus overrides."""
     if conf is not None:
-        from vau.config import compose
-
         return compose(conf, overrides)
     saved = ckpt.resolve().parent.parent / "config.yaml"
     if not saved.is_file():
@@ -110,9 +111,6 @@ def _write_atomically(out: Path, overwrite: bool, write) -> None:
 
 def export(cfg: DictConfig, ckpt: Path, out: Path, merge: bool = False, overwrite: bool = False) -> Path:
     """Write the Hugging Face export of ``ckpt`` to ``out`` (see the module docstring). Returns ``out``."""
-    from vau.modules.adapters import LoraSettings, uses_adapters
-    from vau.modules.backbones import build_backbone
-
     weights, _ = load_weights(ckpt)
     lora = LoraSettings.from_config(cfg.get("lora"))
     backbone_cfg = cfg.backbone
@@ -166,9 +164,6 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"export needs ckpt= and out=. {USAGE}")
     ckpt = Path(own["ckpt"])
     if own["ckpt"] == "last":
-        from vau.checkpoints import newest_checkpoint
-        from vau.config import compose
-
         composed = compose(conf, overrides)
         ckpt = Path(newest_checkpoint(composed, composed.experiment_name, "ckpt=last"))
     if not ckpt.exists():  # before run_config, which would only say that the run's config.yaml is missing

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vau.callbacks import BadVideoMonitor
 from vau.checkpoints import check_weights_fit, ensure_writable, read_checkpoint, resolve_ckpt
 from vau.components import build_components, run_settings
+from vau.config import ConfigError
 from vau.registry import ALGORITHMS
 from vau.run_dir import make_run_dir
 from vau.trainer import build_trainer
@@ -100,8 +101,6 @@ def check_run_dir(stage: str, cfg: DictConfig) -> None:
     """An explicit ``run_dir`` that already holds a run is refused, unless this is ``fit`` resuming from a checkpoint
     inside it: a new run there would overwrite its config.yaml and mix two runs' checkpoints and TensorBoard files.
     Checked by the first process only (the other ranks of a job find the folder rank 0 just started)."""
-    from vau.config import ConfigError
-
     if not cfg.get("run_dir") or any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "RANK")):
         return
     path = Path(cfg.run_dir)

@@ -21,15 +21,16 @@ from vau.callbacks import (
 )
 from vau.checkpoints import AtomicCheckpointIO
 from vau.config import ConfigError
+from vau.eval.writer import PredictionWriter
+from vau.modules.parallel import FSDP2Strategy
+from vau.modules.parallel import build_strategy as make_strategy
+from vau.registry import ALGORITHMS
 
 
 def build_strategy(cfg: DictConfig, spec):
     """``trainer.strategy`` -> a Lightning strategy (see :mod:`vau.modules.parallel`), checked against the config."""
-    from vau.modules.parallel import FSDP2Strategy
-    from vau.modules.parallel import build_strategy as make
-
     try:
-        strategy = make(spec)
+        strategy = make_strategy(spec)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if isinstance(strategy, FSDP2Strategy) and cfg.backbone.get("quantization"):
@@ -42,9 +43,9 @@ def build_strategy(cfg: DictConfig, spec):
 def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "fit", callbacks=()) -> L.Trainer:
     """The Trainer of a stage. ``fit`` / ``validate`` / ``test``: writing to ``run_dir`` (checkpoints, TensorBoard,
     vau's callbacks), the training algorithm (default: ``module.name``'s class) adjusting the ``trainer`` arguments.
-    ``predict``: one device, no logger and no checkpoints, ``callbacks`` (the record writer) only."""
-    from vau.registry import ALGORITHMS
-
+    ``predict``: one device, no logger and no checkpoints, ``callbacks`` (the record writer) only. The other stages
+    write their test records through a :class:`vau.eval.writer.PredictionWriter` of their own
+    (``<run_dir>/predictions_rank<R>.jsonl``) unless ``callbacks`` brings one."""
     if stage == "predict":
         return L.Trainer(accelerator=str(cfg.trainer.get("accelerator", "auto")), devices=1,
                          precision=cfg.trainer.get("precision", "32-true"), logger=False, enable_checkpointing=False,
@@ -55,6 +56,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "
     kwargs = algorithm.trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True))
     strategy = build_strategy(cfg, kwargs.pop("strategy", "auto"))
     extra = list(callbacks)
+    writer = next((c for c in extra if isinstance(c, PredictionWriter)), None)
+    if writer is None:
+        writer = PredictionWriter(run_dir / "predictions_rank{rank}.jsonl")
+        extra.insert(0, writer)
     ckpt = cfg.get("checkpoint") or {}
     every = ckpt.get("every_n_train_steps")
     callbacks = [
@@ -65,13 +70,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "
         ReseedOnSetup(int(cfg.seed)),
         ProgressLog(),  # a line per epoch in the log, which reaches a file when the output is redirected
         LogLastStep(),
-        ScoreReportLogger(),  # the score report (confusion matrix, IoU histogram, per-source table) in TensorBoard
+        writer,  # test records -> predictions_rank<R>.jsonl; before the score report, which reads them
+        ScoreReportLogger(writer),  # the score report (confusion matrix, IoU histogram, per-source table) in TensorBoard
     ]
     if kwargs.get("enable_progress_bar", True) and _RICH_AVAILABLE:
         callbacks.append(VauProgressBar())
     if kwargs.get("enable_model_summary", True):
         callbacks.append(ModelSize())
-    callbacks.extend(extra)
+    callbacks.extend(c for c in extra if c is not writer)
     plugins = list(kwargs.pop("plugins", None) or [])
     if not getattr(strategy, "_save_distributed_checkpoint", False):  # FSDP2 folders are written by torch DCP
         plugins.append(AtomicCheckpointIO())

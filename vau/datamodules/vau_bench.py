@@ -26,17 +26,19 @@ from torch.utils.data import DataLoader
 
 from vau.data.annotations import summarize
 from vau.data.readers import read_rows
+from vau.data.synthetic import generate
 from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.decoders import check_decoder
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.loading import EpochSampler
+from vau.datamodules.reflection import attach_chains
 from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.video import FrameCache
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mixed, mix_weights, view_tasks
 from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
-from vau.tasks.qa import shift_options
+from vau.tasks.qa import OPTION_CHECK_KEY, shift_options
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -90,16 +92,12 @@ class VAUBenchDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         gen = self.cfg.get("generate")
         if gen:
-            from vau.data.synthetic import generate
-
             generate(self.cfg.root, **dict(gen))
 
     def _samples(self, split: str, path: str) -> list[Sample]:
         train = split == "train"
         rows = read_rows(path, self.cfg.get("format"))
         if self.cfg.get("reflect"):  # SRVAU-R1 reflection chains for the reflect tasks, built in memory
-            from vau.datamodules.reflection import attach_chains
-
             rows = attach_chains(rows, self.tasks, views=self.views, **dict(self.cfg.reflect))
         resolver = VideoResolver(self.cfg.get("video_root"), dict(self.cfg.get("video_roots") or {}))
         limit = (self.cfg.get("limit") or {}).get(split)
@@ -113,8 +111,6 @@ class VAUBenchDataModule(L.LightningDataModule):
                      "; left out: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "")
             samples += kept
         if train and self.cfg.get("qa_option_check"):  # targets that check every option (vau.tasks.qa.option_check)
-            from vau.tasks.qa import OPTION_CHECK_KEY
-
             samples = [replace(s, extra={**s.extra, OPTION_CHECK_KEY: True}) for s in samples]
         shifts = None if train else parse_shifts(self.cfg.get("qa_shifts"))
         if shifts:  # position-robust evaluation: every question also under cyclic shifts of its options

@@ -32,6 +32,7 @@ from pathlib import Path
 from vau.config import flag, key_values
 from vau.data.annotations import source_name
 from vau.eval.thumbnails import Strip, pick_times, video_thumbnails
+from vau.outputs import check_output, json_safe, text_contains
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,6 @@ def clip_records(clips: list[dict], keys: list, strips: dict) -> tuple[list[dict
 def _script_json(data) -> str:
     """JSON that is safe inside a <script> element: no reply can write ``</script>`` or ``<!--``, and no NaN (which
     JSON.parse rejects: the page would show no clips)."""
-    from vau.outputs import json_safe
-
     text = json.dumps(json_safe(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -373,7 +372,6 @@ def main(argv: list[str]) -> int:
         if decoder not in ("pyav", "decord"):
             raise ReportError(f"decoder={decoder!r}: choose pyav or decord")
         out = Path(args.get("out") or source.parent / "report.html")
-        from vau.outputs import check_output, text_contains
 
         check_output("out", out, {"score": source}, ours=text_contains(HTML_MARKER), error=ReportError,
                      overwrite=flag(args.get("overwrite", "false"), "overwrite", ReportError))

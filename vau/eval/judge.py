@@ -27,6 +27,7 @@ from vau.chat import backend_from_options, first_json_object, prefixed, runner_f
 from vau.config import ConfigError, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.eval.score import ScoreError, prediction_files
 from vau.registry import RegistryError
 from vau.tasks import Task, get_task
 
@@ -278,7 +279,6 @@ def main(argv: list[str]) -> int:
         missing = [k for k in ("predictions", "annotations") if not args.get(k)]
         if missing:
             raise JudgeError(f"missing {' and '.join(k + '=FILE' for k in missing)}")
-        from vau.eval.score import ScoreError, prediction_files
 
         try:
             paths = prediction_files(args["predictions"])  # comma lists and globs (predictions_rank*.jsonl)

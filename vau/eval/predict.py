@@ -29,10 +29,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import BasePredictionWriter
-
+from vau.checkpoints import newest_checkpoint, read_checkpoint
 from vau.components import build_components, run_settings
 from vau.config import ConfigError, compose, flag, split_args
+from vau.data.readers import read_rows
+from vau.datamodules.dataset import VideoResolver
+from vau.datamodules.views import ViewOptions
+from vau.eval.writer import PredictionWriter
+from vau.export import run_config
+from vau.outputs import check_output, first_line_is
+from vau.qa_position import parse_shifts
+from vau.registry import load_plugins
+from vau.tasks import Sample, get_task, task_names
+from vau.tasks.qa import shift_options
 from vau.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -59,11 +68,8 @@ def model_config(conf: str | None, own: dict[str, str], overrides: list[str]):
     if not ckpt:
         return compose(conf, overrides), None
     if ckpt == "last":
-        from vau.checkpoints import newest_checkpoint
-
         cfg = compose(conf, overrides)
         ckpt = newest_checkpoint(cfg, str(cfg.experiment_name), "ckpt=last")
-    from vau.export import run_config
 
     path = Path(ckpt)
     if not path.is_file():
@@ -107,13 +113,6 @@ def read_questions(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
     """The samples to predict, QA option shifts included."""
-    from vau.data.readers import read_rows
-    from vau.datamodules.dataset import VideoResolver
-    from vau.datamodules.views import ViewOptions
-    from vau.qa_position import parse_shifts
-    from vau.tasks import Sample, get_task
-    from vau.tasks.qa import shift_options
-
     task = get_task(task_name)
     if own.get("annotations"):
         path = Path(own["annotations"])
@@ -158,7 +157,7 @@ def is_predictions(path: Path) -> bool:
         with path.open(encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if not line.endswith("\n"):
-                    break  # a torn last line (a killed run): RecordWriter cuts it off
+                    break  # a torn last line (a killed run): the writer cuts it off
                 try:
                     record = json.loads(line) if line.strip() else {"video": 0, "task": 0, "response": 0}
                 except (ValueError, RecursionError):
@@ -173,8 +172,6 @@ def is_predictions(path: Path) -> bool:
 def check_outputs(own: dict[str, str]) -> Path:
     """Every file predict will write, checked before any work (vau.outputs): the JSON lines ``out`` (resumed only
     when it holds predictions), its CSV twin and the list of unreadable videos. Returns ``out``."""
-    from vau.outputs import check_output, first_line_is
-
     out = Path(own["out"])
     overwrite = flag(own.get("overwrite", "false"), "overwrite")
     inputs = {key: own[key] for key in ("annotations", "questions") if own.get(key)}
@@ -275,36 +272,6 @@ def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
     return str(record.get("video")), str(record.get("task")), int(record.get("shift") or 0)
 
 
-class RecordWriter(BasePredictionWriter):
-    """Appends each batch's records to the JSON-lines file as the batch completes; collects unreadable videos."""
-
-    def __init__(self, out: Path, identity: dict[str, str] | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.out = out
-        self.identity = identity
-        self.written = 0
-        self.unreadable: list[dict[str, Any]] = []
-        # A killed run may have left a half-written last line: cut it off before the first append (it is predicted
-        # again), or it would swallow this run's first record and leave a line no reader accepts.
-        self._torn = out.is_file() and out.stat().st_size > 0 and not out.read_bytes().endswith(b"\n")
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        for bad in batch.get("bad") or []:
-            self.unreadable.append(bad)
-            log.warning("unreadable video skipped: %s (%s)", bad.get("video"), bad.get("error"))
-        if not prediction:
-            return
-        if self._torn:
-            data = self.out.read_bytes()
-            with self.out.open("r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-            self._torn = False
-        with self.out.open("a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps({**r, "run": self.identity} if self.identity else r) + "\n"
-                                 for r in prediction))
-        self.written += len(prediction)
-
-
 def write_csv(out: Path) -> Path:
     """The JSON-lines predictions as a CSV beside them (video, task, shift, raw reply, prediction, frame times)."""
     path = out.with_suffix(".csv")
@@ -332,7 +299,7 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
     if skipped:
         log.info("%d of %d predictions are already in %s: predicting the other %d", skipped, len(samples), out,
                  len(todo))
-    writer = RecordWriter(out, identity)
+    writer = PredictionWriter(out, identity)
     if todo:
         # the caller's config stays as it was: this run's task and weights go into a copy
         cfg = copy.deepcopy(cfg)
@@ -357,16 +324,11 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """``python -m vau predict ...``; returns the exit code (2 for bad arguments)."""
-    from vau.registry import load_plugins
-    from vau.tasks import task_names
-
     try:
         conf, own, overrides = parse_args(list(argv))
         check_outputs(own)  # before any model is loaded
         cfg, ckpt = model_config(conf, own, overrides)
         if ckpt is not None:
-            from vau.checkpoints import read_checkpoint
-
             read_checkpoint(ckpt, "ckpt")  # a broken file fails here, before the model loads
         load_plugins(cfg.get("plugins") or [])
         task = own.get("task") or str(cfg.data.task)

@@ -20,7 +20,7 @@ from pathlib import Path
 from vau.data.annotations import source_order
 from vau.metrics import local
 from vau.parsing import canonical_class
-from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task
+from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_names
 from vau.tasks.base import split_passes
 from vau.tasks.metrics import task_metrics
 
@@ -144,8 +144,6 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
         ``{"tasks": {task: {"overall", "by_source", "rows", "missing", ...}}, "qa_position", "confusion",
         "iou_histogram", "clips", "unmatched", "duplicates", "conflicting_duplicates"}``.
     """
-    from vau.tasks import task_names
-
     matched = match(samples, records)
     by_task, replies = matched["samples"], matched["replies"]
     order = task_names()

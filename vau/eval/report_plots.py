@@ -13,6 +13,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vau.eval.report_tables import report_tables
+from vau.parsing import is_normal_interval
+
 PLOT_FILES = {"confusion": "confusion_{task}.png", "iou_histogram": "iou_hist_{task}.png"}
 
 
@@ -86,8 +89,6 @@ def write_plots(report: Mapping, folder: Path) -> dict[str, str]:
 def log_report(writer, report: Mapping, step: int, prefix: str = "test") -> list[str]:
     """Log the report to a TensorBoard ``SummaryWriter``: the confusion figure, the IoU histogram (as a histogram
     and a figure), per-source scalars and the tables as text. Returns the tags written."""
-    from vau.eval.report_tables import report_tables
-
     tags = []
     confusion = report.get("confusion")
     if confusion and confusion["matrix"]:
@@ -97,8 +98,6 @@ def log_report(writer, report: Mapping, step: int, prefix: str = "test") -> list
     hist = report.get("iou_histogram")
     if hist:
         import numpy as np
-
-        from vau.parsing import is_normal_interval
 
         task = hist["task"]
         ious = [c["score"] for c in report["clips"] if c["task"] == task and c["score"] is not None

@@ -39,11 +39,13 @@ from pathlib import Path
 from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.eval.html_report import HTML_MARKER, write_html_report
 from vau.eval.report import ReportError, evaluate
 from vau.eval.report_plots import write_plots
 from vau.eval.report_tables import report_tables
-from vau.outputs import json_safe
+from vau.outputs import check_output, json_safe, json_with_key, text_contains
 from vau.parsing import canonical_class
+from vau.registry import load_plugins
 from vau.tasks import ANOMALY_CLASSES, get_task, task_names
 
 
@@ -311,9 +313,6 @@ def write_report(report: dict, text: str, folder: Path) -> dict:
 def check_outputs(args: dict, files: list[Path]) -> None:
     """``output=`` and the files of ``report=DIR`` never land on an input, a folder or a file score did not write
     (vau.outputs); checked before scoring."""
-    from vau.eval.html_report import HTML_MARKER
-    from vau.outputs import check_output, json_with_key, text_contains
-
     inputs = {"annotations": args["annotations"], **{f"predictions ({f.name})": f for f in files}}
     overwrite = flag(args.get("overwrite", "false"), "overwrite", ScoreError)
     if args.get("output"):
@@ -334,8 +333,6 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(list(argv))
         if args.get("plugins"):  # a plugin's task or annotation format (installed plugins are loaded by the CLI)
-            from vau.registry import load_plugins
-
             load_plugins([m for m in args["plugins"].split(",") if m], use_entry_points=False)
         if not Path(args["annotations"]).is_file():
             raise ScoreError(f"annotation file {args['annotations']} does not exist; pass annotations=PATH to a "
@@ -363,7 +360,6 @@ def main(argv: list[str]) -> int:
         if args.get("report"):
             folder = Path(args["report"])
             report = write_report(report, text, folder)
-            from vau.eval.html_report import write_html_report
 
             page = write_html_report(report, folder / "report.html")
             print(f"report written to {folder}: score.json, score.md, {page.name}, "

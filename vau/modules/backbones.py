@@ -23,7 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from vau.modules.adapters import setup_training_memory
 from vau.modules.precision import resolve_dtype
+from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
+from vau.modules.tiny import ensure_checkpoint
 from vau.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -232,8 +235,6 @@ class Backbone(ABC):
         """Load model + processor from ``cfg.path`` with the config's dtype, attention and quantisation."""
         import transformers
 
-        from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
-
         cls.validate_config(cfg)
         path = str(_get(cfg, "path"))
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(_get(cfg, "dtype", "bfloat16"))}
@@ -261,8 +262,6 @@ class Backbone(ABC):
     @classmethod
     def tiny_checkpoint(cls, cache_dir: str | Path, seed: int = 0, sizes: Mapping[str, int] | None = None) -> Path:
         """The cached tiny twin for (seed, sizes) under ``cache_dir``, built on first use."""
-        from vau.modules.tiny import ensure_checkpoint
-
         merged = {**cls.tiny_sizes, **dict(sizes or {})}
         unknown = sorted(set(merged) - set(cls.tiny_sizes))
         if unknown:
@@ -293,7 +292,6 @@ def build_backbone(cfg, lora=None) -> Backbone:
         lora: the root ``lora`` config node; adapters are added when ``lora.enabled`` is true.
     """
     backbone = BACKBONES.get(_get(cfg, "name"))(cfg)
-    from vau.modules.adapters import setup_training_memory
 
     backbone.model = setup_training_memory(backbone.model, cfg, lora, quantized=bool(_get(cfg, "quantization")),
                                            vision_prefixes=backbone.vision_module_prefixes,

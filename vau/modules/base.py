@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,9 +12,13 @@ import torch
 
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
+from vau.modules.adapters import uses_adapters
 from vau.modules.backbones import Backbone
 from vau.modules.optim import build_optimizer, warmup_schedule
+from vau.modules.parallel import shard_model, synced_generation
 from vau.registry import ROLLOUT_ENGINES
+from vau.rewards import build_rewards
+from vau.tasks import get_task
 from vau.tasks.base import SECOND_PASS_PROMPT, join_passes
 from vau.tasks.metrics import view_metrics
 
@@ -74,7 +76,6 @@ class VAUModule(L.LightningModule):
             self-correction: after each reply, ask in a second user turn to check the answer against the video and
             answer again; the reply becomes :func:`vau.tasks.base.join_passes` of both and the reflection metrics
             are reported for every task); ``second_pass_prompt`` (that turn's text).
-        predictions_dir: where test predictions (JSON lines usable by ``python -m vau score``) are written.
         rewards: optional :class:`vau.rewards.RewardSet`; its per-reward means are logged on eval replies too.
         mix: the ``data.mix`` node when ``task`` is ``mixed``.
 
@@ -87,8 +88,8 @@ class VAUModule(L.LightningModule):
     #: What a NaN/inf reward does (see :class:`vau.rewards.RewardSet`): ``error``, or ``skip`` (GRPO's option).
     nonfinite_rewards: str = "error"
 
-    def __init__(self, backbone: Backbone, optim, task: str, generation=None, predictions_dir: str | None = None,
-                 rewards=None, mix=None) -> None:
+    def __init__(self, backbone: Backbone, optim, task: str, generation=None, rewards=None,
+                 mix=None) -> None:
         super().__init__()
         self.backbone = backbone
         self.model = backbone.model
@@ -101,22 +102,17 @@ class VAUModule(L.LightningModule):
         self.second_pass_prompt = str(generation.get("second_pass_prompt") or SECOND_PASS_PROMPT)
         self.engine_name = str(generation.get("engine") or "hf")
         self.engine = ROLLOUT_ENGINES.get(self.engine_name)(self)  # what generates (vau.rollout)
-        self.predictions_dir = predictions_dir
         self.rewards = rewards
         self.tasks = view_tasks(task, mix)
         self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
         self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
-        self._predictions: list[dict] = []
 
     # -- construction from config -----------------------------------------------------------------------------
     @classmethod
     def config_kwargs(cls, cfg, run_dir) -> dict[str, Any]:
         """Constructor keyword arguments (besides the backbone) from the composed run config."""
-        from vau.rewards import build_rewards
-
         return {"optim": cfg.module.optim, "task": cfg.data.task, "mix": cfg.data.get("mix"),
-                "generation": cfg.module.get("generation"), "predictions_dir": str(run_dir),
-                "rewards": build_rewards(cfg.get("reward"))}
+                "generation": cfg.module.get("generation"), "rewards": build_rewards(cfg.get("reward"))}
 
     @classmethod
     def from_config(cls, cfg, backbone: Backbone, run_dir) -> VAUModule:
@@ -150,7 +146,6 @@ class VAUModule(L.LightningModule):
         if getattr(self, "_generation_kwargs", None) is not None:
             yield self._generation_kwargs
             return
-        from vau.modules.parallel import synced_generation
 
         unshard = getattr(getattr(self._trainer, "strategy", None), "unshard_for_generation", True)
         with synced_generation(self.model, unshard=unshard) as kwargs:
@@ -184,9 +179,10 @@ class VAUModule(L.LightningModule):
         return self.engine.follow_up(inputs, first_ids, self.second_pass_prompt)
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> list[str]:
+        """Greedy replies of a batch, scored by the metrics (and rewards, logged); returns the replies."""
         if not batch["size"]:
-            return
+            return []
         if "labels" in batch and (batch["labels"] != -100).any():
             out = self.model(**model_inputs(batch), labels=batch["labels"])
             self.log(f"{stage}/loss", out.loss, batch_size=batch["size"], sync_dist=True)
@@ -200,15 +196,12 @@ class VAUModule(L.LightningModule):
                                   max_new_tokens=self.max_new_tokens, nonfinite=self.nonfinite_rewards)
             for name, value in result.means().items():
                 self.log(f"{stage}/reward/{name}", value, batch_size=batch["size"], sync_dist=True)
-        if stage == "test":
-            self._predictions += self.prediction_records(batch, replies)
+        return replies
 
     @staticmethod
     def prediction_records(batch: dict[str, Any], replies: list[str]) -> list[dict[str, Any]]:
         """One record per reply, as ``python -m vau score`` / ``predict`` / the HTML report read them: video, task,
         raw reply, parsed prediction, the sampled frames' times, and where the clip came from (docs/predict.md)."""
-        from vau.tasks import get_task
-
         records = []
         times = batch.get("frame_times") or [[] for _ in replies]
         durations = batch.get("durations") or [None] * len(replies)
@@ -233,16 +226,10 @@ class VAUModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        if self.predictions_dir and self._predictions:
-            path = Path(self.predictions_dir) / f"predictions_rank{self.global_rank}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(p) + "\n" for p in self._predictions))
-            log.info("wrote %d test predictions to %s", len(self._predictions), path)
-        self._predictions = []
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Scores the batch and returns its prediction records (written by :class:`vau.eval.writer.PredictionWriter`)."""
+        replies = self._eval_step(batch, self.test_metrics, "test")
+        return self.prediction_records(batch, replies) if replies else []
 
     # -- multi-device -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -258,8 +245,6 @@ class VAUModule(L.LightningModule):
         if hasattr(strategy, "shard_module"):
             strategy.shard_module(self)
         else:  # a plain ModelParallelStrategy: FSDP2 with default settings over its data-parallel mesh
-            from vau.modules.parallel import shard_model
-
             for model in self.modules_to_shard():
                 shard_model(model, self.device_mesh["data_parallel"])
 
@@ -269,8 +254,6 @@ class VAUModule(L.LightningModule):
 
     def adapter_only_state(self) -> bool:
         """Whether checkpoints of this module hold only its trainable parameters."""
-        from vau.modules.adapters import uses_adapters
-
         return bool(self.adapter_only_checkpoint) and uses_adapters(self.model)
 
     @property

@@ -22,7 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vau.config import ConfigError
+from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
+from vau.modules.adapters import in_vision
 from vau.modules.base import VAUModule
 from vau.modules.grpo_loss import (
     IS_LEVELS,
@@ -32,9 +35,11 @@ from vau.modules.grpo_loss import (
     per_turn_advantages,
     policy_loss,
 )
+from vau.modules.shared_prompt import completion_logits
 from vau.registry import ALGORITHMS
-from vau.rewards import NONFINITE_POLICIES
+from vau.rewards import NONFINITE_POLICIES, build_rewards
 from vau.schema import GRPOConfig
+from vau.tasks import get_task, task_of
 
 log = logging.getLogger(__name__)
 TURN_CREDITS = ("joint", "per_turn")
@@ -78,8 +83,6 @@ def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
     tasks with a finite answer set (``Task.answer_categories``), the share of first answers in each category. A
     policy that opens with a wrong answer on purpose (and corrects it) shows here as a falling initial accuracy or a
     letter it never opens with."""
-    from vau.tasks import task_of
-
     scores: list[float] = []
     counts: dict[str, int] = {}
     categorical = 0
@@ -115,8 +118,8 @@ class GRPOModule(VAUModule):
     needs_targets = False  # rollouts generate the replies; the DataModule encodes prompts only
 
     def __init__(self, backbone, optim, task: str, rewards, grpo=None, generation=None,
-                 predictions_dir: str | None = None, max_grad_norm: float | None = 1.0, mix=None) -> None:
-        super().__init__(backbone, optim, task, generation, predictions_dir, rewards=rewards, mix=mix)
+                 max_grad_norm: float | None = 1.0, mix=None) -> None:
+        super().__init__(backbone, optim, task, generation, rewards=rewards, mix=mix)
         self.automatic_optimization = False  # several updates per rollout (num_iterations)
         cfg = self.cfg = grpo_settings(grpo)
         self.G = int(cfg.num_generations)
@@ -146,9 +149,6 @@ class GRPOModule(VAUModule):
         kwargs = super().config_kwargs(cfg, run_dir)
         if kwargs["rewards"] is None:
             # No reward set configured: each task of the view brings its own (vau.tasks.Task.default_rewards).
-            from vau.rewards import build_rewards
-            from vau.tasks import get_task
-
             merged: dict[str, Any] = {}
             for name in view_tasks(cfg.data.task, cfg.data.get("mix")):
                 merged.update({k: dict(v) for k, v in get_task(name).default_rewards.items()})
@@ -159,8 +159,6 @@ class GRPOModule(VAUModule):
 
     @classmethod
     def trainer_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        from vau.config import ConfigError
-
         kwargs = dict(kwargs)
         kwargs.pop("gradient_clip_val", None)  # clipped in training_step (manual optimisation)
         if kwargs.get("accumulate_grad_batches", 1) != 1:
@@ -198,8 +196,6 @@ class GRPOModule(VAUModule):
 
     # -- 1. rollout -----------------------------------------------------------------------------------------------
     def rollout(self, batch: dict[str, Any]) -> Rollout:
-        from vau.datamodules.encoding import model_inputs
-
         prompt = model_inputs(batch, prompt_only=True)
         ids, encoded, repeated = self.sample_completions(prompt)
         # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
@@ -223,8 +219,6 @@ class GRPOModule(VAUModule):
 
     def vision_frozen(self) -> bool:
         """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""
-        from vau.modules.adapters import in_vision
-
         prefixes = self.backbone.vision_module_prefixes
         base = getattr(self.model, "get_base_model", lambda: self.model)()
         return not any(p.requires_grad for n, p in base.named_parameters() if in_vision(n, prefixes))
@@ -267,8 +261,6 @@ class GRPOModule(VAUModule):
     def first_turn_tokens(self, rollout: Rollout) -> torch.Tensor:
         """(B*G,) number of tokens up to and including the first ``</answer>`` of each completion that has a first
         answer before a reflection (``Task.initial_reply``); 0 for the others (their reply is one turn)."""
-        from vau.tasks import task_of
-
         tokenizer = self.backbone.processor.tokenizer
         out = torch.zeros(len(rollout.texts), dtype=torch.long)
         lengths = rollout.mask.sum(dim=1).long().tolist()
@@ -296,8 +288,6 @@ class GRPOModule(VAUModule):
         cache): one forward over G copies of each prompt followed by its completion.
         """
         if self.shared_prompt and not (torch.is_grad_enabled() and self._checkpointing()):
-            from vau.modules.shared_prompt import completion_logits
-
             logits = completion_logits(model, self.backbone, rollout.prompt, rollout.completion_ids,
                                        rollout.mask.long(), self.G, rollout.encoded_vision).float()
         else:

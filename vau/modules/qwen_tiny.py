@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from vau.tasks import tokenizer_corpus
+
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|video_pad|>", "<|image_pad|>",
@@ -53,8 +55,6 @@ DEFAULT_SIZES = {
 
 def _corpus() -> list[str]:
     # Words the tasks use, so that prompts and answers are a few tokens each, not bytes.
-    from vau.tasks import tokenizer_corpus
-
     return tokenizer_corpus()
 
 

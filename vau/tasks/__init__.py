@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from vau.data.annotations import ANOMALY_CLASSES
 from vau.data.sample import Sample, ViewOptions
+from vau.data.synthetic import corpus as synthetic_corpus
 from vau.registry import TASKS, RegistryError
 from vau.tasks import cls, describe, qa, reflect, tag  # noqa: F401  (importing registers the built-in tasks)
 from vau.tasks.base import THINK_INSTRUCTION, Task
@@ -74,6 +75,5 @@ def tokenizer_corpus() -> list[str]:
     lines += list(ANOMALY_CLASSES) + [" ".join(ANOMALY_CLASSES).lower()]
     lines += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(60) for b in range(10)]
     lines += ["system", "user", "assistant", "The answer is", "Option", "seconds", "normal", "anomaly"]
-    from vau.data.synthetic import corpus as synthetic_corpus
 
     return lines + synthetic_corpus()
