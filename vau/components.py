@@ -18,8 +18,10 @@ import torch
 from omegaconf import DictConfig
 
 from vau.checkpoints import load_init_weights
+from vau.datamodules.vau_bench import VAUBenchDataModule
+from vau.modules.backbones import build_backbone
 from vau.modules.optim import check_master_weights
-from vau.registry import ALGORITHMS
+from vau.registry import ALGORITHMS, load_plugins
 
 
 @contextmanager
@@ -48,10 +50,9 @@ def build_module(cfg: DictConfig, backbone, run_dir: Path, init_key: str = "init
 def build_components(cfg: DictConfig, run_dir: Path, with_target: bool | None = None, init_key: str = "init_from"):
     """``(backbone, datamodule, module)`` of a run: the backbone (with LoRA/QLoRA), the DataModule over the
     annotation files and the training module. ``with_target`` (default: what the algorithm needs) says whether
-    samples carry their target text."""
-    from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
-
+    samples carry their target text. The plugin modules the config lists (``plugins``) are imported first, so a run
+    built from Python (``vau.run.run``) finds its plugin components as the command line does."""
+    load_plugins(cfg.get("plugins") or [])
     algorithm = ALGORITHMS.get(cfg.module.name)
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vau.schema import register
+
 # A wheel or a non-editable install carries the configs as package data (vau/conf, see setup.py); a source
 # checkout (editable install, or running from the repository) reads the top-level conf/ folder.
 _PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
@@ -96,6 +98,11 @@ def _unknown(kind: str, name: str, known: list[str], extra: str = "") -> ConfigE
     return ConfigError(f"unknown {kind} {name!r}.{hint} Valid choices: {', '.join(known)}.{extra}")
 
 
+def _quoted(text: str) -> str:
+    """``text`` as a quoted string of Hydra's override grammar (a folder name may hold spaces, commas or quotes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose the root config with experiment ``conf`` (a name in conf/experiment or a YAML path) and overrides.
 
@@ -107,8 +114,6 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException
-
-    from vau.schema import register
 
     register()  # the typed nodes (module.grpo, module.generation) the module YAML files build on
 
@@ -127,7 +132,10 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
             # The same file with only its defaults list: the keys the file may set (checked after composing).
             (tmp / "experiment" / "user_conf_defaults.yaml").write_text(
                 "# @package _global_\n" + OmegaConf.to_yaml({"defaults": user.get("defaults") or ["_self_"]}))
-            overrides = [f"hydra.searchpath=[file://{tmp}]", "experiment=user_conf", *overrides]
+            # Config-group folders beside the file (e.g. backbone/NAME.yaml of a plugin backbone) add choices to
+            # the built-in groups.
+            search = ",".join(_quoted(f"file://{folder}") for folder in (tmp, path.resolve().parent))
+            overrides = [f"hydra.searchpath=[{search}]", "experiment=user_conf", *overrides]
         elif conf not in choices("experiment"):
             raise _unknown("conf", conf, choices("experiment"), " Or pass a path to a YAML file.")
         else:
