@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text", ("vau.parsing", "vau.qa_position")),
     ("metrics", ("vau.metrics", "vau.reflect_metrics")),
     ("tasks", ("vau.tasks",)),
-    ("learning inputs", ("vau.rewards", "vau.datamodules")),
+    ("learning inputs", ("vau.rewards", "vau.datamodules", "vau.datatools")),
     ("models", ("vau.modules", "vau.rollout")),
     ("jobs", ("vau.eval", "vau.export", "vau.callbacks", "vau.trainer", "vau.components")),
     ("entry", ("vau.run", "vau.cli", "vau.__main__")),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.shared_data import SHARED
 from vau.data.annotations import COLUMNS, read_annotations, write_annotations
-from vau.datamodules.reflection import attach_chains, build_chains, reflect_file, reflect_tasks
+from vau.datatools.reflection import attach_chains, build_chains, reflect_file, reflect_tasks
 from vau.parsing import answer_body, has_strict_format, strict_format
 from vau.rewards import RewardSet
 from vau.tasks import Sample, get_task
@@ -163,7 +163,7 @@ def test_data_reflect_cli_on_a_generated_csv(demo_root, tmp_path):
 
 
 def test_data_reflect_ratio_and_bad_arguments(demo_root, tmp_path, capsys):
-    from vau.datamodules.reflection import main
+    from vau.datatools.reflection import main
 
     rows = read_annotations(_demo_csv(demo_root))
     _, only_confirming = build_chains(rows, ["qa_reflect"], corrective_ratio=0.0)

@@ -80,7 +80,7 @@ def test_generation_is_deterministic_and_cached(tmp_path):
 
 
 def test_distractor_flashes_outside_the_anomaly_and_leaves_other_clips_unchanged(tmp_path):
-    from vau.datamodules.reflection import build_chains
+    from vau.datatools.reflection import build_chains
 
     spec = dict(n_train=8, n_val=1, n_test=1, seed=3, min_seconds=3.0, max_seconds=4.0)
     plain = generate(tmp_path / "plain", **spec)

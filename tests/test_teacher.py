@@ -18,8 +18,8 @@ import pytest
 from tests.chat_server import ChatServer
 from tests.shared_data import SHARED
 from vau.data.annotations import read_annotations, write_annotations
-from vau.datamodules.reflection import build_chains, reflect_file
-from vau.datamodules.teacher import read_reply, validate
+from vau.datatools.reflection import build_chains, reflect_file
+from vau.datatools.teacher import read_reply, validate
 from vau.tasks import Sample, get_task
 from vau.tasks.reflect import CONFIRMING, CORRECTIVE, Chain
 
@@ -157,7 +157,7 @@ def test_teacher_from_a_config_node_builds_chains_in_memory(tmp_path):
     from omegaconf import OmegaConf
 
     from vau.data.annotations import read_annotations as read
-    from vau.datamodules.reflection import attach_chains
+    from vau.datatools.reflection import attach_chains
 
     source = tmp_path / "val.csv"
     write_rows(source, ["flames", "smoke"])
@@ -203,7 +203,7 @@ def test_teacher_with_the_tiny_local_model_counts_every_gibberish_reply_as_faile
 
 
 def test_teacher_fails_with_one_line_when_no_request_succeeded(tmp_path, capsys):
-    from vau.datamodules.reflection import main as reflect_main  # what `python -m vau data reflect` runs
+    from vau.datatools.reflection import main as reflect_main  # what `python -m vau data reflect` runs
 
     source, out = tmp_path / "val.csv", tmp_path / "out.csv"
     write_rows(source, ["flames", "smoke", "bag"])

@@ -243,7 +243,7 @@ def _data(argv: list[str]) -> int:
         return 2
     sub = argv[0]
     if sub == "reflect":  # no config: the annotation file and the builder's options only
-        from vau.datamodules.reflection import main as reflect_main  # deferred: see the module docstring
+        from vau.datatools.reflection import main as reflect_main  # deferred: see the module docstring
 
         return reflect_main(argv[1:])
     conf, own, overrides = _data_args(argv[1:])
@@ -256,8 +256,8 @@ def _data(argv: list[str]) -> int:
         root = generate(cfg.data.root, **dict(gen))
         print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
         return 0
-    from vau.datamodules.tools import check_videos, split_of, stats_report  # deferred: see the module docstring
     from vau.datamodules.views import ViewOptions  # deferred: see the module docstring
+    from vau.datatools.tools import check_videos, split_of, stats_report  # deferred: see the module docstring
 
     if "annotations" in own:
         files = [(split_of(p), p) for p in own["annotations"].split(",") if p]

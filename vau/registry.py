@@ -147,8 +147,8 @@ class PluginImportError(ImportError):
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
 BUILTIN_MODULES = ("vau.data.readers", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.modules.backbones", "vau.modules.qwen", "vau.rollout.hf",
-                   "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datamodules.reflection",
-                   "vau.datamodules.teacher")
+                   "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datatools.reflection",
+                   "vau.datatools.teacher")
 
 
 def load_builtins() -> None:

@@ -10,7 +10,7 @@ Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
   ``decoder`` (``pyav`` | ``decord``; docs/data.md says where they differ); ``decode_threads`` (default 1):
   threads per video; ``frame_cache_dir``: on-disk cache of decoded evaluation clips (null = off).
 - ``reflect``: ``{builder: template, seed: ..., corrective_ratio: ...}`` builds reflection chains for the reflect
-  tasks of the view in memory (:mod:`vau.datamodules.reflection`); null (default) reads chains from the CSV only.
+  tasks of the view in memory (:mod:`vau.datatools.reflection`); null (default) reads chains from the CSV only.
 - ``max_bad_fraction``: read by :class:`vau.callbacks.BadVideoMonitor` (see :mod:`vau.datamodules.dataset`).
 """
 
@@ -31,11 +31,11 @@ from vau.datamodules.dataset import VideoResolver, VideoTaskDataset
 from vau.datamodules.decoders import check_decoder
 from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.loading import EpochSampler
-from vau.datamodules.reflection import attach_chains
 from vau.datamodules.resume import resumable_train_sampler, train_position
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.video import FrameCache
 from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mixed, mix_weights, view_tasks
+from vau.datatools.reflection import attach_chains
 from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
 from vau.tasks.qa import OPTION_CHECK_KEY, shift_options

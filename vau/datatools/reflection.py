@@ -11,7 +11,7 @@ reflection-oriented chain-of-thought dataset; VAU-Bench's annotations have none,
   rationale; and *confirming* chains, whose initial answer is right and whose reflection checks it against the
   evidence and keeps it. ``corrective_ratio`` (default 0.5, i.e. 1:1) is the exact share of corrective chains
   among each task's rows.
-- ``teacher`` (:mod:`vau.datamodules.teacher`): the same initial answers and reasoning as ``template``; a language
+- ``teacher`` (:mod:`vau.datatools.teacher`): the same initial answers and reasoning as ``template``; a language
   model (a local transformers checkpoint or an OpenAI-compatible endpoint) writes the reflection and the revised
   reasoning, each reply validated (failures counted by reason). Builders register in
   :data:`vau.registry.REFLECTORS`: a :class:`ReflectionBuilder` subclass (``build`` per sample, or ``build_many``

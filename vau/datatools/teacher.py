@@ -42,7 +42,7 @@ from pathlib import Path
 
 from vau.chat import backend_from_options, first_json_object, prefixed, runner_from_options
 from vau.data.annotations import LETTERS
-from vau.datamodules.reflection import ReflectionBuilder, TemplateBuilder
+from vau.datatools.reflection import ReflectionBuilder, TemplateBuilder
 from vau.parsing import extract_tag
 from vau.registry import REFLECTORS
 from vau.tasks import Sample, Task
