@@ -129,6 +129,14 @@ def test_judge_arguments_fail_with_a_clear_message(tmp_path, capsys):
     assert main([f"predictions={bad}", f"annotations={annotations}", "judge.base_url=http://127.0.0.1:9",
                  "judge.model=m"]) == 2
     assert f"{bad}, line 1" in capsys.readouterr().err
+    assert main([f"predictions={predictions}"]) == 2
+    assert "missing annotations=FILE" in capsys.readouterr().err
+    assert main([f"predictions={predictions}", f"annotations={annotations}", "judge.model=m", "outt=x"]) == 2
+    assert "unknown argument 'outt=x'" in capsys.readouterr().err
+    # format= (the annotation reader) is one of judge's own keys: it reaches the reader, which names a wrong one
+    assert main([f"predictions={predictions}", f"annotations={annotations}", "format=nope",
+                 "judge.base_url=http://127.0.0.1:9", "judge.model=m"]) == 2
+    assert "unknown annotation format 'nope'" in capsys.readouterr().err
 
 
 def lines(scores: dict) -> str:

@@ -54,6 +54,16 @@ def test_an_unknown_format_lists_the_known_ones():
         read_rows("x.csv", "csv2")
 
 
+def test_score_names_an_unknown_format_with_exit_code_2(demo_root, tmp_path, capsys):
+    from vau.cli import main as cli_main
+
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"video": "x.mp4", "task": "qa", "response": "A"}\n')
+    code = cli_main(["score", f"annotations={demo_root / 'test.csv'}", f"predictions={predictions}", "format=csv2"])
+    assert code == 2  # a user's mistake, not an unexpected fault (exit 1)
+    assert "unknown annotation format 'csv2'" in capsys.readouterr().err
+
+
 def test_a_reader_that_returns_no_annotations_is_named(scoped_readers, tmp_path):
     READERS.register("broken")(lambda path: [{"video": "a.mp4"}])
     with pytest.raises(AnnotationError, match="'broken' annotation reader returned list, not a list of"):

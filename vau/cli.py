@@ -15,7 +15,7 @@ import sys
 from vau.config import GROUPS, ConfigError, choices, compose, split_args
 from vau.data.annotations import AnnotationError
 from vau.data.synthetic import generate
-from vau.registry import ALL, first_doc_line, load_plugins
+from vau.registry import ALL, RegistryError, first_doc_line, load_plugins
 
 STAGES = {
     "fit": "train (SFT or GRPO, per module=...), then evaluate on the test split",
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(stage, cfg)
         return 0
-    except ConfigError as err:
+    except (ConfigError, RegistryError) as err:  # a wrong key or an unknown component name: the user can fix it
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

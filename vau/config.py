@@ -49,21 +49,32 @@ def split_args(argv, own: Sequence[str] | None = None, prefixes: Sequence[str] =
 
 
 def key_values(argv, known: Sequence[str] | None = None, error: type[Exception] = ConfigError,
-               usage: str = "") -> dict[str, str]:
+               usage: str = "", prefixes: Sequence[str] = (), required: Sequence[str] = ()) -> dict[str, str]:
     """``KEY=VALUE`` arguments of a stage that takes nothing else, as a dict (a later key wins); ``error`` names the
-    first argument that is not KEY=VALUE or (with ``known``) not a known key.
+    first argument that is not KEY=VALUE or (with ``known`` / ``prefixes``) not a known key, then the ``required``
+    keys that are missing or empty.
 
     >>> key_values(["out=a.csv", "seed=3"])
     {'out': 'a.csv', 'seed': '3'}
+    >>> key_values(["out=a.csv", "judge.model=m"], known=["out", "in"], prefixes=["judge."], required=["in"])
+    Traceback (most recent call last):
+    ...
+    vau.config.ConfigError: missing in=FILE
     """
-    _, args, rest = split_args(argv, own=known, take_conf=False)
+    own = None if known is None else list(known)
+    _, args, rest = split_args(argv, own=own, prefixes=prefixes, take_conf=False)
+    tail = f"\n{usage}" if usage else ""
     if rest:
         arg = str(rest[0])
         if "=" not in arg:
             message = f"{arg!r} is not KEY=VALUE"
         else:
-            message = f"unknown argument {arg!r}" + (f"; it takes {', '.join(k + '=' for k in known)}" if known else "")
-        raise error(message + (f"\n{usage}" if usage else ""))
+            takes = [k + "=" for k in known or ()] + [p + "*" for p in prefixes]
+            message = f"unknown argument {arg!r}" + (f"; it takes {', '.join(takes)}" if known is not None else "")
+        raise error(message + tail)
+    missing = [key for key in required if not args.get(key)]
+    if missing:
+        raise error(f"missing {' and '.join(key + '=FILE' for key in missing)}{tail}")
     return args
 
 

@@ -355,13 +355,9 @@ USAGE = ("usage: python -m vau data reflect annotations=FILE out=FILE [builder=t
 def main(argv: list[str]) -> int:
     """``python -m vau data reflect ...``: returns the exit code (2 for bad arguments or input)."""
     try:
-        args = key_values(argv)
+        args = key_values(argv, required=("annotations", "out"))  # the other keys are the builder's options
     except ConfigError as err:
         print(f"error: {err}\n{USAGE}", file=sys.stderr)
-        return 2
-    missing = [k for k in ("annotations", "out") if not args.get(k)]
-    if missing:
-        print(f"error: missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}", file=sys.stderr)
         return 2
     annotations, out = args.pop("annotations"), args.pop("out")
     builder = args.pop("builder", "template")

@@ -267,19 +267,12 @@ def format_markdown(report: dict) -> str:
 def main(argv: list[str]) -> int:
     """``python -m vau judge ...``; exit code 2 for bad arguments or input, 1 when no request got a reply."""
     try:
-        args = key_values(argv)
+        args = key_values(argv, known=("predictions", "annotations", "out", "tasks", "format"),
+                          prefixes=("judge.",), required=("predictions", "annotations"))
     except ConfigError as err:
         print(f"error: {err}\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        unknown = sorted(k for k in args if k not in ("predictions", "annotations", "out", "tasks")
-                         and not k.startswith("judge."))
-        if unknown:
-            raise JudgeError(f"unknown argument(s) {unknown}")
-        missing = [k for k in ("predictions", "annotations") if not args.get(k)]
-        if missing:
-            raise JudgeError(f"missing {' and '.join(k + '=FILE' for k in missing)}")
-
         try:
             paths = prediction_files(args["predictions"])  # comma lists and globs (predictions_rank*.jsonl)
         except ScoreError as err:
@@ -293,7 +286,7 @@ def main(argv: list[str]) -> int:
         annotations = read_rows(args["annotations"], args.get("format"))
         tasks = {t for t in args.get("tasks", "").split(",") if t} or None
         rows, report = judge(records, annotations, runner, tasks)
-    except (JudgeError, AnnotationError, ValueError) as err:
+    except (JudgeError, AnnotationError, ValueError, RegistryError) as err:
         print(f"error: {err}\n{USAGE}", file=sys.stderr)
         return 2
     report = {"predictions": [str(p) for p in paths], "annotations": args["annotations"],
