@@ -162,3 +162,23 @@ def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
     assert printed["module"]["name"] == "grpo"
     assert not any(tmp_path.iterdir())  # nothing ran
     assert main(["fit", "conf=no_such_experiment", "--cfg", "job"]) == 2  # composing still checks names
+
+
+@pytest.mark.parametrize("experiment", ["demo", "demo_grpo", "vau_r1_sft_qa"])
+def test_the_data_and_trainer_nodes_are_typed(experiment):
+    """Defaults written once (vau/schema.py), whichever experiment and trainer file composes them."""
+    from omegaconf import OmegaConf
+
+    from vau.config import compose
+    from vau.schema import DataConfig, TrainerConfig
+
+    cfg = compose(experiment)
+    assert OmegaConf.get_type(cfg.data) is DataConfig and OmegaConf.get_type(cfg.trainer) is TrainerConfig
+    assert OmegaConf.get_type(cfg.data.views).__name__ == "ViewsConfig"
+
+
+def test_a_key_that_is_no_trainer_argument_is_refused_by_name(tmp_path):
+    out = vau("fit", "+trainer.limit_val_batchez=0", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "trainer.limit_val_batchez: not an argument of Lightning's Trainer" in \
+        out.stderr

@@ -62,7 +62,7 @@ def base_overrides(cache_dir, demo_root, out: Path) -> list[str]:
         f"paths.output_dir={out / 'outputs'}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "data.eval_batch_size=2", "module.generation.max_new_tokens=8",
         "backbone.max_pixels=3136", "trainer.accelerator=cpu", "trainer.precision=32-true", "test_after_fit=false",
-        "+trainer.limit_val_batches=0",
+        "trainer.limit_val_batches=0",
     ]
 
 

@@ -20,7 +20,7 @@ LORA = ["lora.enabled=true", "lora.r=4", "lora.dropout=0.0", "module.optim.lr=1e
 
 def _fit(overrides, run_dir: Path, extra) -> Path:
     run("fit", compose("demo", [*overrides, f"run_dir={run_dir}", "trainer.max_steps=1", "test_after_fit=false",
-                                "+trainer.limit_val_batches=0", *extra]))
+                                "trainer.limit_val_batches=0", *extra]))
     return run_dir / "checkpoints" / "last.ckpt"
 
 

@@ -24,7 +24,7 @@ pytestmark = [
 ACCELERATOR = "cpu" if ON_CPU else "gpu"
 DEVICE = "cpu" if ON_CPU else "cuda"
 STEPS = ["module.optim.lr=1e-6", "module.optim.warmup_ratio=0.0", "trainer.max_steps=3", "test_after_fit=false",
-         "+trainer.limit_val_batches=0", f"trainer.accelerator={ACCELERATOR}", "trainer.devices=1",
+         "trainer.limit_val_batches=0", f"trainer.accelerator={ACCELERATOR}", "trainer.devices=1",
          "trainer.precision=bf16-mixed"]
 
 

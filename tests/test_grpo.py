@@ -102,7 +102,7 @@ def test_second_iteration_uses_stored_old_logps(tiny_backbone, demo_root):
 @pytest.mark.parametrize("beta", [0.0, 0.1])
 def test_beta_zero_makes_no_reference_forward(overrides, tmp_path, beta):
     cfg = compose("demo", [*overrides, "module=grpo", f"run_dir={tmp_path}", "trainer.max_steps=2",
-                           "test_after_fit=false", "+trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4",
+                           "test_after_fit=false", "trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4",
                            "module.grpo.num_generations=2", "module.grpo.num_iterations=2", f"module.grpo.beta={beta}"])
     from vau.components import build_module
     from vau.datamodules.vau_bench import VAUBenchDataModule

@@ -17,7 +17,7 @@ from vau.modules.optim import PrecisionError, check_master_weights
 from vau.run import run
 
 STEPS = ["module.optim.lr=1e-6", "module.optim.warmup_ratio=0.0", "module.optim.weight_decay=0.0",
-         "trainer.max_steps=3", "test_after_fit=false", "+trainer.limit_val_batches=0"]
+         "trainer.max_steps=3", "test_after_fit=false", "trainer.limit_val_batches=0"]
 MODES = {
     "full fp32 master + bf16 autocast": ["backbone.dtype=float32", "trainer.precision=bf16-mixed"],
     "full FSDP2 fp32 shards + bf16 policy": ["backbone.dtype=float32", "trainer=fsdp", "trainer.accelerator=cpu",

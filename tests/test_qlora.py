@@ -26,7 +26,7 @@ QLORA = ["backbone.quantization=nf4", "lora.enabled=true", "lora.r=4", "lora.alp
 
 
 def _cfg(overrides, extra):
-    return compose("demo", [*overrides, "test_after_fit=false", "+trainer.limit_val_batches=0", *extra])
+    return compose("demo", [*overrides, "test_after_fit=false", "trainer.limit_val_batches=0", *extra])
 
 
 def _backbone(cfg):

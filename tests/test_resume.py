@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # positions draw from RNGs; every step writes a checkpoint.
 SFT = ["trainer.max_steps=6", "trainer.max_epochs=-1", "checkpoint.every_n_train_steps=1", "checkpoint.save_top_k=-1",
        "lora.enabled=true", "lora.r=4", "lora.dropout=0.1", "sampler=random_segment", "sampler.num_frames=4",
-       "module.optim.lr=5e-3", "test_after_fit=false", "+trainer.limit_val_batches=0"]
+       "module.optim.lr=5e-3", "test_after_fit=false", "trainer.limit_val_batches=0"]
 # GRPO with full fine-tuning (full checkpoints, frozen reference copy): sampled rollouts must repeat after resume.
 GRPO = ["module=grpo", "trainer.max_steps=3", "trainer.max_epochs=-1", "checkpoint.every_n_train_steps=1",
         "checkpoint.save_top_k=-1", "module.grpo.num_generations=2", "module.grpo.max_new_tokens=6",
-        "module.grpo.beta=0.1", "module.optim.lr=1e-3", "test_after_fit=false", "+trainer.limit_val_batches=0"]
+        "module.grpo.beta=0.1", "module.optim.lr=1e-3", "test_after_fit=false", "trainer.limit_val_batches=0"]
 
 
 def scalars(run_dir: Path, tag: str = "train/loss") -> dict[int, float]:

@@ -322,7 +322,7 @@ def test_ddp_test_stage_reports_the_samples_of_both_ranks(cache_dir, demo_root, 
     args = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
             f"paths.output_dir={tmp_path / 'outputs'}", f"run_dir={run_dir}", "trainer=ddp", "trainer.devices=2",
             "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_epochs=1", "trainer.max_steps=1",
-            "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=0", "data.batch_size=2",
+            "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "data.batch_size=2",
             "data.eval_batch_size=2", "module.generation.max_new_tokens=8", "backbone.max_pixels=3136",
             "data.task=mixed"]
     check(run_group([sys.executable, "-m", "vau", "fit", *args], worker_env(free_port()), timeout=240),

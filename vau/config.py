@@ -167,7 +167,10 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
             raise _unknown(f"{group} config", bad, choices(group)) from None
         raise ConfigError(str(err)) from None
     except ConfigCompositionException as err:
-        raise ConfigError(_explain(err, overrides)) from None
+        message = _explain(err, overrides)
+        if tmp is not None and "experiment/user_conf" in str(err):  # the user's file, not its staged copy
+            message = f"{conf}: " + message.replace("In 'experiment/user_conf': ", "")
+        raise ConfigError(message) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -280,15 +283,34 @@ def _check_value_types(cfg: DictConfig, overrides: list[str]) -> None:
                               f"({type(given).__name__}); e.g. {key}={shown}")
 
 
+def _wrong_type(text: str) -> str | None:
+    """A typed node's refusal (vau.schema; OmegaConf: "Value 'abc' ... could not be converted to Integer ...
+    full_key: trainer.max_steps") in the words of :func:`_check_value_types`, or None for any other error."""
+    value = re.search(r"Value '([^']*)'", text)
+    key = re.search(r"full_key: (\S+)", text)
+    kind = re.search(r"(?:converted to|a valid) (Integer|Float|bool)", text)
+    if not (value and key and kind):
+        return None
+    expected = {"Integer": int, "Float": float, "bool": bool}[kind.group(1)]
+    return (f"config key {key.group(1)!r} expects {_TYPE_NAMES[expected]}, got {value.group(1)!r}; "
+            f"the typed nodes and their defaults are in vau/schema.py")
+
+
 def _explain(err: Exception, overrides: list[str]) -> str:
     text = str(err)
     cause = getattr(err, "__cause__", None)
-    match = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)'", text)
+    typed = _wrong_type(f"{text}\n{cause or ''}")
+    if typed:
+        return typed
+    match = (re.search(r"Could not override '([^']+)'", text)
+             or re.search(r"not in '\w+'\s+full_key: (\S+)", text)  # a typed node (vau.schema) names the full key
+             or re.search(r"Key '([^']+)'", text))
     if match:
         key = match.group(1)
         parent, _, leaf = key.rpartition(".")
         try:
-            base = compose(None, [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)])
+            base = compose(None, [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(key)
+                                  and o != "experiment=user_conf"])
             node = OmegaConf.select(base, parent) if parent else base
             known = sorted(node.keys()) if isinstance(node, DictConfig) else []
         except Exception:

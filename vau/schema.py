@@ -1,7 +1,7 @@
-"""Typed config nodes (Hydra structured configs): the ``module.grpo`` and ``module.generation`` nodes have their
-keys, types and defaults written once, here. The module YAML files name them in their defaults list
-(``/schema/grpo@grpo``), so Hydra itself rejects a key that does not exist or a value of the wrong type, naming
-the key (``python -m vau`` then exits with status 2).
+"""Typed config nodes (Hydra structured configs): the ``data``, ``trainer``, ``module.grpo`` and
+``module.generation`` nodes have their keys, types and defaults written once, here. The YAML files name them in
+their defaults list (``/schema/grpo@grpo``, ``/schema/data@_here_``), so Hydra itself rejects a key that does not
+exist or a value of the wrong type, naming the key (``python -m vau`` then exits with status 2).
 
 Example:
     >>> from omegaconf import OmegaConf
@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -55,6 +56,113 @@ class GRPOConfig:
     nonfinite_rewards: str = "error"
 
 
+@dataclass
+class SplitFiles:
+    """``data.annotations``: one annotation file per split (null: the split is not used)."""
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+
+@dataclass
+class SplitLimits:
+    """``data.limit``: the first N samples of each task per split (null: all)."""
+
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+
+
+@dataclass
+class ViewsConfig:
+    """``data.views``: which rows each task keeps (docs/data.md "Task views")."""
+
+    tag_train_normal: bool = True  # TAG training also on normal clips, target [0.0, 0.0]
+    tag_eval_normal: bool = False  # true adds normal clips to TAG evaluation (false-alarm rate; counts then differ)
+
+
+@dataclass
+class MixConfig:
+    """``data.mix`` (``data.task=mixed``): one sample per (row, task); weights are each task's share of an epoch."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"qa": 1.0, "tag": 1.0, "cls": 1.0, "cls_binary": 0.0,
+                                                               "describe": 0.0})
+    epoch_size: int | None = None  # training samples per epoch; None = all samples once
+
+
+@dataclass
+class DataConfig:
+    """``data``: where the annotations and videos are and how samples are built (docs/data.md)."""
+
+    name: str = "data"
+    root: str = "."
+    video_root: str | None = "${data.root}/videos"
+    video_roots: dict[str, str] = field(default_factory=dict)  # per-source folders, matched case-insensitively
+    annotations: SplitFiles = field(default_factory=SplitFiles)
+    format: str = "vau_bench"  # an annotation reader registered in vau.registry.READERS
+    task: str = "qa"  # a registered task, or mixed (with mix)
+    limit: SplitLimits = field(default_factory=SplitLimits)
+    max_bad_fraction: float = 0.01  # fail the run once more than this fraction of a split's clips are unusable
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    batch_size: int = 1
+    eval_batch_size: int | None = None  # None: batch_size
+    num_workers: int = 0
+    shuffle: bool = True
+    train_option_order: str = "file"  # file | shuffled (a fresh option order every epoch)
+    qa_option_check: bool = False  # SFT targets check every option before the letter
+    qa_target_letter: str = "answer"  # answer | random (a chance-level SFT start)
+    qa_shifts: Any = None  # val/test: all | "0,1,2,3" | None: also ask under cyclic option shifts
+    decode_resize: bool = True  # resize frames to the backbone's pixel budget right after decoding
+    decoder: str = "pyav"  # pyav | decord
+    decode_threads: int = 1  # threads per video (0 = one per core)
+    frame_cache_dir: str | None = None  # decoded eval clips kept on disk
+    generate: dict[str, Any] | None = None  # demo data only: the generator's arguments (vau.data.synthetic)
+    reflect: dict[str, Any] | None = None  # reflect tasks: chains built in memory (vau.datatools.reflection)
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer``: Lightning ``Trainer`` arguments (passed as they are; defaults are Lightning's where vau has none
+    of its own) plus ``strategy``, which vau builds (``auto``, ``ddp`` or a node with ``name: ddp|fsdp2`` and that
+    strategy's options: vau.trainer.build_strategy)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"  # e.g. 32-true, bf16-mixed, bf16-true
+    strategy: Any = "auto"
+    max_epochs: int | None = 1
+    min_epochs: int | None = None
+    max_steps: int = -1
+    min_steps: int | None = None
+    max_time: str | None = None  # e.g. "00:12:00:00"
+    log_every_n_steps: int = 10
+    val_check_interval: Any = None  # int (batches) or float (share of an epoch)
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int = 0
+    limit_train_batches: Any = None  # int (batches) or float (share); None = all
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    fast_dev_run: Any = False
+    gradient_clip_val: float | None = 1.0
+    gradient_clip_algorithm: str | None = None
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False  # bool or "warn"
+    benchmark: bool | None = None
+    detect_anomaly: bool = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    enable_checkpointing: bool | None = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    reload_dataloaders_every_n_epochs: int = 0
+    profiler: str | None = None  # simple | advanced | pytorch
+
+
 def register() -> None:
     """Store the schemas in Hydra's ConfigStore (group ``schema``); :func:`vau.config.compose` calls it."""
     from hydra.core.config_store import ConfigStore
@@ -62,3 +170,5 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(group="schema", name="grpo", node=GRPOConfig)
     store.store(group="schema", name="generation", node=GenerationConfig)
+    store.store(group="schema", name="data", node=DataConfig)
+    store.store(group="schema", name="trainer", node=TrainerConfig)

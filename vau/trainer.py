@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning as L
@@ -81,6 +82,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "
     plugins = list(kwargs.pop("plugins", None) or [])
     if not getattr(strategy, "_save_distributed_checkpoint", False):  # FSDP2 folders are written by torch DCP
         plugins.append(AtomicCheckpointIO())
+    unknown = sorted(set(kwargs) - set(inspect.signature(L.Trainer.__init__).parameters))
+    if unknown:  # a key added with +trainer.KEY=...: name it rather than let Lightning raise a TypeError
+        raise ConfigError(f"trainer.{unknown[0]}: not an argument of Lightning's Trainer "
+                          f"(https://lightning.ai/docs/pytorch/stable/common/trainer.html); remove it")
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
     return L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, strategy=strategy,
                      plugins=plugins, **kwargs)
