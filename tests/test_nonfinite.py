@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vau.config import compose
-from vau.modules.base import NonFiniteError
 from vau.modules.grpo_loss import group_advantages
+from vau.modules.nonfinite import NonFiniteError
 from vau.registry import REWARDS
 from vau.rewards import RewardError, RewardSet
 from vau.run import run
@@ -44,7 +44,7 @@ B = Sample(task="tag", video="b.mp4", interval=(1.0, 2.0))
 
 def grpo_overrides(overrides, run_dir, *extra):
     return [*overrides, "module=grpo", f"run_dir={run_dir}", "trainer.max_steps=2", "test_after_fit=false",
-            "+trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4", *extra]
+            "trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4", *extra]
 
 
 # ------------------------------------------------------------------------------------------------ RewardSet ----

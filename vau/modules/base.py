@@ -1,4 +1,6 @@
-"""What SFT and GRPO share: the backbone, generation, eval metrics, optimizer/schedule, predictions file."""
+"""What SFT and GRPO share: the backbone, generation, evaluation (metrics and prediction records), FSDP2 sharding,
+the optimiser and its schedule. Checkpoint contents and the non-finite guard are mixins of their own
+(:mod:`vau.modules.checkpointing`, :mod:`vau.modules.nonfinite`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch
 
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
-from vau.modules.adapters import uses_adapters
 from vau.modules.backbones import Backbone
+from vau.modules.checkpointing import CheckpointState
+from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule
 from vau.modules.parallel import shard_model, synced_generation
 from vau.registry import ROLLOUT_ENGINES
@@ -25,47 +28,7 @@ from vau.tasks.metrics import view_metrics
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the message gives the global step and the cause."""
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's torch / CUDA / numpy / Python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), py_gauss],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, py_gauss = state["python"]
-    random.setstate((version, tuple(internal), py_gauss))
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a tensor (a DTensor shard under FSDP2), as a plain tensor."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-class VAUModule(L.LightningModule):
+class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
     """Base LightningModule over one backbone and one task.
 
     Args:
@@ -247,116 +210,6 @@ class VAUModule(L.LightningModule):
         else:  # a plain ModelParallelStrategy: FSDP2 with default settings over its data-parallel mesh
             for model in self.modules_to_shard():
                 shard_model(model, self.device_mesh["data_parallel"])
-
-    # -- checkpoints ------------------------------------------------------------------------------------------
-    #: With LoRA/QLoRA, keep only the trainable (adapter) weights in checkpoints (config ``checkpoint.adapter_only``).
-    adapter_only_checkpoint: bool = True
-
-    def adapter_only_state(self) -> bool:
-        """Whether checkpoints of this module hold only its trainable parameters."""
-        return bool(self.adapter_only_checkpoint) and uses_adapters(self.model)
-
-    @property
-    def strict_loading(self) -> bool:
-        # An adapter-only checkpoint lacks the frozen base weights, which come from backbone.path instead;
-        # on_load_checkpoint checks the adapter keys itself.
-        if self._strict_loading is not None:
-            return bool(self._strict_loading)
-        return not self.adapter_only_state()
-
-    @strict_loading.setter
-    def strict_loading(self, value: bool) -> None:
-        self._strict_loading = value
-
-    def _trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adapter-only state dict (LoRA/QLoRA), plus every rank's RNG state so a resumed run samples the same."""
-        adapter_only = self.adapter_only_state()
-        if adapter_only:
-            keep = self._trainable_keys()
-            state = checkpoint.get("state_dict") or {}
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-        rng = [rng_state()]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Lightning calls this hook on every rank (FSDP needs them all to gather the weights), so this is safe.
-            rng = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(rng, rng_state())
-        checkpoint["vau"] = {"adapter_only": adapter_only, "rng_states": rng}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check an adapter-only checkpoint matches this model's adapters; restore this rank's RNG state."""
-        meta = checkpoint.get("vau") or {}
-        state = checkpoint.get("state_dict")
-        if meta.get("adapter_only") and state is not None:
-            expected = self._trainable_keys()
-            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            if missing or unexpected:
-                raise RuntimeError(
-                    f"adapter-only checkpoint does not match this model's trainable weights ({len(missing)} missing, "
-                    f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[:2]}): use the same lora.* and "
-                    f"backbone settings as the run that wrote it")
-            # Fill in the frozen base from the freshly loaded backbone, so strict loading code paths work too.
-            current = self.state_dict()
-            checkpoint["state_dict"] = {**{k: v for k, v in current.items() if k not in state}, **state}
-        states = meta.get("rng_states")
-        if states:
-            # Applied in on_train_start: between here and there Lightning builds the training DataLoader iterator,
-            # which draws its base seed from the global RNG (the uninterrupted run drew it before its first step).
-            self._pending_rng_state = states[self.global_rank] if self.global_rank < len(states) else states[0]
-
-    def on_train_start(self) -> None:
-        state = getattr(self, "_pending_rng_state", None)
-        if state is not None:
-            set_rng_state(state)
-            self._pending_rng_state = None
-
-    # -- non-finite loss / gradients ----------------------------------------------------------------------------
-    #: Tensors the current loss was computed from, by name (set by a training step; inspected only when the loss is
-    #: not finite, to say which term is the cause).
-    _loss_terms: dict[str, torch.Tensor | None] | None = None
-    _backward_loss: torch.Tensor | None = None
-
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        self._backward_loss = loss.detach()
-
-    def on_after_backward(self) -> None:
-        """Stop the run at the first non-finite loss or gradient (before clipping and the optimiser step).
-
-        Every rank takes part in one all-reduce of the verdict, so all of them raise together (a rank raising alone
-        would leave the others waiting in the next collective).
-        """
-        cause = self._nonfinite_cause()
-        self._backward_loss, self._loss_terms = None, None
-        flag = torch.tensor(0.0 if cause is None else 1.0, device=self.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() > 0:
-            raise NonFiniteError(
-                f"non-finite training value at global step {self.global_step}: "
-                f"{cause or 'found on another rank (see its log)'}. The run stops here rather than train on NaN; "
-                f"lower module.optim.lr, check the data of this step, or (GRPO) the rewards")
-
-    def _nonfinite_cause(self) -> str | None:
-        loss = self._backward_loss
-        if loss is not None and not bool(torch.isfinite(loss).all()):
-            bad = [name for name, t in (self._loss_terms or {}).items()
-                   if isinstance(t, torch.Tensor) and not bool(torch.isfinite(_local(t)).all())]
-            where = f" (non-finite {', '.join(bad)})" if bad else ""
-            return f"the {type(self).__name__} loss is {float(loss)}{where}"
-        named = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
-        if not named or getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
-            return None  # fp16 loss scaling (16-mixed) overflows on purpose: its scaler skips those steps itself
-        if bool(torch.stack([torch.isfinite(_local(g)).all() for _, g in named]).all()):
-            return None  # one check (one device sync) on the common path; the loop below runs only on failure
-        for name, grad in named:
-            grad = _local(grad)
-            if not bool(torch.isfinite(grad).all()):
-                nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
-                return (f"the loss is finite ({float(loss) if loss is not None else '?'}) but parameter {name!r} has "
-                        f"a non-finite gradient ({nan} NaN, {inf} inf of {grad.numel()})")
-        return None
 
     # -- optimisation -----------------------------------------------------------------------------------------
     default_decay = "cosine"  # the schedule's shape when optim.decay is not set
