@@ -353,3 +353,28 @@ def test_the_datamodule_builds_chains_when_data_reflect_asks(overrides, tiny_bac
     cfg = compose("demo_sft_reflect_qa", [*overrides, "data.reflect=null"])
     dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id)
     assert all(sample_chain(s) is None for s in dm._samples("train", str(cfg.data.annotations.train)))
+
+
+@pytest.mark.parametrize("name", reflect_tasks())
+def test_every_reflect_task_makes_mistakes_that_score_wrong(name, demo_root):
+    """``plausible_mistake`` is what corrective chains start from: read as a first answer, it must parse and score
+    as wrong on every row it is made for, and the same seed must give the same mistake."""
+    import random
+
+    task = get_task(name)
+    samples = [task.sample(r) for r in read_annotations(_demo_csv(demo_root)) if task.keeps(r, True)]
+    made = 0
+    for sample in samples:
+        if task.truth(sample) is None:
+            continue
+        mistake = task.plausible_mistake(sample, random.Random(7))
+        if mistake is None:
+            continue
+        answer, reasoning, rejection = mistake
+        assert mistake == task.plausible_mistake(sample, random.Random(7))
+        probe = f"<answer>{answer}</answer><reflect>x</reflect>"
+        assert task.parse_initial(probe, sample) is not None, (name, answer)
+        assert not task.is_correct(task.initial_accuracy(probe, sample)), (name, answer, task.truth(sample))
+        assert reasoning and rejection
+        made += 1
+    assert made >= len(samples) // 2, f"{name}: a mistake for only {made} of {len(samples)} rows"

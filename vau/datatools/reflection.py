@@ -41,13 +41,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from vau.config import ConfigError, key_values
-from vau.data.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation, AnnotationError
+from vau.data.annotations import LETTERS, Annotation, AnnotationError
 from vau.data.readers import read_rows
-from vau.parsing import interval_iou, is_normal_interval
 from vau.registry import REFLECTORS, TASKS
 from vau.tasks import Sample, Task, get_task
 from vau.tasks.base import DEFAULT_VIEWS, ViewOptions
-from vau.tasks.reflect import CHAIN_COLUMNS, CHAINS_KEY, CONFIRMING, CORRECTIVE, Chain, ReflectMixin
+from vau.tasks.reflect import CHAIN_COLUMNS, CHAINS_KEY, CONFIRMING, CORRECTIVE, DISTRACTOR_KEY, Chain, ReflectMixin
 
 FAILED = "failed"
 
@@ -87,18 +86,6 @@ class ReflectionBuilder:
         return out
 
 
-# a wrong class that is easy to mistake for each class (our choice: same kind of event or scene)
-CONFUSABLE = {
-    "Abuse": "Assault", "Agriculture": "Food Safety", "Arrest": "Fighting", "Arson": "Fire", "Assault": "Fighting",
-    "Explosion": "Fire", "Fighting": "Assault", "Fire": "Explosion", "Food Safety": "Agriculture",
-    "Medical Abnormality": "People_falling", "Natural Hazard": "Water_incident", "Object_falling": "People_falling",
-    "People_falling": "Object_falling", "Robbery": "Stealing", "Shooting": "Robbery", "Stealing": "Robbery",
-    "Traffic_accident": "Object_falling", "Vandalism": "Stealing", "Water_incident": "Natural Hazard",
-}
-NORMAL_LOOKALIKES = ("Fighting", "Stealing", "Vandalism", "People_falling")  # wrong calls on a normal clip
-
-
-DISTRACTOR_KEY = "distractor"  # Sample.extra key: what a first glance at the clip may take for the event
 
 
 def distractor_of(ann: Annotation) -> dict[str, object] | None:
@@ -120,15 +107,6 @@ def distractor_of(ann: Annotation) -> dict[str, object] | None:
     return {"option": option if option in LETTERS else "", "class": cls, "interval": interval}
 
 
-def _fmt(interval: tuple[float, float]) -> str:
-    return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
-
-
-def _sentence(text: str) -> str:
-    text = " ".join(text.split())
-    return text if not text or text.endswith((".", "!", "?")) else f"{text}."
-
-
 @REFLECTORS.register("template")
 class TemplateBuilder(ReflectionBuilder):
     """Offline chains from the annotation: a plausible wrong first answer corrected by the annotated evidence, or a
@@ -139,9 +117,7 @@ class TemplateBuilder(ReflectionBuilder):
             return None
         if not corrective:
             return task.confirming_chain(sample)
-        wrong = {"choice": self._choice, "interval": self._interval, "class": self._class,
-                 "binary": self._binary}.get(task.answer_kind)
-        made = wrong(task, sample, rng) if wrong is not None else None
+        made = task.plausible_mistake(sample, rng)  # each reflect task knows what a first glance gets wrong
         if made is None:
             return None
         answer, reasoning, contradiction = made
@@ -155,72 +131,6 @@ class TemplateBuilder(ReflectionBuilder):
                                             evidence, contradiction) if p),
             revised_reasoning=task.rationale(sample), kind=CORRECTIVE, task=task.name,
         )
-
-    # each returns (wrong answer text, initial reasoning supporting it, the sentence that rejects it) or None
-    def _choice(self, task, sample, rng):
-        truth = task.truth(sample)
-        others = [letter for letter, text in zip(LETTERS, sample.options) if letter != truth and text.strip()]
-        if not others or truth not in LETTERS:
-            return None
-        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("option")
-        letter = seen if seen in others else rng.choice(others)
-        text = _sentence(sample.options[LETTERS.index(letter)]).rstrip(".")
-        right = _sentence(sample.options[LETTERS.index(truth)]).rstrip(".")
-        return (letter, f"At first glance the clip seems to match option {letter}: {text}.",
-                f"This does not fit option {letter}; what the video shows is option {truth}: {right}.")
-
-    def _interval(self, task, sample, rng):
-        truth = task.truth(sample)
-        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("interval")
-        if seen is not None and interval_iou(seen, truth) < task.correct_threshold:
-            wrong = (round(seen[0], 1), round(seen[1], 1))
-            fix = ("nothing anomalous happens in the clip, so the answer is [0.0, 0.0]" if is_normal_interval(truth)
-                   else f"the anomaly runs from about {truth[0]:.1f} to {truth[1]:.1f} seconds")
-            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
-                    f"What happens at {_fmt(wrong)} is only a brief flash, not the event: {fix}.")
-        if is_normal_interval(truth):
-            start = round(rng.uniform(0.5, 3.0), 1)
-            wrong = (start, round(start + rng.uniform(1.0, 3.0), 1))
-            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
-                    f"Nothing anomalous happens in the clip, so {_fmt(wrong)} is a false alarm; the answer is "
-                    f"[0.0, 0.0].")
-        start, end = truth
-        length = end - start
-        candidates = [(end - 0.2 * length, end + 0.8 * length),  # shifted later
-                      (start, start + 0.3 * length), (end - 0.3 * length, end)]  # shrunk to one end
-        if start >= 0.8 * length:
-            candidates.append((start - 0.8 * length, start + 0.2 * length))  # shifted earlier
-        rng.shuffle(candidates)
-        for a, b in candidates:
-            wrong = (round(a, 1), round(b, 1))
-            if 0.0 <= wrong[0] < wrong[1] and interval_iou(wrong, truth) < task.correct_threshold:
-                return (_fmt(wrong), f"The unusual activity seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} "
-                                     f"seconds.",
-                        f"{_fmt(wrong)} does not cover the event: it runs from about {start:.1f} to {end:.1f} "
-                        f"seconds.")
-        return None
-
-    def _class(self, task, sample, rng):
-        truth = task.truth(sample)
-        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("class")
-        if seen and seen != truth and seen in ANOMALY_CLASSES:
-            reject = (f"Nothing anomalous happens, so this is not {seen}; the clip is Normal." if truth == NORMAL
-                      else f"That points to {truth} rather than {seen}.")
-            return seen, f"The scene looks like {seen.replace('_', ' ').lower()}.", reject
-        if truth == NORMAL:
-            wrong = rng.choice(NORMAL_LOOKALIKES)
-            reject = f"Nothing anomalous happens, so this is not {wrong}; the clip is Normal."
-        else:
-            wrong = CONFUSABLE.get(truth) or rng.choice([c for c in ANOMALY_CLASSES if c not in (truth, NORMAL)])
-            reject = f"That points to {truth} rather than {wrong}."
-        return wrong, f"The scene looks like {wrong.replace('_', ' ').lower()}.", reject
-
-    def _binary(self, task, sample, rng):
-        if task.truth(sample):
-            return ("Normal", "At first glance nothing in the clip looks out of the ordinary.",
-                    "That is an anomaly, so Normal was wrong.")
-        return ("Anomaly", "At first glance something in the clip looks unusual.",
-                "Nothing here is anomalous, so Anomaly was wrong.")
 
 
 def _keeps(task: Task, ann: Annotation, views: ViewOptions) -> bool:

@@ -28,18 +28,40 @@ reflect variant the same way: ``class MyReflect(ReflectMixin, MyTask)`` with ``b
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vau.data.annotations import ANOMALY_CLASSES, Annotation
-from vau.parsing import extract_tag, reflect_body, reflects  # noqa: F401  (re-exported)
+from vau.data.annotations import ANOMALY_CLASSES, LETTERS, NORMAL, Annotation
+from vau.parsing import extract_tag, interval_iou, is_normal_interval, reflect_body, reflects  # noqa: F401  (re-exported)
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, ViewOptions
 from vau.tasks.cls import AnomalyClassification, BinaryClassification
 from vau.tasks.qa import MultipleChoiceQA
 from vau.tasks.tag import TemporalGrounding
+
+DISTRACTOR_KEY = "distractor"  # Sample.extra key: what a first glance at the clip may take for the event
+
+# a wrong class that is easy to mistake for each class (our choice: same kind of event or scene)
+CONFUSABLE = {
+    "Abuse": "Assault", "Agriculture": "Food Safety", "Arrest": "Fighting", "Arson": "Fire", "Assault": "Fighting",
+    "Explosion": "Fire", "Fighting": "Assault", "Fire": "Explosion", "Food Safety": "Agriculture",
+    "Medical Abnormality": "People_falling", "Natural Hazard": "Water_incident", "Object_falling": "People_falling",
+    "People_falling": "Object_falling", "Robbery": "Stealing", "Shooting": "Robbery", "Stealing": "Robbery",
+    "Traffic_accident": "Object_falling", "Vandalism": "Stealing", "Water_incident": "Natural Hazard",
+}
+NORMAL_LOOKALIKES = ("Fighting", "Stealing", "Vandalism", "People_falling")  # wrong calls on a normal clip
+
+
+def _fmt(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if not text or text.endswith((".", "!", "?")) else f"{text}."
 
 CORRECTIVE = "corrective"
 CONFIRMING = "confirming"
@@ -120,6 +142,13 @@ class ReflectMixin:
     Attributes:
         base_task: the registered name of the base task (its metric names are renamed after this task).
     """
+
+    def plausible_mistake(self, sample: Sample, rng: random.Random) -> tuple[str, str, str] | None:
+        """A wrong first answer a corrective chain can start from: ``(answer text, reasoning that supports it, the
+        sentence that rejects it)``, drawn with ``rng`` (deterministic from the seed), or None when the task has none
+        (the template builder then writes a confirming chain). The demo's distractor event, when the sample has one
+        (``sample.extra[DISTRACTOR_KEY]``), is the mistake of choice."""
+        return None
 
     base_task: str = ""
     format_tags = REFLECT_TAGS
@@ -215,6 +244,18 @@ class ReflectQA(ReflectMixin, MultipleChoiceQA):
     default_rewards = {"format": {"weight": 1.0}, "choice_accuracy": {"weight": 1.0},
                        "self_correction": {"weight": 1.0}}
 
+    def plausible_mistake(self, sample: Sample, rng: random.Random) -> tuple[str, str, str] | None:
+        truth = self.truth(sample)
+        others = [letter for letter, text in zip(LETTERS, sample.options) if letter != truth and text.strip()]
+        if not others or truth not in LETTERS:
+            return None
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("option")
+        letter = seen if seen in others else rng.choice(others)
+        text = _sentence(sample.options[LETTERS.index(letter)]).rstrip(".")
+        right = _sentence(sample.options[LETTERS.index(truth)]).rstrip(".")
+        return (letter, f"At first glance the clip seems to match option {letter}: {text}.",
+                f"This does not fit option {letter}; what the video shows is option {truth}: {right}.")
+
 
 @TASKS.register("tag_reflect")
 class ReflectGrounding(ReflectMixin, TemporalGrounding):
@@ -222,6 +263,37 @@ class ReflectGrounding(ReflectMixin, TemporalGrounding):
 
     base_task = "tag"
     default_rewards = {"format": {"weight": 1.0}, "temporal_iou": {"weight": 1.0}, "iou_gain": {"weight": 1.0}}
+
+    def plausible_mistake(self, sample: Sample, rng: random.Random) -> tuple[str, str, str] | None:
+        truth = self.truth(sample)
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("interval")
+        if seen is not None and interval_iou(seen, truth) < self.correct_threshold:
+            wrong = (round(seen[0], 1), round(seen[1], 1))
+            fix = ("nothing anomalous happens in the clip, so the answer is [0.0, 0.0]" if is_normal_interval(truth)
+                   else f"the anomaly runs from about {truth[0]:.1f} to {truth[1]:.1f} seconds")
+            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
+                    f"What happens at {_fmt(wrong)} is only a brief flash, not the event: {fix}.")
+        if is_normal_interval(truth):
+            start = round(rng.uniform(0.5, 3.0), 1)
+            wrong = (start, round(start + rng.uniform(1.0, 3.0), 1))
+            return (_fmt(wrong), f"Something unusual seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} seconds.",
+                    f"Nothing anomalous happens in the clip, so {_fmt(wrong)} is a false alarm; the answer is "
+                    f"[0.0, 0.0].")
+        start, end = truth
+        length = end - start
+        candidates = [(end - 0.2 * length, end + 0.8 * length),  # shifted later
+                      (start, start + 0.3 * length), (end - 0.3 * length, end)]  # shrunk to one end
+        if start >= 0.8 * length:
+            candidates.append((start - 0.8 * length, start + 0.2 * length))  # shifted earlier
+        rng.shuffle(candidates)
+        for a, b in candidates:
+            wrong = (round(a, 1), round(b, 1))
+            if 0.0 <= wrong[0] < wrong[1] and interval_iou(wrong, truth) < self.correct_threshold:
+                return (_fmt(wrong), f"The unusual activity seems to happen from {wrong[0]:.1f} to {wrong[1]:.1f} "
+                                     f"seconds.",
+                        f"{_fmt(wrong)} does not cover the event: it runs from about {start:.1f} to {end:.1f} "
+                        f"seconds.")
+        return None
 
 
 @TASKS.register("cls_reflect")
@@ -231,9 +303,31 @@ class ReflectClassification(ReflectMixin, AnomalyClassification):
     base_task = "cls"
     default_rewards = {"format": {"weight": 1.0}, "class_match": {"weight": 1.0}, "self_correction": {"weight": 1.0}}
 
+    def plausible_mistake(self, sample: Sample, rng: random.Random) -> tuple[str, str, str] | None:
+        truth = self.truth(sample)
+        seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("class")
+        if seen and seen != truth and seen in ANOMALY_CLASSES:
+            reject = (f"Nothing anomalous happens, so this is not {seen}; the clip is Normal." if truth == NORMAL
+                      else f"That points to {truth} rather than {seen}.")
+            return seen, f"The scene looks like {seen.replace('_', ' ').lower()}.", reject
+        if truth == NORMAL:
+            wrong = rng.choice(NORMAL_LOOKALIKES)
+            reject = f"Nothing anomalous happens, so this is not {wrong}; the clip is Normal."
+        else:
+            wrong = CONFUSABLE.get(truth) or rng.choice([c for c in ANOMALY_CLASSES if c not in (truth, NORMAL)])
+            reject = f"That points to {truth} rather than {wrong}."
+        return wrong, f"The scene looks like {wrong.replace('_', ' ').lower()}.", reject
+
 
 @TASKS.register("cls_binary_reflect")
 class ReflectBinaryClassification(ReflectMixin, BinaryClassification):
     """The cls_binary rows, answered Anomaly / Normal first, then after a self-reflection (SRVAU-R1)."""
 
     base_task = "cls_binary"
+
+    def plausible_mistake(self, sample: Sample, rng: random.Random) -> tuple[str, str, str] | None:
+        if self.truth(sample):
+            return ("Normal", "At first glance nothing in the clip looks out of the ordinary.",
+                    "That is an anomaly, so Normal was wrong.")
+        return ("Anomaly", "At first glance something in the clip looks unusual.",
+                "Nothing here is anomalous, so Anomaly was wrong.")
