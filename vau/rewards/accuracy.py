@@ -1,13 +1,12 @@
 """Answer-accuracy rewards, read through each sample's task (:mod:`vau.tasks`) with :mod:`vau.parsing`.
 
 All score 0 for an answer that is missing, empty or ambiguous ("A or B", every option, two classes), so listing
-several answers never pays. Each applies to every task of the answer kind it reads (``Task.answer_kind``), plugin
-tasks included, and returns None for the others.
+several answers never pays. Each asks the sample's task (plugin tasks included) and returns None where the task
+makes no such answer.
 """
 
 from __future__ import annotations
 
-from vau.parsing import normalize_label
 from vau.registry import REWARDS
 from vau.tasks import Sample, task_of
 
@@ -47,13 +46,7 @@ def class_match(completions: list[str], samples: list[Sample], binary: bool = Fa
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
         task = task_of(sample)
-        kind = task.answer_kind if task is not None else None
-        if kind not in ("class", "binary") or not normalize_label(sample.anomaly_class or ""):
-            out.append(None)
-        elif binary or kind == "binary":
-            out.append(float(task.anomalous_reply(text, sample) is task.anomalous_truth(sample)))
-        else:
-            out.append(task.accuracy(text, sample))
+        out.append(None if task is None else task.class_score(text, sample, binary))  # Task.class_score
     return out
 
 

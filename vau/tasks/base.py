@@ -161,6 +161,11 @@ class Task:
             return None
         return float(self.parse(reply, sample) == truth)
 
+    def class_score(self, reply: str, sample: Sample, binary: bool = False) -> float | None:
+        """Score of the reply's anomaly-class call (the ``class_match`` reward): None for a task that makes no such
+        call (this default) or a sample without a known class; ``binary`` scores only anomalous vs normal."""
+        return None
+
     # -- initial answers (a reply that reflects, or a two-pass reply) ----------------------------------------------
     def initial_reply(self, reply: str) -> str | None:
         """``<answer>initial answer</answer>``: the answer given before the reply's first complete ``<reflect>``

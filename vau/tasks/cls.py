@@ -31,6 +31,13 @@ class _ClassTask(Task):
         """Whether the reply calls the clip anomalous (any anomaly class counts), None when it does not say."""
         return parse_anomalous(reply, class_candidates(sample.anomaly_class or ""))
 
+    def class_score(self, reply: str, sample: Sample, binary: bool = False) -> float | None:
+        if not normalize_label(sample.anomaly_class or ""):
+            return None
+        if binary:  # any anomaly class counts as anomalous (VAU-R1's binary accuracy)
+            return float(self.anomalous_reply(reply, sample) is self.anomalous_truth(sample))
+        return self.accuracy(reply, sample)  # cls: the 20-way class; cls_binary: the call is the class
+
     def report_metrics(self) -> dict:
         """The false-alarm rate of the anomalous/normal call on normal clips."""
         return {f"{self.name}_false_alarm": BinaryFalseAlarmRate(self)}
