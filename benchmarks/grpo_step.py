@@ -50,7 +50,7 @@ def build_backbone(setting: str, size: str | None, device: str, attn: str, cache
     """The tiny twin's processor and tokenizer with a model of the setting's shape (random weights)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from vau.modules.qwen import Qwen2_5VLBackbone
+    from vau.backbones.qwen import Qwen2_5VLBackbone
 
     spec = SETTINGS[setting]
     side = spec["side"] if size is None else 224

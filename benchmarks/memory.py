@@ -118,7 +118,7 @@ def count(config, ranks=(16,)) -> Counts:
     if config.tie_word_embeddings:
         model.tie_weights()
     total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
-    from vau.modules.qwen import Qwen2_5VLBackbone
+    from vau.backbones.qwen import Qwen2_5VLBackbone
 
     vision = sum(p.numel() for prefix in Qwen2_5VLBackbone.vision_module_prefixes
                  for p in model.get_submodule(prefix).parameters())
@@ -286,8 +286,8 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
     import torch
     from transformers.video_utils import VideoMetadata
 
+    from vau.backbones.base import BACKBONES
     from vau.modules.adapters import setup_training_memory
-    from vau.modules.backbones import BACKBONES
     from vau.modules.grpo import GRPOModule, Rollout
     from vau.rewards import RewardSet
 

@@ -33,10 +33,10 @@ import numpy as np
 os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vau.backbones.qwen import frame_size_fn  # noqa: E402
 from vau.datamodules.decoders import open_video  # noqa: E402
 from vau.datamodules.samplers import FrameSelection  # noqa: E402
 from vau.datamodules.video import FrameCache, read_clip  # noqa: E402
-from vau.modules.qwen import frame_size_fn  # noqa: E402
 
 QWEN_MIN_PIXELS = 128 * 28 * 28  # qwen-vl-utils' VIDEO_MIN_TOKEN_NUM * 28 * 28
 QWEN_MAX_PIXELS = 768 * 28 * 28  # VIDEO_MAX_TOKEN_NUM * 28 * 28 (VAU-R1 evaluates with this budget)

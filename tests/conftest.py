@@ -16,7 +16,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_path(cache_dir):
-    from vau.modules.qwen import Qwen2_5VLBackbone
+    from vau.backbones.qwen import Qwen2_5VLBackbone
 
     return Qwen2_5VLBackbone.tiny_checkpoint(cache_dir, seed=0)
 

@@ -10,7 +10,7 @@ import textwrap
 
 TOY_BACKBONE = textwrap.dedent('''
     """A user's backbone: Qwen2-VL's architecture with square frames, a one-layer tiny twin and its own LoRA targets."""
-    from vau.modules.qwen import Qwen2VLBackbone
+    from vau.backbones.qwen import Qwen2VLBackbone
     from vau.registry import BACKBONES
 
     ASKED = []  # (frames, height, width) the data pipeline asked the frame rule about

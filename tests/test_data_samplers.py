@@ -97,7 +97,7 @@ def test_epoch_sampler_is_deterministic_per_seed_and_epoch() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vau.modules.backbones import BACKBONES
+    from vau.backbones.base import BACKBONES
 
     cache = tmp_path_factory.getbasetemp() / "tiny-backbone"
     return BACKBONES.get("tiny_qwen2_5_vl")({"cache_dir": str(cache), "seed": 0})

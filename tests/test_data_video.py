@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from vau.backbones.qwen import frame_size_fn
 from vau.callbacks import BadVideoError, BadVideoMonitor
 from vau.cli import main
 from vau.data.annotations import write_annotations
@@ -22,7 +23,6 @@ from vau.datamodules.encoding import Collator, SampleEncoder
 from vau.datamodules.samplers import build_sampler
 from vau.datamodules.vau_bench import VAUBenchDataModule
 from vau.datamodules.video import FrameCache, VideoError, read_clip
-from vau.modules.qwen import frame_size_fn
 from vau.tasks import Sample, get_task
 
 UNIFORM = build_sampler({"name": "uniform", "num_frames": 4})
@@ -30,7 +30,7 @@ UNIFORM = build_sampler({"name": "uniform", "num_frames": 4})
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vau.modules.backbones import BACKBONES
+    from vau.backbones.base import BACKBONES
 
     cache = tmp_path_factory.getbasetemp() / "tiny-backbone"
     return BACKBONES.get("tiny_qwen2_5_vl")({"cache_dir": str(cache), "seed": 0})
@@ -62,7 +62,7 @@ def test_only_the_sampled_frames_are_decoded_exactly(media) -> None:
 
 @pytest.mark.parametrize("budget", [{}, {"min_pixels": 784, "max_pixels": 3136}])
 def test_decode_time_resize_matches_the_processor(tiny, media, tmp_path_factory, budget) -> None:
-    from vau.modules.backbones import BACKBONES
+    from vau.backbones.base import BACKBONES
 
     # With a budget from config, configure_processor also turns on the per-frame cap: both rules are covered.
     processor = BACKBONES.get("tiny_qwen2_5_vl")({"cache_dir": str(tmp_path_factory.getbasetemp() / "tiny-backbone"),

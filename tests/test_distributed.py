@@ -337,10 +337,10 @@ def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = No
     """``vau.run.run("fit")`` broken into its parts so a phase can adjust the module; returns (module, trainer)."""
     import lightning as L
 
+    from vau.backbones.base import build_backbone
     from vau.components import build_module
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
     from vau.run_dir import make_run_dir
     from vau.trainer import build_trainer
 

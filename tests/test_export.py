@@ -26,9 +26,9 @@ def _fit(overrides, run_dir: Path, extra) -> Path:
 
 def _inputs(overrides) -> dict[str, torch.Tensor]:
     """Prompt inputs (video + question) of the first two training clips, as the model sees them."""
+    from vau.backbones.base import build_backbone
     from vau.datamodules.encoding import model_inputs
     from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
 
     cfg = compose("demo", overrides)
     backbone = build_backbone(cfg.backbone)
@@ -39,8 +39,8 @@ def _inputs(overrides) -> dict[str, torch.Tensor]:
 
 def _trained_logits(overrides, run_dir: Path, extra, inputs) -> torch.Tensor:
     """Logits of the trained model as vau rebuilds it from the checkpoint (the reference for the round trip)."""
+    from vau.backbones.base import build_backbone
     from vau.export import load_weights
-    from vau.modules.backbones import build_backbone
 
     cfg = compose("demo", [*overrides, *extra])
     model = build_backbone(cfg.backbone, lora=cfg.get("lora")).model
@@ -116,8 +116,8 @@ def test_qlora_adapters_load_on_a_4_bit_base_and_merge_into_the_full_precision_o
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
+    from vau.backbones.qwen import Qwen2_5VLBackbone
     from vau.modules.quantization import quantization_kwargs
-    from vau.modules.qwen import Qwen2_5VLBackbone
 
     qlora = ["backbone.quantization=nf4", *LORA]
     overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",

@@ -104,9 +104,9 @@ def test_beta_zero_makes_no_reference_forward(overrides, tmp_path, beta):
     cfg = compose("demo", [*overrides, "module=grpo", f"run_dir={tmp_path}", "trainer.max_steps=2",
                            "test_after_fit=false", "trainer.limit_val_batches=0", "module.grpo.max_new_tokens=4",
                            "module.grpo.num_generations=2", "module.grpo.num_iterations=2", f"module.grpo.beta={beta}"])
+    from vau.backbones.base import build_backbone
     from vau.components import build_module
     from vau.datamodules.vau_bench import VAUBenchDataModule
-    from vau.modules.backbones import build_backbone
     from vau.trainer import build_trainer
 
     backbone = build_backbone(cfg.backbone)

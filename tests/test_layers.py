@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("vau.metrics", "vau.reflect_metrics")),
     ("tasks", ("vau.tasks",)),
     ("learning inputs", ("vau.rewards", "vau.datamodules", "vau.datatools")),
-    ("models", ("vau.modules", "vau.rollout")),
+    ("models", ("vau.backbones", "vau.modules", "vau.rollout")),
     ("jobs", ("vau.eval", "vau.export", "vau.callbacks", "vau.trainer", "vau.components")),
     ("entry", ("vau.run", "vau.cli", "vau.__main__")),
 )

@@ -30,7 +30,7 @@ def _cfg(overrides, extra):
 
 
 def _backbone(cfg):
-    from vau.modules.backbones import build_backbone
+    from vau.backbones.base import build_backbone
 
     return build_backbone(cfg.backbone, lora=cfg.get("lora"))
 

@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from vau.backbones.base import build_backbone
 from vau.checkpoints import load_init_weights
 from vau.datamodules.vau_bench import VAUBenchDataModule
-from vau.modules.backbones import build_backbone
 from vau.modules.optim import check_master_weights
 from vau.registry import ALGORITHMS, load_plugins
 

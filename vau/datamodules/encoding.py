@@ -20,7 +20,7 @@ class SampleEncoder:
     is only a default), so one encoder serves the multi-task ``mixed`` view.
 
     Args:
-        backbone: the :class:`vau.modules.backbones.Backbone`: its processor, its chat message layout
+        backbone: the :class:`vau.backbones.base.Backbone`: its processor, its chat message layout
             (``chat_messages``) and the id that closes a reply (``end_of_turn_id``, appended to every target).
         spec: the default task spec (None: each sample's own task).
         system_prompt: optional system message for every prompt.

@@ -52,7 +52,7 @@ class VAUBenchDataModule(L.LightningDataModule):
     Args:
         cfg: the ``data`` config node (see the module doc).
         sampler_cfg: the ``sampler`` config node (name + kwargs); ``eval_sampler_cfg`` overrides it for val/test.
-        backbone: the :class:`vau.modules.backbones.Backbone` (its processor encodes the samples, and its
+        backbone: the :class:`vau.backbones.base.Backbone` (its processor encodes the samples, and its
             pixel budget drives the decode-time resize).
         pad_id: the padding id of the batches (default: the backbone's).
         seed: seeds the training order and random frame samplers (per epoch, independent of workers).

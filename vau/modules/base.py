@@ -12,9 +12,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from vau.backbones.base import Backbone
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
-from vau.modules.backbones import Backbone
 from vau.modules.checkpointing import CheckpointState
 from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule

@@ -55,7 +55,7 @@ def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completi
 
     Args:
         model: the policy or reference model (PEFT-wrapped or not).
-        backbone: the :class:`vau.modules.backbones.Backbone` (position ids, vision inputs).
+        backbone: the :class:`vau.backbones.base.Backbone` (position ids, vision inputs).
         prompt: prompt inputs of B examples (left-padded ids, attention mask, vision tensors).
         completion_ids: (B * times, T) completions, ``times`` consecutive rows per prompt.
         completion_mask: (B * times, T) 1 up to and including each completion's end, 0 after.

@@ -69,7 +69,7 @@ class HFEngine(RolloutEngine):
         """Prompt inputs that continue each conversation after its first reply with the user turn ``text``.
 
         Each row becomes prompt (without its padding) + first reply (up to its closing token) + the chat template's
-        follow-up turn (:meth:`vau.modules.backbones.Backbone.follow_up_ids`), left-padded again. The vision inputs are
+        follow-up turn (:meth:`vau.backbones.base.Backbone.follow_up_ids`), left-padded again. The vision inputs are
         reused as they are: the video tokens of each row are unchanged, only text follows them.
         """
         backbone = self.module.backbone

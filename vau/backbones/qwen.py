@@ -1,5 +1,5 @@
-"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL behind the :class:`vau.modules.backbones.Backbone` interface, and their
-registered builders (real checkpoints from ``backbone.path``; tiny offline twins from :mod:`vau.modules.qwen_tiny`).
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL behind the :class:`vau.backbones.base.Backbone` interface, and their
+registered builders (real checkpoints from ``backbone.path``; tiny offline twins from :mod:`vau.backbones.qwen_tiny`).
 
 Everything vau knows about Qwen-VL lives here: ChatML's ``<|im_end|>``, the vision placeholder tokens, the vision
 tower's module name (``model.visual`` in transformers 5), the layout of the vision tensors (all videos' patches in
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from vau.backbones import qwen_tiny
+from vau.backbones.base import Backbone, _get, check_pixel_budget
 from vau.datamodules.video import SizeFn
-from vau.modules import qwen_tiny
-from vau.modules.backbones import Backbone, _get, check_pixel_budget
 from vau.registry import BACKBONES
 
 END_OF_TURN = "<|im_end|>"

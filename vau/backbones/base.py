@@ -1,7 +1,7 @@
 """The backbone interface: a loaded video VLM + processor, and everything generic code needs to know about it.
 
 Generic code (modules, data encoding, adapters, quantisation) never names a model family's tokens, modules or
-tensor keys; it asks the :class:`Backbone`. Each family implements the interface once (Qwen-VL: :mod:`vau.modules.qwen`)
+tensor keys; it asks the :class:`Backbone`. Each family implements the interface once (Qwen-VL: :mod:`vau.backbones.qwen`)
 and registers its builders in :data:`vau.registry.BACKBONES`. A builder takes the ``backbone`` config node and
 returns a loaded :class:`Backbone`. Checkpoints are only ever read from disk (``backbone.path``): nothing is
 downloaded. Every family also knows how to build a tiny random offline twin of itself (tests, demo, CPU benchmarks).
@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from vau.backbones.tiny import ensure_checkpoint
 from vau.modules.adapters import setup_training_memory
 from vau.modules.precision import resolve_dtype
 from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
-from vau.modules.tiny import ensure_checkpoint
 from vau.registry import BACKBONES
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Caching of tiny random offline checkpoints (tests, the demo run, CPU benchmarks), whatever their family.
 
-A family's :meth:`vau.modules.backbones.Backbone.build_tiny` writes a real model + processor into a directory;
+A family's :meth:`vau.backbones.base.Backbone.build_tiny` writes a real model + processor into a directory;
 here that directory is built once per cache key and published atomically, and then loaded through the same
 ``from_pretrained`` path as a downloaded checkpoint, so tests exercise the real loading code.
 """

@@ -2,7 +2,7 @@
 and ``tiny_qwen3_vl`` (tests, the demo run, CPU benchmarks).
 
 Each is the real ``*ForConditionalGeneration`` class with the real processor classes, whose byte-level BPE
-tokenizer is trained in-process on vau's task vocabulary. :mod:`vau.modules.tiny` caches them; they are then
+tokenizer is trained in-process on vau's task vocabulary. :mod:`vau.backbones.tiny` caches them; they are then
 loaded through the same ``from_pretrained`` path as a downloaded checkpoint.
 
 The Qwen2.5-VL twin is frozen: the same corpus, sizes and seed must give bit-identical weights, because
