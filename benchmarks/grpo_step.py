@@ -96,7 +96,7 @@ def prompt_batch(backbone, setting: str, prompts: int, device: str):
 
 
 def make_module(backbone, groups: int, completion: int, shared: bool, beta: float, mode: str = "full"):
-    from vau.modules.adapters import LoraSettings, apply_lora
+    from vau.backbones.adapters import LoraSettings, apply_lora
     from vau.modules.grpo import GRPOModule
     from vau.rewards import RewardSet
 

@@ -286,8 +286,8 @@ def measure_tiny(mode: str, generations: int, frames: int, completion: int = 16,
     import torch
     from transformers.video_utils import VideoMetadata
 
+    from vau.backbones.adapters import setup_training_memory
     from vau.backbones.base import BACKBONES
-    from vau.modules.adapters import setup_training_memory
     from vau.modules.grpo import GRPOModule, Rollout
     from vau.rewards import RewardSet
 

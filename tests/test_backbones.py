@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vau.backbones.adapters import LoraSettings, in_vision, resolve_targets
 from vau.backbones.base import Backbone
 from vau.config import compose
 from vau.data.annotations import read_annotations
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip
-from vau.modules.adapters import LoraSettings, in_vision, resolve_targets
 from vau.modules.sft import SFTModule
 from vau.registry import BACKBONES
 from vau.tasks import get_task

@@ -116,8 +116,8 @@ def test_qlora_adapters_load_on_a_4_bit_base_and_merge_into_the_full_precision_o
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
+    from vau.backbones.quantization import quantization_kwargs
     from vau.backbones.qwen import Qwen2_5VLBackbone
-    from vau.modules.quantization import quantization_kwargs
 
     qlora = ["backbone.quantization=nf4", *LORA]
     overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
@@ -129,7 +129,7 @@ def test_qlora_adapters_load_on_a_4_bit_base_and_merge_into_the_full_precision_o
     expected = _trained_logits(overrides, tmp_path / "run", qlora, inputs)
     nf4 = quantization_kwargs({"quantization": "nf4", "dtype": "float32"}, Qwen2_5VLBackbone.vision_module_prefixes)
     four_bit = AutoModelForImageTextToText.from_pretrained(tiny_path, **nf4)
-    from vau.modules.quantization import prepare_4bit_model
+    from vau.backbones.quantization import prepare_4bit_model
 
     prepare_4bit_model(four_bit)
     full = AutoModelForImageTextToText.from_pretrained(tiny_path)

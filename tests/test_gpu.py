@@ -40,7 +40,7 @@ def test_training_on_the_gpu_keeps_every_small_update(mode, overrides, tmp_path,
     assert all(p.dtype == torch.float32 for p in watch.params.values())
     assert watch.changed_fraction() >= 0.99
     if mode == "qlora nf4":
-        from vau.modules.quantization import linear4bit_modules
+        from vau.backbones.quantization import linear4bit_modules
 
         layers = linear4bit_modules(watch.model)
         assert layers and all(m.weight.device.type == DEVICE for m in layers.values())

@@ -152,7 +152,7 @@ def test_nf4_with_fsdp_is_refused(overrides, tmp_path):
 def test_unknown_lora_key_and_unmatched_targets_fail_clearly(overrides):
     with pytest.raises(ValueError, match="lora.target_modules"):
         _backbone(_cfg(overrides, ["lora.enabled=true", "lora.target_modules=[nope]"]))
-    from vau.modules.adapters import LoraSettings
+    from vau.backbones.adapters import LoraSettings
 
     with pytest.raises(ValueError, match="unknown lora key"):
         LoraSettings.from_config({"enabled": True, "rank": 8})

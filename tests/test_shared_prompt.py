@@ -13,11 +13,11 @@ import dataclasses
 import pytest
 import torch
 
+from vau.backbones.adapters import LoraSettings, apply_lora
 from vau.data.annotations import read_annotations
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler
 from vau.datamodules.video import read_clip
-from vau.modules.adapters import LoraSettings, apply_lora
 from vau.modules.grpo import GRPOModule
 from vau.modules.shared_prompt import completion_logits, generate_shared
 from vau.registry import BACKBONES

@@ -72,7 +72,7 @@ def stage_usage(stage: str, argv: list[str] = ()) -> str:
             "",
             "`--cfg job` prints the composed, resolved config of conf=NAME and the overrides, and runs nothing.",
         ])
-    module = {"score": "vau.eval.score", "report": "vau.eval.html_report", "judge": "vau.eval.judge", "predict": "vau.eval.predict",
+    module = {"score": "vau.eval.score", "report": "vau.eval.html_report", "judge": "vau.eval.judge", "predict": "vau.predict",
               "export": "vau.export"}[stage]
     import importlib
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return judge_main(rest)
         if stage == "predict":
-            from vau.eval.predict import main as predict_main  # deferred: see the module docstring
+            from vau.predict import main as predict_main  # deferred: see the module docstring
 
             return predict_main(rest)
         if stage == "export":
@@ -256,8 +256,8 @@ def _data(argv: list[str]) -> int:
         root = generate(cfg.data.root, **dict(gen))
         print(f"demo mini-benchmark in {root}: {', '.join(f'{s}.csv' for s in ('train', 'val', 'test'))} and videos/")
         return 0
+    from vau.datamodules.inventory import check_videos, split_of, stats_report  # deferred: see the module docstring
     from vau.datamodules.views import ViewOptions  # deferred: see the module docstring
-    from vau.datatools.tools import check_videos, split_of, stats_report  # deferred: see the module docstring
 
     if "annotations" in own:
         files = [(split_of(p), p) for p in own["annotations"].split(",") if p]

@@ -1,5 +1,5 @@
 """The components of a run, built from its config the same way for every stage: ``fit``, ``validate``, ``test``
-(:mod:`vau.run`) and ``predict`` (:mod:`vau.eval.predict`).
+(:mod:`vau.run`) and ``predict`` (:mod:`vau.predict`).
 
 Example::
 

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vau.backbones.adapters import LoraSettings, uses_adapters
 from vau.backbones.base import build_backbone
 from vau.checkpoints import newest_checkpoint
 from vau.config import ConfigError, compose, flag, split_args
-from vau.modules.adapters import LoraSettings, uses_adapters
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -40,11 +40,12 @@ from vau.parsing import (
 )
 from vau.registry import TASKS
 
-if TYPE_CHECKING:
-    from vau.tasks.base import Task
+#: A task object (:class:`vau.tasks.base.Task`). The metrics sit below the tasks (a task names its metrics), so they
+#: take the object and never import its class, not even for annotations.
+TaskObject = Any
 
 
-def _resolve(task: str | Task) -> Task:
+def _resolve(task: str | TaskObject) -> TaskObject:
     """A metric is bound to a Task object; a registered name is looked up in the registry (not imported from
     vau.tasks, which builds its metrics from this module)."""
     return TASKS.instance(task) if isinstance(task, str) else task
@@ -58,7 +59,7 @@ def local(metric: Metric) -> Metric:
     return metric
 
 
-def task_of(sample: Sample) -> Task | None:
+def task_of(sample: Sample) -> TaskObject | None:
     """The task of a sample, or None for a name no loaded module registered."""
     name = getattr(sample, "task", None)
     return TASKS.instance(name) if isinstance(name, str) and name in TASKS else None
@@ -68,14 +69,14 @@ class _Ratio(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, task: str | Task | None = None, **kwargs) -> None:
+    def __init__(self, task: str | TaskObject | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._task = task
         self.add_state("hits", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     @property
-    def task(self) -> Task:
+    def task(self) -> TaskObject:
         return _resolve(self._task)
 
     def _scored(self, completions: list[str], samples: list[Sample]):
@@ -108,7 +109,7 @@ class AnswerAccuracy(_Ratio):
 class ChoiceAccuracy(AnswerAccuracy):
     """Multiple-choice accuracy (:class:`AnswerAccuracy` of the ``qa`` task unless another task is given)."""
 
-    def __init__(self, task: str | Task = "qa", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "qa", **kwargs) -> None:
         super().__init__(task, **kwargs)
 
 
@@ -123,14 +124,14 @@ class CircularAccuracy(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, task: str | Task = "qa", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "qa", **kwargs) -> None:
         super().__init__(**kwargs)
         self._task = task
         for name in ("keys", "shifts", "right", "sizes"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     @property
-    def task(self) -> Task:
+    def task(self) -> TaskObject:
         return _resolve(self._task)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
@@ -182,7 +183,7 @@ def _tags(sample: Sample) -> tuple[str, ...]:
 class _Temporal(_Ratio):
     """Base of the grounding metrics: (parsed interval, truth) pairs of normal or anomalous clips."""
 
-    def __init__(self, task: str | Task = "tag", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "tag", **kwargs) -> None:
         super().__init__(task, **kwargs)
 
     def _pairs(self, completions: list[str], samples: list[Sample], normal: bool):
@@ -202,7 +203,7 @@ class MeanIoU(_Temporal):
 class RecallAtIoU(_Temporal):
     """Fraction of anomalous clips with a known interval whose reply reaches IoU >= ``threshold`` (R@threshold)."""
 
-    def __init__(self, threshold: float = 0.5, task: str | Task = "tag", **kwargs) -> None:
+    def __init__(self, threshold: float = 0.5, task: str | TaskObject = "tag", **kwargs) -> None:
         super().__init__(task, **kwargs)
         self.threshold = float(threshold)
 
@@ -232,7 +233,7 @@ class BinaryAnomalyAccuracy(_Ratio):
     reply is the call itself.
     """
 
-    def __init__(self, task: str | Task = "cls", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "cls", **kwargs) -> None:
         super().__init__(task, **kwargs)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
@@ -250,7 +251,7 @@ class BinaryFalseAlarmRate(_Ratio):
 
     higher_is_better = False
 
-    def __init__(self, task: str | Task = "cls", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "cls", **kwargs) -> None:
         super().__init__(task, **kwargs)
 
     def update(self, completions: list[str], samples: list[Sample]) -> None:
@@ -269,7 +270,7 @@ class _Confusion(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, classes: Sequence[str] = ANOMALY_CLASSES, task: str | Task = "cls", **kwargs) -> None:
+    def __init__(self, classes: Sequence[str] = ANOMALY_CLASSES, task: str | TaskObject = "cls", **kwargs) -> None:
         super().__init__(**kwargs)
         self.classes = tuple(classes)
         self._task = task

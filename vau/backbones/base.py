@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from vau.backbones.adapters import setup_training_memory
+from vau.backbones.precision import resolve_dtype
+from vau.backbones.quantization import prepare_4bit_model, quantization_kwargs
 from vau.backbones.tiny import ensure_checkpoint
-from vau.modules.adapters import setup_training_memory
-from vau.modules.precision import resolve_dtype
-from vau.modules.quantization import prepare_4bit_model, quantization_kwargs
 from vau.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Backbone(ABC):
     #: The transformers auto class that loads the model.
     model_class: ClassVar[str] = "AutoModelForImageTextToText"
     #: Qualified names of the vision tower's root modules: LoRA keeps them apart from the language model and
-    #: 4-bit loading skips them (see :mod:`vau.modules.adapters`, :mod:`vau.modules.quantization`).
+    #: 4-bit loading skips them (see :mod:`vau.backbones.adapters`, :mod:`vau.backbones.quantization`).
     vision_module_prefixes: ClassVar[tuple[str, ...]] = ()
     #: LoRA target names (last component of a linear layer's name) in the language model and in the vision tower,
     #: used where ``lora.target_modules`` / ``lora.vision_target_modules`` are null.

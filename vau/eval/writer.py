@@ -9,7 +9,7 @@ format from one writer.
 - ``test`` (``fit``'s last stage, or ``python -m vau test``): the epoch's records go to
   ``<run_dir>/predictions_rank<R>.jsonl``, one file per rank, rewritten by each test epoch.
 - ``predict``: each batch's records are appended to ``out`` as the batch completes, so a killed run keeps what it
-  had and resumes (``vau.eval.predict``); a record may carry the run's identity (weights, config).
+  had and resumes (``vau.predict``); a record may carry the run's identity (weights, config).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vau.modules.adapters import uses_adapters
+from vau.backbones.adapters import uses_adapters
 
 
 def rng_state() -> dict[str, Any]:

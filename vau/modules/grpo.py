@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vau.backbones.adapters import in_vision
 from vau.config import ConfigError
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
-from vau.modules.adapters import in_vision
 from vau.modules.base import VAUModule
 from vau.modules.grpo_loss import (
     IS_LEVELS,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-from vau.modules.precision import resolve_dtype
+from vau.backbones.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 

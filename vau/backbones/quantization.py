@@ -3,7 +3,7 @@
 ``backbone.quantization=nf4`` loads the language model's linear layers as bitsandbytes ``Linear4bit`` (NF4, with
 double quantisation of the block constants by default). The vision tower (the backbone's
 ``vision_module_prefixes``) and ``lm_head`` stay in ``backbone.dtype`` unless ``backbone.quantize_vision=true``. A 4-bit base cannot be trained
-directly: QLoRA trains LoRA adapters on top of it (``lora.enabled=true``, see :mod:`vau.modules.adapters`).
+directly: QLoRA trains LoRA adapters on top of it (``lora.enabled=true``, see :mod:`vau.backbones.adapters`).
 
 Config keys (all under ``backbone``):
     quantization: null | nf4
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vau.modules.precision import resolve_dtype
+from vau.backbones.precision import resolve_dtype
 
 log = logging.getLogger(__name__)
 
