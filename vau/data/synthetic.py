@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vau.data.annotations import COLUMNS, LETTERS, write_annotations
+from vau.data.annotations import COLUMNS, LETTERS, read_annotations, write_annotations
+from vau.data.frame_annotations import write_ucf_crime
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,8 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                     rows[-1]["Reasoning"] = _reasoning_with(kind, distractor)
         columns = (*COLUMNS, *DISTRACTOR_COLUMNS) if spec.distractor_ratio > 0 else COLUMNS
         write_annotations(root / f"{split}.csv", rows, columns)
+        if split == "test":  # the same test clips in UCF-Crime's frame-numbered format (data.format=ucf_crime)
+            write_ucf_crime(root / "test_ucf_crime.txt", read_annotations(root / "test.csv"), spec.fps)
         if split == "train":
             write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed), columns)
 

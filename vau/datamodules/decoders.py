@@ -31,6 +31,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -178,6 +179,7 @@ class PyAVSource:
         except Exception as err:  # av.error.* with FFmpeg's words
             raise VideoError(f"video {path} cannot be opened: {type(err).__name__}: {str(err)[:200]}") from err
         self.fps = float(rate) if rate else 0.0
+        self.rate = Fraction(rate) if rate else Fraction(0)  # exact (29.97 fps is 30000/1001)
         discarded = sum(p[3] for p in packets)
         self.total = len(packets) - discarded
         _check(path, self.total, self.fps)

@@ -71,6 +71,10 @@ def stats_report(files: list[tuple[str, str]], options: ViewOptions | None = Non
         notes = summarize(rows)
         if notes:
             out.append("normalised: " + ", ".join(f"{k}={v}" for k, v in sorted(notes.items())))
+        normal = sum(a.is_normal for a in rows)
+        unknown = sum(not a.anomaly_class for a in rows)
+        out.append(f"videos: {len({a.video for a in rows})} ({len(rows) - normal - unknown} anomalous, {normal} normal"
+                   + (f", {unknown} without a class)" if unknown else ")"))
         classes = Counter(a.anomaly_class or "(empty)" for a in rows)
         out.append(f"classes ({len(classes)}): " + ", ".join(f"{c} {n}" for c, n in classes.most_common()))
         out.append("")

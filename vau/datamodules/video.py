@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,14 @@ def probe(path: str | Path, decoder: str = "pyav") -> dict:
         raise VideoError(f"video {path} decodes to no image", "no_frames")
     return {"frames": source.total, "fps": source.fps, "width": int(frames.shape[2]), "height": int(frames.shape[1]),
             "seconds": source.total / source.fps}
+
+
+def frame_rate(path: str | Path) -> Fraction:
+    """The exact average frame rate of ``path`` as the container states it (PyAV), e.g. ``Fraction(30000, 1001)``:
+    what frame numbers of frame-level annotations are converted with (:func:`vau.data.frame_annotations.frames_to_seconds`).
+
+    Raises:
+        VideoError: as :func:`probe`, naming the file.
+    """
+    source = open_video(path, "pyav", 1)
+    return source.rate
