@@ -128,3 +128,16 @@ def test_the_demo_test_split_in_ucf_crime_format_round_trips(demo_root):
         frame = float(1 / rate)
         assert truth.interval[0] - frame < start <= truth.interval[0] + 1e-9
         assert truth.interval[1] - 1e-9 <= end < truth.interval[1] + frame
+
+
+def test_the_ucf_crime_writer_leaves_out_rows_it_cannot_place(tmp_path):
+    from vau.data.annotations import Annotation
+    from vau.data.frame_annotations import write_ucf_crime
+
+    rows = [Annotation("a.mp4", 2, anomaly_class="Fire", interval=(1.0, 2.0)),
+            Annotation("b.mp4", 3, anomaly_class="Fire", interval=(0.0, 0.0)),  # anomalous without an interval
+            Annotation("c.mp4", 4, anomaly_class="Fire", interval=None),
+            Annotation("d.mp4", 5, anomaly_class="Normal", interval=(0.0, 0.0))]
+    path = write_ucf_crime(tmp_path / "t.txt", rows, 8)
+    assert path.read_text() == "a.mp4 Fire 8 15 -1 -1\nd.mp4 Normal -1 -1 -1 -1\n"
+    assert [r.video for r in read_rows(path, "ucf_crime")] == ["a.mp4", "d.mp4"]

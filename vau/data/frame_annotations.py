@@ -55,15 +55,18 @@ def event_seconds(ann: Annotation, rate: Fraction | float) -> list[tuple[float, 
 def write_ucf_crime(path: str | Path, rows: list[Annotation], rate: Fraction | float) -> Path:
     """Rows with intervals in seconds written in the UCF-Crime test format at ``rate`` frames per second (the demo
     generator writes its test split this way too): an event covers the frames from ``start`` up to before ``end``;
-    a normal row is ``-1 -1 -1 -1``; rows without an interval are left out."""
+    a normal row is ``-1 -1 -1 -1``; rows without an interval, or anomalous rows whose interval is empty, are left
+    out (the reader would refuse an anomalous video without events)."""
     rate = Fraction(rate)
     lines = []
     for row in rows:
         if row.interval is None:
             continue
         start, end = row.interval
-        if row.is_normal or end <= start:
+        if row.is_normal:
             events = "-1 -1 -1 -1"
+        elif end <= start:
+            continue  # an anomalous row without a usable interval has no frame events to write
         else:
             # from the decimal the row shows (0.3 s, not the binary 0.2999...), so a frame boundary stays one
             first = math.floor(Fraction(repr(float(start))) * rate)
