@@ -126,7 +126,7 @@ def compose(conf: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     from hydra import initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    register()  # the typed nodes (module.grpo, module.generation) the module YAML files build on
+    register()  # the typed nodes (data, trainer, module.grpo, module.generation) the YAML files build on
 
     overrides = list(overrides)
     tmp = None
