@@ -57,10 +57,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, algorithm=None, stage: str = "
     kwargs = algorithm.trainer_kwargs(OmegaConf.to_container(cfg.trainer, resolve=True))
     strategy = build_strategy(cfg, kwargs.pop("strategy", "auto"))
     extra = list(callbacks)
-    writer = next((c for c in extra if isinstance(c, PredictionWriter)), None)
-    if writer is None:
-        writer = PredictionWriter(run_dir / "predictions_rank{rank}.jsonl")
-        extra.insert(0, writer)
+    writer = next((c for c in extra if isinstance(c, PredictionWriter)), None) or PredictionWriter(
+        run_dir / "predictions_rank{rank}.jsonl")
     ckpt = cfg.get("checkpoint") or {}
     every = ckpt.get("every_n_train_steps")
     callbacks = [
