@@ -39,6 +39,7 @@ from pathlib import Path
 from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.eval.frame_score import FrameScoreError, format_frame_report, frame_report, read_frame_scores
 from vau.eval.html_report import HTML_MARKER, write_html_report
 from vau.eval.report import ReportError, evaluate
 from vau.eval.report_plots import write_plots
@@ -54,9 +55,11 @@ def scored_tasks() -> list[str]:
     return [n for n in task_names() if get_task(n).scored]
 
 
-KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite", "format", "plugins")
+KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite", "format", "plugins", "frame_scores")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
-         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json] [format=vau_bench] [plugins=MODULE[,MODULE...]]")
+         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json] [format=vau_bench] [plugins=MODULE[,MODULE...]]\n"
+         "       python -m vau score annotations=FILE format=ucf_crime|xd_violence frame_scores=FILE.jsonl "
+         "[output=metrics.json]   (frame-level AUC / AP, vau.eval.frame_score)")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
                "anomaly class": "cls"}
 SHOW = 5  # example names listed per coverage problem
@@ -78,7 +81,8 @@ class Prediction:
 # ----------------------------------------------------------------------------------------------- reading ----
 def parse_args(argv: list[str]) -> dict[str, str]:
     args = key_values(argv, known=KEYS, error=ScoreError, usage=USAGE)
-    missing = [k for k in ("annotations", "predictions") if not args.get(k)]
+    missing = [k for k in ("annotations", "frame_scores" if args.get("frame_scores") else "predictions")
+               if not args.get(k)]
     if missing:
         raise ScoreError(f"missing {' and '.join(k + '=FILE' for k in missing)}\n{USAGE}")
     tasks = [t.strip() for t in args.get("task", "").split(",") if t.strip()]
@@ -328,6 +332,30 @@ def check_outputs(args: dict, files: list[Path]) -> None:
                          label=f"{folder / name} (in report={folder})")
 
 
+def _frame_level(args: dict, annotations: list[Annotation]) -> int:
+    """``frame_scores=FILE``: frame-level AUC / AP / false alarms (vau.eval.frame_score) instead of the VAU-Bench
+    tables."""
+    try:
+        report = frame_report(annotations, read_frame_scores(args["frame_scores"]))
+    except FrameScoreError as err:
+        raise ScoreError(str(err)) from None
+    title = (f"Frame-level anomaly detection of {Path(args['frame_scores']).name} against "
+             f"{Path(args['annotations']).name} ({len(annotations)} videos)")
+    print(format_frame_report(report, title))
+    if args.get("output"):
+        out = Path(args["output"])
+        check_output("output", out, {"annotations": args["annotations"], "frame_scores": args["frame_scores"]},
+                     overwrite=flag(args.get("overwrite", "false"), "overwrite", ScoreError),
+                     ours=json_with_key("sources"), error=ScoreError)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+        except OSError as err:
+            raise ScoreError(f"output={out}: cannot write the metrics file: {err}") from None
+        print(f"metrics written to {out}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Run the score stage; returns the process exit code (2 for bad arguments or input)."""
     try:
@@ -340,6 +368,8 @@ def main(argv: list[str]) -> int:
         annotations = read_rows(args["annotations"], args.get("format"))
         if not annotations:
             raise ScoreError(f"annotation file {args['annotations']} has no rows")
+        if args.get("frame_scores"):
+            return _frame_level(args, annotations)
         duplicates = duplicate_videos(annotations)
         if duplicates:
             names = ", ".join(f"{k} ({n} rows)" for k, n in list(duplicates.items())[:SHOW])

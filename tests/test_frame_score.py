@@ -1,0 +1,77 @@
+"""`python -m vau score frame_scores=FILE`: frame-level AUC / AP / false alarms against frame-numbered annotations,
+with the constant and random baselines, as papers print them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vau.cli import main
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (dev extra) is the reference")
+
+ANNOTATIONS = ("Abuse001_x264.mp4 Abuse 5 9 -1 -1\n"
+               "Arson002_x264.mp4 Arson 2 3 12 14\n"
+               "Normal_Videos_001_x264.mp4 Normal -1 -1 -1 -1\n"
+               "Normal_Videos_002_x264.mp4 Normal -1 -1 -1 -1\n"
+               "Abuse009_x264.mp4 Abuse 1 2 -1 -1\n")  # no scores for this one: listed, left out
+
+
+def _files(tmp_path, scores=None):
+    ann = tmp_path / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt"
+    ann.write_text(ANNOTATIONS)
+    g = torch.Generator().manual_seed(0)
+    scores = scores or {v: [round(float(x), 2) for x in torch.rand(n, generator=g)] for v, n in
+                        (("Abuse001_x264.mp4", 16), ("Arson002_x264.mp4", 20), ("Normal_Videos_001_x264.mp4", 12),
+                         ("Normal_Videos_002_x264.mp4", 10))}
+    path = tmp_path / "frames.jsonl"
+    path.write_text("".join(json.dumps({"video": v, "frame_scores": s}) + "\n" for v, s in scores.items()))
+    return ann, path, scores
+
+
+def _labels():
+    events = {"Abuse001_x264.mp4": [(5, 9)], "Arson002_x264.mp4": [(2, 3), (12, 14)]}
+    return events
+
+
+def test_score_prints_frame_auc_ap_and_baselines(tmp_path, capsys):
+    ann, path, scores = _files(tmp_path)
+    out = tmp_path / "m.json"
+    assert main(["score", f"annotations={ann}", "format=ucf_crime", f"frame_scores={path}", f"output={out}"]) == 0
+    text = capsys.readouterr().out
+    labels = []
+    for video, values in scores.items():
+        y = [0] * len(values)
+        for start, end in _labels().get(video, []):
+            y[start:end + 1] = [1] * (end - start + 1)
+        labels += y
+    flat = [s for values in scores.values() for s in values]
+    auc = sklearn_metrics.roc_auc_score(labels, flat)
+    ap = sklearn_metrics.average_precision_score(labels, flat)
+    report = json.loads(out.read_text())
+    model = report["sources"]["all"]["model"]
+    assert model["auc"] == pytest.approx(auc, abs=1e-12) and model["ap"] == pytest.approx(ap, abs=1e-12)
+    assert report["sources"]["all"]["constant"]["auc"] == 0.5
+    assert f"| All | model | {100 * auc:.2f} |" in text and "| All | constant | 50.00 |" in text
+    assert "| UCF-Crime | random (seed 0) |" in text
+    assert "No scores for 1 annotated video(s), left out: Abuse009_x264.mp4" in text
+
+
+@pytest.mark.parametrize("case, message", [
+    ("short", "video Arson002_x264.mp4: event (12, 14) ends past its 10 scored frames"),
+    ("vau_bench", "carry no frame events"),
+    ("bad_line", "frames.jsonl, line 1: key 'frame_scores' must be a non-empty list of finite numbers"),
+])
+def test_frame_scoring_errors_name_what_to_fix(tmp_path, capsys, demo_root, case, message):
+    ann, path, _ = _files(tmp_path)
+    args = [f"annotations={ann}", "format=ucf_crime", f"frame_scores={path}"]
+    if case == "short":
+        _files(tmp_path, {"Arson002_x264.mp4": [0.1] * 10})
+    elif case == "vau_bench":
+        args = [f"annotations={demo_root / 'test.csv'}", f"frame_scores={path}"]
+    else:
+        path.write_text('{"video": "a.mp4", "frame_scores": [0.1, "high"]}\n')
+    assert main(["score", *args]) == 2
+    assert message in capsys.readouterr().err
