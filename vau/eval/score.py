@@ -332,6 +332,16 @@ def check_outputs(args: dict, files: list[Path]) -> None:
                          label=f"{folder / name} (in report={folder})")
 
 
+def write_metrics(report: dict, out: Path) -> None:
+    """``output=FILE``: the report as strict JSON (NaN written as null)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    except OSError as err:
+        raise ScoreError(f"output={out}: cannot write the metrics file: {err}") from None
+    print(f"metrics written to {out}")
+
+
 def _frame_level(args: dict, annotations: list[Annotation]) -> int:
     """``frame_scores=FILE``: frame-level AUC / AP / false alarms (vau.eval.frame_score) instead of the VAU-Bench
     tables."""
@@ -347,12 +357,7 @@ def _frame_level(args: dict, annotations: list[Annotation]) -> int:
         check_output("output", out, {"annotations": args["annotations"], "frame_scores": args["frame_scores"]},
                      overwrite=flag(args.get("overwrite", "false"), "overwrite", ScoreError),
                      ours=json_with_key("sources"), error=ScoreError)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-        except OSError as err:
-            raise ScoreError(f"output={out}: cannot write the metrics file: {err}") from None
-        print(f"metrics written to {out}")
+        write_metrics(report, out)
     return 0
 
 
@@ -395,13 +400,7 @@ def main(argv: list[str]) -> int:
             print(f"report written to {folder}: score.json, score.md, {page.name}, "
                   f"{', '.join(report['plots'].values()) or 'no plots'}")
         if args.get("output"):
-            out = Path(args["output"])
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
-            except OSError as err:
-                raise ScoreError(f"output={out}: cannot write the metrics file: {err}") from None
-            print(f"metrics written to {out}")
+            write_metrics(report, Path(args["output"]))
         return 0
     except (ScoreError, AnnotationError) as err:
         print(f"error: {err}", file=sys.stderr)
