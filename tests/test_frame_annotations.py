@@ -67,6 +67,7 @@ def test_xd_violence_rows(tmp_path):
     ("xd_violence", "v_label_B1 5\n", "line 1: frame numbers come in start/end pairs"),
     ("xd_violence", "v_label_Q9 5 8\n", "line 1: no known label code"),
     ("xd_violence", "v_label_A 5 8\n", "line 1: label A with 1 event"),
+    ("xd_violence", "v_label_B1 5 8\nv_label_B1 9 12\n", "line 2: video v_label_B1 already on line 1"),
 ])
 def test_a_malformed_line_is_named(tmp_path, fmt, text, message):
     path = tmp_path / "ann.txt"

@@ -86,9 +86,14 @@ def _lines(path: str | Path):
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise AnnotationError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    seen: dict[str, int] = {}  # both formats: one line per video, its name first
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
-            yield number, line.split()
+            cells = line.split()
+            if cells[0] in seen:
+                raise AnnotationError(f"{path}, line {number}: video {cells[0]} already on line {seen[cells[0]]}")
+            seen[cells[0]] = number
+            yield number, cells
 
 
 def _frame(path, number: int, cell: str) -> int:
@@ -124,15 +129,12 @@ def _row(video: str, number: int, source: str, cls: str, events: tuple) -> Annot
 @READERS.register("ucf_crime")
 def ucf_crime(path: str | Path) -> list[Annotation]:
     """UCF-Crime temporal test annotations: video, class, two start/end frame pairs (-1: none)."""
-    rows, seen = [], {}
+    rows = []
     for number, cells in _lines(path):
         if len(cells) != 6:
             raise AnnotationError(f"{path}, line {number}: expected 6 fields (video, class, start1, end1, start2, "
                                   f"end2), got {len(cells)}")
         video, cls = cells[0], cells[1]
-        if video in seen:
-            raise AnnotationError(f"{path}, line {number}: video {video} already on line {seen[video]}")
-        seen[video] = number
         events = _events(path, number, cells[2:])
         if (cls.lower() == "normal") == bool(events):
             raise AnnotationError(f"{path}, line {number}: class {cls} with {len(events)} event(s); a normal video has "
@@ -144,12 +146,9 @@ def ucf_crime(path: str | Path) -> list[Annotation]:
 @READERS.register("xd_violence")
 def xd_violence(path: str | Path) -> list[Annotation]:
     """XD-Violence test annotations: video name, then start/end frame pairs; the class code is in the name."""
-    rows, seen = [], {}
+    rows = []
     for number, cells in _lines(path):
         video = cells[0]
-        if video in seen:
-            raise AnnotationError(f"{path}, line {number}: video {video} already on line {seen[video]}")
-        seen[video] = number
         events = _events(path, number, cells[1:])
         match = re.search(r"label_([A-Z0-9]+)", video)
         code = match.group(1) if match else ("A" if not events else "")
