@@ -75,3 +75,51 @@ def test_frame_scoring_errors_name_what_to_fix(tmp_path, capsys, demo_root, case
         path.write_text('{"video": "a.mp4", "frame_scores": [0.1, "high"]}\n')
     assert main(["score", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_tag_predictions_become_frame_scores_exactly(tmp_path, capsys, demo_root):
+    """A temporal-grounding predictions file scores at frame level: the annotated interval answered exactly gives
+    frame scores equal to the frame labels (AUC 1), an empty answer scores 0 everywhere."""
+    from vau.data.frame_annotations import event_seconds
+    from vau.data.readers import read_rows
+    from vau.datamodules.video import frame_rate
+    from vau.eval.frame_score import frame_labels, read_frame_scores
+
+    ann_file = demo_root / "test_ucf_crime.txt"
+    rows = read_rows(ann_file, "ucf_crime")
+    assert any(r.is_normal for r in rows) and any(not r.is_normal for r in rows)
+    records = []
+    for row in rows:
+        path = demo_root / "videos" / row.video
+        events = event_seconds(row, frame_rate(path))
+        records.append({"video": row.video, "task": "tag", "response": "", "video_path": str(path),
+                        "prediction": list(events[0]) if events else [0.0, 0.0]})
+    preds = tmp_path / "tag.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scores = read_frame_scores(preds)
+    for row in rows:
+        assert scores[row.video] == frame_labels(row, len(scores[row.video])).float().tolist(), row.video
+    out = tmp_path / "m.json"
+    assert main(["score", f"annotations={ann_file}", "format=ucf_crime", f"frame_scores={preds}",
+                 f"output={out}"]) == 0
+    assert json.loads(out.read_text())["sources"]["all"]["model"]["auc"] == 1.0
+
+    records[0]["prediction"] = None  # an unparsed reply: no interval, no anomalous frame
+    records[0]["video_path"] = str(tmp_path / "gone.mp4")
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["score", f"annotations={ann_file}", "format=ucf_crime", f"frame_scores={preds}"]) == 2
+    assert f"tag.jsonl, line 1: video {tmp_path / 'gone.mp4'} does not exist" in capsys.readouterr().err
+
+
+def test_interval_frame_scores_at_ntsc_rate():
+    """29.97 fps: a frame belongs to an interval when its middle does, compared exactly."""
+    from fractions import Fraction
+
+    from vau.eval.frame_score import interval_frame_scores
+
+    rate = Fraction(30000, 1001)
+    # frame 30 lasts 1.001 .. 1.03437 s (middle 1.01768); [1.001, 1.0176] stops just before that middle
+    assert interval_frame_scores([1.001, 1.0176], 40, rate)[29:32] == [0.0, 0.0, 0.0]
+    assert interval_frame_scores([1.001, 1.0177], 40, rate)[29:32] == [0.0, 1.0, 0.0]
+    assert interval_frame_scores([0.0, 0.0], 5, rate) == [0.0] * 5
+    assert interval_frame_scores([2.0, 99.0], 64, rate)[-5:] == [0.0, 1.0, 1.0, 1.0, 1.0]  # frame 59 ends before 2 s

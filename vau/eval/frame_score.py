@@ -3,7 +3,10 @@ annotations (``format=ucf_crime`` / ``xd_violence``), in the layout video-anomal
 constant-score and random-score baselines beside the model.
 
 The scores file is JSON lines, one object per video: ``{"video": "Abuse028_x264.mp4", "frame_scores": [0.1, ...]}``,
-one score per frame of the video (frame 0 first). A frame is anomalous when an annotated event covers it (start and
+one score per frame of the video (frame 0 first). It may instead hold a temporal-grounding model's predictions
+(``python -m vau predict task=tag``, or a ``tag`` run's ``predictions_rank0.jsonl``): each record's interval then
+becomes frame scores (:func:`interval_frame_scores`: 1 inside the answered interval, 0 elsewhere), counted over
+the frames of the record's ``video_path`` at its own frame rate. A frame is anomalous when an annotated event covers it (start and
 end frame included). Metrics: :class:`vau.frame_metrics.FrameAnomalyScores` (exact AUC, AP, false-alarm rate).
 """
 
@@ -11,13 +14,16 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 
 from vau.data.annotations import Annotation, source_name
 from vau.data.frame_annotations import FRAME_EVENTS
+from vau.datamodules.decoders import VideoError, open_video
 from vau.frame_metrics import FrameAnomalyScores
+from vau.tasks import get_task, task_names
 
 COLUMNS = ("auc", "auc_anomalous_videos", "ap", "false_alarm_rate")
 HEADERS = ("AUC", "AUC (anomalous videos)", "AP", "false alarms")
@@ -27,8 +33,56 @@ class FrameScoreError(ValueError):
     """A scores file or annotation that cannot be scored; the message names file, line or video."""
 
 
+def interval_frame_scores(interval, frames: int, rate: Fraction | float) -> list[float]:
+    """1.0 for every frame whose middle lies in ``interval`` ([start, end] seconds, ends included), 0.0 elsewhere.
+
+    A normal answer (``[0, 0]``), no interval (an unparsed reply: ``None``) or one outside the video scores 0
+    everywhere. Frame ``i`` lasts from ``i / rate`` to ``(i + 1) / rate``; the comparison is exact (rationals).
+
+    >>> interval_frame_scores([1.0, 2.0], 6, 2)
+    [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    scores = [0.0] * frames
+    if not interval or len(interval) != 2:
+        return scores
+    start, end = (Fraction(repr(float(x))) for x in interval)  # the decimal the reply wrote, not its binary float
+    if end <= start:
+        return scores
+    rate = Fraction(rate)
+    # middle of frame i = (2i + 1) / (2 rate): inside when start <= middle <= end
+    first = max(0, math.ceil(start * rate - Fraction(1, 2)))
+    last = min(frames - 1, math.floor(end * rate - Fraction(1, 2)))
+    for i in range(first, last + 1):
+        scores[i] = 1.0
+    return scores
+
+
+def _interval_scores(record: dict, where: str) -> list[float]:
+    """Frame scores of one temporal-grounding prediction record (its interval over its video's frames)."""
+    path = record.get("video_path")
+    if not isinstance(path, str) or not path:
+        raise FrameScoreError(f"{where}: a {record.get('task')} prediction without 'video_path': its frames cannot be "
+                              f"counted (predict writes it; score per-frame scores with 'frame_scores' instead)")
+    try:
+        source = open_video(path, "pyav", 1)
+    except VideoError as err:
+        raise FrameScoreError(f"{where}: {err}") from None
+    prediction = record.get("prediction")
+    if prediction is not None and not (isinstance(prediction, list) and len(prediction) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in prediction)):
+        raise FrameScoreError(f"{where}: 'prediction' must be [start, end] in seconds or null, got {prediction!r}")
+    return interval_frame_scores(prediction, source.total, source.rate)
+
+
+def _is_interval_record(record: dict) -> bool:
+    task = record.get("task")
+    return ("frame_scores" not in record and isinstance(task, str) and task in task_names()
+            and get_task(task).answer_kind == "interval")
+
+
 def read_frame_scores(path: str | Path) -> dict[str, list[float]]:
-    """video -> per-frame scores from a JSON-lines file; a malformed line is named with its number."""
+    """video -> per-frame scores from a JSON-lines file of frame scores or of temporal-grounding predictions; a
+    malformed line is named with its number."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -44,6 +98,10 @@ def read_frame_scores(path: str | Path) -> dict[str, list[float]]:
         except ValueError as err:
             raise FrameScoreError(f"{where}: not valid JSON ({err}); each line is "
                                   f'{{"video": "name.mp4", "frame_scores": [0.1, ...]}}') from None
+        if isinstance(record, dict) and _is_interval_record(record):
+            if record.get("shift"):
+                continue  # one interval per video: a shifted ask of the same question adds nothing
+            record = {"video": record.get("video"), "frame_scores": _interval_scores(record, where)}
         video, scores = (record.get("video"), record.get("frame_scores")) if isinstance(record, dict) else (None, None)
         if not isinstance(video, str) or not video.strip():
             raise FrameScoreError(f"{where}: key 'video' must be a non-empty file name")
