@@ -119,3 +119,46 @@ def test_random_target_letters_keep_the_reasoning_true(overrides, tiny_backbone)
     with pytest.raises(ValueError, match="data.qa_target_letter='x'"):
         VAUBenchDataModule(compose("demo", [*overrides, "data.qa_target_letter=x"]).data, cfg.sampler, tiny_backbone,
                            tiny_backbone.pad_id, seed=0)
+
+
+def test_random_chain_targets_read_the_options_but_name_a_drawn_class(overrides, tiny_backbone, tmp_path):
+    """data.qa_target_letter=random_chain: the whole target follows the drawn letter (the reasoning names that option,
+    the option check marks it, the answer is it) while the description of the clip stays true; a file whose reasoning
+    does not quote the answer option is refused by row."""
+    import csv
+
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+
+    cfg = compose("demo", [*overrides, "data.qa_option_check=true", "data.train_option_order=shuffled",
+                           "data.qa_target_letter=random_chain"])
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    tokenizer = tiny_backbone.processor.tokenizer
+    wrong = 0
+    for index, sample in enumerate(train.samples):
+        for epoch in range(4):
+            text = tokenizer.decode(train[(epoch, index)]["target_ids"]).lower()
+            answer = text.rsplit("<answer>", 1)[1][0].upper()
+            named = text.split(", so ", 1)[1].split(".", 1)[0]  # the class the reasoning concludes
+            marked = text.split(": yes")[0].rsplit(". ", 1)[-1]  # the option text judged yes
+            assert named == marked  # the check marks the option the reasoning names
+            shown = get_task("qa").reorder_options(sample, [int(i) for i in __import__("numpy").random.default_rng(
+                [0, epoch, index, 1]).permutation(4)])
+            assert shown.options["ABCD".index(answer)].lower() == named  # ... and the answer is its letter
+            wrong += named != sample.options["ABCD".index(sample.answer)].lower()
+            assert sample.reasoning.split(", so ")[0].lower() in text  # what the clip shows is still told
+    assert 0.5 * 4 * len(train.samples) < wrong < 0.95 * 4 * len(train.samples)  # ~3/4 drawn wrong, by chance
+
+    bad = tmp_path / "train.csv"
+    with open(cfg.data.annotations.train, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[1]["Reasoning"] = "Something happens."
+    with bad.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = compose("demo", [*overrides, "data.qa_target_letter=random_chain", f"data.annotations.train={bad}"])
+    with pytest.raises(ValueError, match="does not quote its answer option .first: row 3"):
+        VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0).setup("fit")

@@ -112,7 +112,7 @@ class DataConfig:
     shuffle: bool = True
     train_option_order: str = "file"  # file | shuffled (a fresh option order every epoch)
     qa_option_check: bool = False  # SFT targets check every option before the letter
-    qa_target_letter: str = "answer"  # answer | random (a chance-level SFT start)
+    qa_target_letter: str = "answer"  # answer | random | random_chain (chance-level SFT starts)
     qa_shifts: Any = None  # val/test: all | "0,1,2,3" | None: also ask under cyclic option shifts
     decode_resize: bool = True  # resize frames to the backbone's pixel budget right after decoding
     decoder: str = "pyav"  # pyav | decord

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from vau.datamodules.encoding import SampleEncoder
 from vau.datamodules.video import FrameCache, SizeFn, VideoError, read_clip
 from vau.tasks import Sample, get_task
-from vau.tasks.qa import TARGET_LETTER_KEY
+from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
 
 class VideoResolver:
@@ -78,12 +78,15 @@ class VideoTaskDataset(Dataset):
         random_target_letters: training only: the SFT target of each multiple-choice question answers a letter drawn
             afresh every epoch (seeded by (seed, epoch, index)) while its reasoning stays true: a chance-level policy
             that cannot memorise a letter per clip (``data.qa_target_letter: random``).
+        target_chains: with ``random_target_letters``: the whole chain follows the drawn letter, the reasoning naming
+            its option (:func:`vau.tasks.qa.retell`; ``data.qa_target_letter: random_chain``).
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
                  cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
-                 shuffle_options: bool = False, random_target_letters: bool = False) -> None:
+                 shuffle_options: bool = False, random_target_letters: bool = False,
+                 target_chains: bool = False) -> None:
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
@@ -98,6 +101,7 @@ class VideoTaskDataset(Dataset):
         self.decoder = decoder
         self.shuffle_options = bool(shuffle_options and train)
         self.random_target_letters = bool(random_target_letters and train)
+        self.target_chains = bool(target_chains)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,7 +116,8 @@ class VideoTaskDataset(Dataset):
         if self.random_target_letters and sample.options and sample.answer:
             letters = get_task(sample.task).answer_categories(sample)
             pick = int(np.random.default_rng([self.seed, epoch, index, 2]).integers(len(letters)))
-            sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick]})
+            sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick],
+                                            TARGET_CHAIN_KEY: self.target_chains})
         try:
             clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
                              cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)

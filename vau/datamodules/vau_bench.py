@@ -38,12 +38,12 @@ from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mi
 from vau.datatools.reflection import attach_chains
 from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
-from vau.tasks.qa import OPTION_CHECK_KEY, shift_options
+from vau.tasks.qa import OPTION_CHECK_KEY, quotes_answer, shift_options
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 OPTION_ORDERS = ("file", "shuffled")
-TARGET_LETTERS = ("answer", "random")  # data.qa_target_letter
+TARGET_LETTERS = ("answer", "random", "random_chain")  # data.qa_target_letter
 
 
 class VAUBenchDataModule(L.LightningDataModule):
@@ -131,6 +131,13 @@ class VAUBenchDataModule(L.LightningDataModule):
             return None
         if split not in self.datasets:
             samples = self._samples(split, str(path))
+            if split == "train" and self.target_letter == "random_chain":
+                unquoted = [s for s in samples if s.options and s.answer and not quotes_answer(s)]
+                if unquoted:
+                    raise ValueError(f"data.qa_target_letter=random_chain: the reasoning of {len(unquoted)} row(s) of "
+                                     f"{path} does not quote its answer option (first: row {unquoted[0].row}, "
+                                     f"{unquoted[0].video}), so it cannot be retold for another option; use "
+                                     f"qa_target_letter=random (the letter alone drawn at random)")
             if not samples:
                 raise ValueError(f"{path}: no rows usable for task {self.task!r} (config key data.annotations.{split}); "
                                  f"`python -m vau data stats annotations={path}` shows what each task keeps")
@@ -145,7 +152,8 @@ class VAUBenchDataModule(L.LightningDataModule):
             with_target=self.with_target, size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
             num_threads=int(self.cfg.get("decode_threads", 1)), decoder=self.decoder,
             shuffle_options=train and self.option_order == "shuffled",
-            random_target_letters=train and self.target_letter == "random",
+            random_target_letters=train and self.target_letter in ("random", "random_chain"),
+            target_chains=self.target_letter == "random_chain",
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

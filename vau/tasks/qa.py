@@ -15,6 +15,8 @@ from vau.tasks.reporting import position_report
 OPTION_CHECK_KEY = "option_check"  # Sample.extra flag: the target's reasoning checks every option (data.qa_option_check)
 TARGET_LETTER_KEY = "target_letter"  # Sample.extra: the letter the SFT target answers instead of the true one
 # (data.qa_target_letter: random, drawn afresh every epoch; the reasoning and its option check stay true)
+TARGET_CHAIN_KEY = "target_chain"  # Sample.extra flag: the whole chain follows the target letter
+# (data.qa_target_letter: random_chain): the reasoning names the drawn option and the option check marks it
 
 
 def option_check(sample: Sample) -> str:
@@ -29,6 +31,37 @@ def option_check(sample: Sample) -> str:
     """
     return " ".join(f"{letter}. {text}: {'yes' if letter == sample.answer else 'no'}."
                     for letter, text in zip(LETTERS, sample.options))
+
+
+def quotes_answer(sample: Sample) -> bool:
+    """Whether the sample's reasoning quotes its answer option's text (case-insensitively): what
+    ``data.qa_target_letter: random_chain`` rewrites."""
+    index = LETTERS.index(sample.answer) if sample.answer in LETTERS else -1
+    return 0 <= index < len(sample.options) and sample.options[index].strip().lower() in (
+        sample.reasoning or "").lower()
+
+
+def retell(sample: Sample, letter: str) -> Sample:
+    """The sample told as if option ``letter`` were its answer: the reasoning names that option's text where it named
+    the true one, and the answer is ``letter`` (so the option check marks it). The description is kept: what the clip
+    shows stays true, only the conclusion drawn from it is wrong. A chance-level SFT start that still reads the options
+    (``data.qa_target_letter: random_chain``; docs/experiments.md).
+
+    Example:
+        >>> s = Sample(task="qa", video="v.mp4", options=("A fire breaks out", "A car crashes"), answer="A",
+        ...            reasoning="A red square appears, so a fire breaks out.")
+        >>> retell(s, "B").reasoning
+        'A red square appears, so a car crashes.'
+    """
+    true_text = sample.options[LETTERS.index(sample.answer)].strip()
+    new_text = sample.options[LETTERS.index(letter)].strip()
+    reasoning = sample.reasoning or ""
+    at = reasoning.lower().find(true_text.lower())
+    if at >= 0:
+        if reasoning[at].islower():
+            new_text = new_text[:1].lower() + new_text[1:]
+        reasoning = reasoning[:at] + new_text + reasoning[at + len(true_text):]
+    return replace(sample, reasoning=reasoning, answer=letter)
 
 
 @TASKS.register("qa")
@@ -53,6 +86,8 @@ class MultipleChoiceQA(Task):
 
     def target(self, sample: Sample) -> str:
         letter = str(sample.extra.get(TARGET_LETTER_KEY) or sample.answer)
+        if sample.extra.get(TARGET_CHAIN_KEY) and letter != sample.answer:
+            sample = retell(sample, letter)
         if sample.extra.get(OPTION_CHECK_KEY):
             reasoning = f"{(sample.reasoning or sample.description).strip()} {option_check(sample)}"
             return think_target(replace(sample, reasoning=reasoning), letter)
