@@ -14,6 +14,10 @@ cls_binary, describe, and plugin tasks); ``qa`` needs ``questions=FILE`` (a CSV 
 Option 1-4). ``qa_shifts=all`` (or ``0,2``) asks every question under cyclic option shifts as well
 (docs/scoring.md: circular accuracy).
 
+``task=vad`` scores long videos frame by frame instead (:mod:`vau.eval.vad`): sliding windows (``vad.window_seconds``,
+``vad.stride_seconds``, ``vad.frames_per_window``) each asked Anomaly / Normal, one record per video with one score
+per frame, as ``python -m vau score frame_scores=`` reads it.
+
 Output: JSON lines (``out=``, one record per reply; docs/predict.md) written batch by batch, a CSV beside it, and
 ``<out>.unreadable.txt`` listing the videos that could not be read (counted, never fatal). Rows already in ``out``
 (same video, task and shift) are skipped, so an interrupted run continues where it stopped.
@@ -35,6 +39,7 @@ from vau.config import ConfigError, compose, flag, split_args
 from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.views import ViewOptions
+from vau.eval.vad import VADSettings, WindowScorer, done_videos, score_videos
 from vau.eval.writer import PredictionWriter
 from vau.export import run_config
 from vau.outputs import check_output, first_line_is
@@ -322,10 +327,100 @@ def predict(cfg, samples: list, out: Path, ckpt: Path | None) -> dict[str, Any]:
     return counts
 
 
+def vad_videos(cfg, own: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, path) of every video ``task=vad`` scores: each annotated video once (``annotations=FILE``, read with
+    ``data.format``), or every video file below ``videos=DIR``."""
+    if own.get("annotations"):
+        path = Path(own["annotations"])
+        if not path.is_file():
+            raise ConfigError(f"annotations={path}: no such file")
+        resolver = VideoResolver(cfg.data.get("video_root"), dict(cfg.data.get("video_roots") or {}))
+        seen: dict[str, str] = {}
+        for ann in read_rows(path, cfg.data.get("format")):
+            seen.setdefault(ann.video, str(resolver(ann.video, ann.source).absolute()))
+        return list(seen.items())
+    folder = Path(own["videos"]).absolute()
+    return [(str(f.relative_to(folder)), str(f)) for f in video_files(folder)]
+
+
+def predict_vad(cfg, own: dict[str, str], ckpt: Path | None) -> dict[str, Any]:
+    """``task=vad``: per-frame anomaly scores of long videos from sliding windows (vau.eval.vad)."""
+    import torch
+
+    try:
+        settings = VADSettings.from_cfg(cfg.get("vad"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if settings.question not in task_names():
+        raise ConfigError(f"vad.question={settings.question}: not a registered task; e.g. cls_binary")
+    out = Path(own["out"])
+    identity = {**run_identity(cfg, ckpt), "vad": dict(vars(settings))}
+    for number, line in enumerate(out.read_text(encoding="utf-8").splitlines() if out.is_file() else [], start=1):
+        try:
+            theirs = json.loads(line).get("run")
+        except (ValueError, AttributeError):
+            continue
+        if theirs != identity:
+            _refuse_resume(out, number, theirs, identity)
+    videos = vad_videos(cfg, own)
+    done = done_videos(out)
+    cfg = copy.deepcopy(cfg)
+    cfg.data.task = settings.question
+    cfg.init_from = str(ckpt) if ckpt is not None else None
+    with run_settings(cfg):
+        _, data, module = build_components(cfg, out.parent, with_target=False, init_key="ckpt")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        module.to(device).eval()
+        scorer = WindowScorer(module, data, settings.question,
+                              int(cfg.data.get("eval_batch_size") or cfg.data.batch_size), device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stats = score_videos([v for v in videos if v[0] not in done], scorer, settings, out,
+                             size_fn=data.size_fn, identity=identity)
+    stats["skipped_as_done"] = len(videos) - len([v for v in videos if v[0] not in done])
+    stats["no_answer_windows"] = scorer.no_answer
+    bad_path = Path(f"{out}.unreadable.txt")
+    if stats["unreadable"]:
+        bad_path.write_text("".join(f"{b['video']}\t{b['reason']}\t{b['error']}\n" for b in stats["unreadable"]))
+    return stats
+
+
+def check_vad_output(own: dict[str, str]) -> None:
+    """``task=vad`` writes ``out`` only (one record per video): resumed when it holds such records, else refused
+    unless ``overwrite=true``."""
+    out = Path(own["out"])
+    overwrite = flag(own.get("overwrite", "false"), "overwrite")
+    inputs = {key: own[key] for key in ("annotations",) if own.get(key)}
+    resumable = out.is_file() and _is_vad_file(out)
+    check_output("out", out, inputs, overwrite=overwrite, append=resumable)
+    if out.is_file() and not resumable:
+        out.write_bytes(b"")
+    check_output("out", Path(f"{out}.unreadable.txt"), inputs, overwrite=True,
+                 label=f"the list of unreadable videos {out}.unreadable.txt")
+
+
+def _is_vad_file(path: Path) -> bool:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    for line in lines:
+        if not line.endswith("\n"):
+            break  # a killed run's torn last line: cut on resume
+        try:
+            record = json.loads(line) if line.strip() else {"video": "", "frame_scores": []}
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(record, dict) or not {"video", "frame_scores"} <= set(record):
+            return False
+    return True
+
+
 def main(argv: list[str]) -> int:
     """``python -m vau predict ...``; returns the exit code (2 for bad arguments)."""
     try:
         conf, own, overrides = parse_args(list(argv))
+        if own.get("task") == "vad":
+            return _main_vad(conf, own, overrides)
         check_outputs(own)  # before any model is loaded
         cfg, ckpt = model_config(conf, own, overrides)
         if ckpt is not None:
@@ -346,4 +441,26 @@ def main(argv: list[str]) -> int:
     print(line)
     if counts.get("csv"):
         print(f"predictions: {own['out']} (JSON lines) and {counts['csv']}")
+    return 0
+
+
+def _main_vad(conf: str | None, own: dict[str, str], overrides: list[str]) -> int:
+    try:
+        check_vad_output(own)
+        cfg, ckpt = model_config(conf, own, overrides)
+        if ckpt is not None:
+            read_checkpoint(ckpt, "ckpt")
+        load_plugins(cfg.get("plugins") or [])
+        stats = predict_vad(cfg, own, ckpt)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    line = (f"predict task=vad: {stats['videos']} video(s) scored ({stats['windows']} windows, "
+            f"{stats['frames_decoded']} frames decoded in {stats['decode_seconds']:.1f} s, model "
+            f"{stats['model_seconds']:.1f} s), {stats['skipped_as_done']} already in {own['out']}, "
+            f"{len(stats['unreadable'])} unreadable")
+    if stats["no_answer_windows"]:
+        line += f"; {stats['no_answer_windows']} window(s) answered without <answer> (scored from the reply)"
+    print(line)
+    print(f"frame scores: {own['out']} (python -m vau score annotations=FILE format=... frame_scores={own['out']})")
     return 0
