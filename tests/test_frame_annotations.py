@@ -57,6 +57,27 @@ def test_xd_violence_rows(tmp_path):
     assert {r.source for r in rows} == {"xd"}
 
 
+def test_xd_violence_test_split_counts(tmp_path, capsys):
+    """The XD-Violence test split as the dataset describes it: 800 videos, 500 violent (one annotation line each, with
+    their label codes) and 300 normal (no line in annotations.txt; named by a test list)."""
+    from vau.cli import main
+
+    codes = ("B1-0-0", "B2-0-0", "B4-0-0", "B5-0-0", "B6-0-0", "G-0-0", "B2-G-0", "B1-B4-0")
+    violent = [f"Movie{i:03d}__#00-01-{i % 60:02d}_00-02-00_label_{codes[i % len(codes)]} {10 + i} {90 + i}"
+               + (f" {200 + i} {260 + i}" if i % 7 == 0 else "") for i in range(500)]
+    normal = [f"Movie{i:03d}__#00-00-00_00-01-00_label_A" for i in range(500, 800)]
+    only_violent = tmp_path / "annotations.txt"
+    only_violent.write_text("\n".join(violent) + "\n")
+    with_list = tmp_path / "test_list_annotations.txt"
+    with_list.write_text("\n".join(violent + normal) + "\n")
+    assert main(["data", "stats", f"annotations={only_violent}", "data.format=xd_violence"]) == 0
+    assert "videos: 500 (500 anomalous, 0 normal)" in capsys.readouterr().out
+    assert main(["data", "stats", f"annotations={with_list}", "data.format=xd_violence"]) == 0
+    assert "videos: 800 (500 anomalous, 300 normal)" in capsys.readouterr().out
+    rows = read_rows(with_list, "xd_violence")
+    assert sum(len(r.extra[FRAME_EVENTS]) for r in rows) == 500 + len(range(0, 500, 7))
+
+
 @pytest.mark.parametrize("fmt, text, message", [
     ("ucf_crime", "a.mp4 Abuse 10 20 -1\n", "line 1: expected 6 fields"),
     ("ucf_crime", "a.mp4 Abuse ten 20 -1 -1\n", "line 1: frame number 'ten' is not an integer"),
