@@ -26,6 +26,16 @@ class GenerationConfig:
 
 
 @dataclass
+class DynamicSamplingConfig:
+    """``module.grpo.dynamic_sampling``: replace groups without reward spread by groups of further prompts (DAPO's
+    dynamic sampling; verl ``filter_groups``, ms-swift ``dynamic_sample``, EasyR1 ``online_filtering``)."""
+
+    enabled: bool = False
+    metric: str = "total"  # the reward whose spread within a group counts: "total" or a reward's name
+    max_extra_batches: int = 2  # at most this many extra rollouts of data.batch_size prompts per optimiser step
+
+
+@dataclass
 class GRPOConfig:
     """``module.grpo``: the GRPO step (docs/experiments.md; VAU-R1's RFT stage)."""
 
@@ -46,6 +56,7 @@ class GRPOConfig:
     shared_prompt: bool = True
     scale_rewards: str = "group"  # group | batch | none
     drop_zero_std_groups: bool = False
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     # joint | per_turn: replies with a first answer and a reflection (reflect tasks, two-pass replies): per_turn gives
     # the tokens up to the first </answer> the advantage of the first-turn rewards (initial_accuracy) and the rest
     # that of the other rewards, each normalised within its group, so a deliberately wrong first answer cannot pay.

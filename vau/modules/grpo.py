@@ -19,14 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from vau.backbones.adapters import in_vision
 from vau.config import ConfigError
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
 from vau.modules.base import VAUModule
+from vau.modules.dynamic_sampling import concat_rewards, group_spread, part_weights, take_groups
 from vau.modules.grpo_loss import (
     IS_LEVELS,
     LOSS_TYPES,
@@ -76,6 +79,18 @@ class Rollout:
     ref_logps: torch.Tensor | None = None
     encoded_vision: dict | None = None  # the frozen vision tower's outputs, reused by every pass of this step
     repeated: dict[str, torch.Tensor] | None = None  # prompt inputs repeated G times (repeat path only)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A rollout of one batch of prompts with its rewards and advantages: a step has one, or more with dynamic
+    sampling (the step's own batch, then extra batches; :mod:`vau.modules.dynamic_sampling`)."""
+
+    rollout: Rollout
+    rewards: Any  # vau.rewards.RewardResult
+    advantages: torch.Tensor
+    zero_std: torch.Tensor  # (B,) groups without reward spread
+    kept: torch.Tensor | None = None  # (B,) groups in the loss under dynamic sampling (None: all, as configured)
 
 
 def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
@@ -139,6 +154,13 @@ class GRPOModule(VAUModule):
         if cfg.turn_credit not in TURN_CREDITS:
             raise ValueError(f"module.grpo.turn_credit={cfg.turn_credit!r}: use one of {TURN_CREDITS}")
         self.turn_credit = str(cfg.turn_credit)
+        self.dynamic = cfg.dynamic_sampling
+        if int(self.dynamic.max_extra_batches) < 0:
+            raise ValueError(f"module.grpo.dynamic_sampling.max_extra_batches={self.dynamic.max_extra_batches}: "
+                             f"give 0 or more extra rollouts per step")
+        if self.dynamic.enabled and self.dynamic.metric != "total" and self.dynamic.metric not in rewards.weights:
+            raise ValueError(f"module.grpo.dynamic_sampling.metric={self.dynamic.metric!r}: use 'total' or one of "
+                             f"the configured rewards {list(rewards.weights)}")
         self.beta = float(cfg.beta)
         self.num_iterations = int(cfg.num_iterations)
         self.max_grad_norm = max_grad_norm
@@ -302,20 +324,16 @@ class GRPOModule(VAUModule):
         entropy = -(logprobs.exp() * logprobs).sum(-1)
         return logps, entropy.detach()
 
-    def loss(self, rollout: Rollout, advantages: torch.Tensor):
+    def loss(self, rollout: Rollout, advantages: torch.Tensor, num_items: torch.Tensor | None = None):
         """``(loss, stats, mean entropy, rollout)``; the rollout returned holds the old log-probs the next iteration
-        over it (``num_iterations`` > 1) compares with."""
+        over it (``num_iterations`` > 1) compares with. ``num_items``: the ``dapo`` denominator when the step has
+        several parts (default: this rollout's tokens, summed over processes)."""
         logps, entropy = self.token_logps(self.model, rollout)
         if rollout.old_logps is None:
             # First update on this rollout: the policy that sampled it is the current one.
             rollout = replace(rollout, old_logps=logps.detach())
-        num_items = None
-        if self.cfg.loss_type == "dapo":
-            num_items = rollout.mask.sum()
-            if dist.is_available() and dist.is_initialized():
-                num_items = num_items.clone()
-                dist.all_reduce(num_items)
-                num_items = num_items / dist.get_world_size()  # DDP averages gradients across ranks
+        if self.cfg.loss_type == "dapo" and num_items is None:
+            num_items = self.global_tokens([rollout])
         # named in the error if the loss is not finite (see VAUModule.on_after_backward)
         self._loss_terms = {"policy log-probs": logps, "old log-probs": rollout.old_logps,
                             "reference log-probs": rollout.ref_logps, "advantages": advantages}
@@ -324,32 +342,108 @@ class GRPOModule(VAUModule):
             epsilon_low=float(self.cfg.epsilon_low), epsilon_high=float(self.cfg.epsilon_high),
             beta=self.beta, ref_logps=rollout.ref_logps,
             importance_sampling_level=self.cfg.importance_sampling_level,
-            max_completion_length=int(self.cfg.max_new_tokens), num_items=num_items,
+            max_completion_length=int(self.cfg.max_new_tokens), num_items=num_items if self.cfg.loss_type == "dapo"
+            else None,
         )
         entropy_mean = (entropy * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)
         return loss, stats, entropy_mean, rollout
+
+    @staticmethod
+    def global_tokens(rollouts: list[Rollout]) -> torch.Tensor:
+        """Completion tokens in the loss over ``rollouts``, averaged over processes (DDP averages gradients): the
+        ``dapo`` denominator."""
+        num_items = sum(r.mask.sum() for r in rollouts)
+        if dist.is_available() and dist.is_initialized():
+            num_items = num_items.clone()
+            dist.all_reduce(num_items)
+            num_items = num_items / dist.get_world_size()
+        return num_items
+
+    # -- dynamic sampling -----------------------------------------------------------------------------------------
+    def part(self, batch: dict[str, Any]) -> Part:
+        """Rollout, rewards and advantages of one batch of prompts."""
+        rollout = self.rollout(batch)
+        rewards = self.score(rollout)
+        advantages, zero_std, rollout = self.advantages(rewards, rollout)
+        return Part(rollout, rewards, advantages, zero_std)
+
+    def refill(self, batch: dict[str, Any], first: Part) -> list[Part]:
+        """The step's parts under dynamic sampling: ``first`` and extra batches until ``data.batch_size`` groups with
+        reward spread are kept (or the extra budget is spent); every part's loss mask narrowed to its kept groups."""
+        want = int(batch["size"])
+        metric = str(self.dynamic.metric)
+        parts = [replace(first, kept=take_groups(group_spread(first.rewards, metric, self.G), want))]
+        kept = int(parts[0].kept.sum())
+        while len(parts) - 1 < int(self.dynamic.max_extra_batches) and self._any_rank(kept < want):
+            extra = self.extra_batch(want, len(parts) - 1)
+            part = self.part(extra) if extra["size"] else None
+            if part is None:
+                continue
+            take = take_groups(group_spread(part.rewards, metric, self.G), want - kept)
+            parts.append(replace(part, kept=take))
+            kept += int(take.sum())
+        out = []
+        for part in parts:
+            rows = part.kept.repeat_interleave(self.G).float().unsqueeze(1).to(part.rollout.mask.device)
+            out.append(replace(part, rollout=replace(part.rollout, mask=part.rollout.mask * rows)))
+        return out
+
+    def extra_batch(self, size: int, number: int) -> dict[str, Any]:
+        """``size`` further training prompts for extra rollout ``number`` of this step: drawn from the training set by a
+        stream seeded by (seed, optimiser step, number, rank), collated and moved like a loader batch."""
+        datamodule = self.trainer.datamodule
+        dataset = datamodule.datasets["train"]
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rng = np.random.default_rng([int(datamodule.seed), int(self.global_step), int(number), rank])
+        indices = rng.choice(len(dataset), size=min(size, len(dataset)), replace=False)
+        items = [dataset[(int(self.current_epoch), int(i))] for i in indices]
+        return move_data_to_device(datamodule.collate(items), self.device)
+
+    @staticmethod
+    def _any_rank(flag: bool) -> bool:
+        """True when ``flag`` holds on any process (all ranks roll out the same number of extra batches)."""
+        if dist.is_available() and dist.is_initialized():
+            value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+            return bool(value.item())
+        return bool(flag)
 
     # -- the step -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["size"]:
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
-        rollout = self.rollout(batch)
-        rewards = self.score(rollout)
-        advantages, zero_std, rollout = self.advantages(rewards, rollout)
+        parts = [self.part(batch)]
+        if self.dynamic.enabled:
+            parts = self.refill(batch, parts[0])
         if self.beta != 0.0:
             with torch.no_grad(), self.reference_policy() as ref:
-                rollout = replace(rollout, ref_logps=self.token_logps(ref, rollout)[0])
+                parts = [replace(p, rollout=replace(p.rollout, ref_logps=self.token_logps(ref, p.rollout)[0]))
+                         for p in parts]
+        weights, num_items = [1.0], None
+        if len(parts) > 1 or self.dynamic.enabled:
+            rows = [p.rollout.mask.shape[0] for p in parts]
+            kept_rows = [int(p.kept.sum()) * self.G for p in parts]
+            kept_tokens = [float(p.rollout.mask.sum()) for p in parts]
+            weights = part_weights(self.cfg.loss_type, rows, kept_rows, kept_tokens)
+            if self.cfg.loss_type == "dapo":
+                num_items = self.global_tokens([p.rollout for p in parts])
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         for _ in range(self.num_iterations):
-            loss, stats, entropy, rollout = self.loss(rollout, advantages)
-            self.manual_backward(loss)
+            total, stats, entropy = 0.0, None, 0.0
+            for i, (part, weight) in enumerate(zip(parts, weights)):
+                loss, part_stats, part_entropy, rollout = self.loss(part.rollout, part.advantages, num_items)
+                parts[i] = replace(part, rollout=rollout)
+                self.manual_backward(loss * weight if weight != 1.0 else loss)
+                total = total + loss.detach() * weight
+                entropy = entropy + part_entropy * (weight / sum(weights) if len(parts) > 1 else 1.0)
+                stats = part_stats if stats is None else stats  # the step's own batch (comparable with plain GRPO)
             if self.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=float(self.max_grad_norm),
                                     gradient_clip_algorithm="norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-        self._log_step(batch, rollout, rewards, zero_std, loss, stats, entropy)
+        self._log_step(batch, parts, total, stats, entropy)
 
     default_decay = "constant"
 
@@ -358,9 +452,13 @@ class GRPOModule(VAUModule):
         return int(self.trainer.estimated_stepping_batches) * self.num_iterations
 
     # -- logging --------------------------------------------------------------------------------------------------
-    def _log_step(self, batch, rollout: Rollout, rewards, zero_std, loss, stats, entropy) -> None:
+    def _log_step(self, batch, parts: list[Part], loss, stats, entropy) -> None:
         n = batch["size"]
+        rollout, zero_std = parts[0].rollout, parts[0].zero_std
+        rewards = concat_rewards([p.rewards for p in parts])
         lengths = rollout.mask.sum(dim=1)
+        if (lengths > 0).any():
+            lengths = lengths[lengths > 0]  # completions masked out of the loss (dropped groups) have no length to log
         values = {
             "train/loss": loss.detach(), "train/kl": stats.kl, "train/clip_ratio/low": stats.clip_low,
             "train/clip_ratio/high": stats.clip_high, "train/clip_ratio/region": stats.clip_region,
@@ -370,6 +468,12 @@ class GRPOModule(VAUModule):
             # completions of this step left out for a non-finite reward (module.grpo.nonfinite_rewards=skip)
             "train/skipped_completions": float(rewards.num_skipped),
         }
+        if self.dynamic.enabled:
+            # groups in this optimiser step with reward spread / dropped; extra batches rolled out for them
+            values["train/dynamic_sampling/kept_groups"] = float(sum(int(p.kept.sum()) for p in parts))
+            values["train/dynamic_sampling/kept_fraction"] = float(sum(int(p.kept.sum()) for p in parts)) / n
+            values["train/dynamic_sampling/dropped_groups"] = float(sum(int((~p.kept).sum()) for p in parts))
+            values["train/dynamic_sampling/extra_batches"] = float(len(parts) - 1)
         for name, value in rewards.means().items():
             values[f"train/reward/{name}"] = value
         for name, value in rewards.stds().items():
@@ -382,7 +486,7 @@ class GRPOModule(VAUModule):
         # The step Lightning logs this batch's scalars at; self.global_step already counts its optimizer step(s).
         step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
         if every and step % every == 0 and self.trainer.is_global_zero:
-            self._log_completions(rollout, rewards, step)
+            self._log_completions(rollout, parts[0].rewards, step)
 
     def _log_completions(self, rollout: Rollout, rewards, step: int | None = None) -> None:
         experiment = getattr(self.logger, "experiment", None)

@@ -1,0 +1,128 @@
+"""Dynamic sampling (``module.grpo.dynamic_sampling``): groups without reward spread are replaced by groups of further
+prompts; the loss of a step made of several rollouts equals that of one batch of the kept groups; exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vau.config import compose
+from vau.modules.dynamic_sampling import group_spread, part_weights, take_groups
+from vau.modules.grpo_loss import LOSS_TYPES, policy_loss
+from vau.registry import REWARDS
+from vau.rewards import RewardResult
+from vau.run import run
+
+from .test_resume import checkpoint, fit, scalars
+
+REWARD = "spread_on_even_videos"
+
+
+def spread_on_even_videos(completions: list[str], samples: list, **ctx) -> list[float]:
+    """0/1 alternating within a group for clips with an even number (a spread GRPO can learn from), 0.5 for the
+    others (every completion the same: no spread)."""
+    return [float(i % 2) if int(s.video.split("_")[-1].split(".")[0]) % 2 == 0 else 0.5
+            for i, s in enumerate(samples)]
+
+
+if REWARD not in REWARDS:
+    REWARDS.register(REWARD)(spread_on_even_videos)
+
+DS = ["module=grpo", "reward.format.weight=0", "reward.choice_accuracy.weight=0", f"+reward.{REWARD}={{weight:1.0}}",
+      "module.grpo.num_generations=2",
+      "module.grpo.max_new_tokens=4", "module.grpo.beta=0.1", "module.optim.lr=1e-3",
+      "module.grpo.dynamic_sampling.enabled=true", "module.grpo.dynamic_sampling.max_extra_batches=3",
+      "test_after_fit=false", "trainer.limit_val_batches=0"]
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_parts_weighted_give_the_loss_of_one_batch_of_the_kept_groups(loss_type):
+    """Two rollouts, some groups dropped from each: the weighted sum of their losses (and its gradient) equals the loss
+    of one batch holding only the kept groups."""
+    g = torch.Generator().manual_seed(0)
+    G, T = 2, 5
+    parts = []
+    for groups, kept in ((3, [True, False, True]), (2, [False, True])):
+        n = groups * G
+        logps = torch.randn(n, T, generator=g, requires_grad=True)
+        old = (logps + 0.1 * torch.randn(n, T, generator=g)).detach()
+        mask = (torch.rand(n, T, generator=g) > 0.2).float()
+        mask[:, 0] = 1.0
+        adv = torch.randn(n, generator=g)
+        rows = torch.tensor(kept).repeat_interleave(G).float().unsqueeze(1)
+        parts.append((logps, old, adv, mask * rows, torch.tensor(kept)))
+    kept_tokens = [float(p[3].sum()) for p in parts]
+    weights = part_weights(loss_type, [p[0].shape[0] for p in parts], [int(p[4].sum()) * G for p in parts],
+                           kept_tokens)
+    num_items = torch.tensor(sum(kept_tokens))
+    total = sum(w * policy_loss(lp, old, adv, mask, loss_type=loss_type, max_completion_length=T,
+                                num_items=num_items)[0] for (lp, old, adv, mask, _), w in zip(parts, weights))
+    total.backward()
+    chunked = [p[0].grad.clone() for p in parts]
+
+    # the same kept rows as one batch
+    rows = [torch.nonzero(p[4].repeat_interleave(G)).flatten() for p in parts]
+    leaves = [p[0].detach().clone().requires_grad_(True) for p in parts]
+    joined = policy_loss(torch.cat([leaf[r] for leaf, r in zip(leaves, rows)]),
+                         torch.cat([p[1][r] for p, r in zip(parts, rows)]),
+                         torch.cat([p[2][r] for p, r in zip(parts, rows)]),
+                         torch.cat([p[3][r] for p, r in zip(parts, rows)]), loss_type=loss_type,
+                         max_completion_length=T, num_items=num_items)[0]
+    joined.backward()
+    assert float(total.detach()) == pytest.approx(float(joined.detach()), rel=1e-6)
+    for grad, leaf in zip(chunked, leaves):
+        assert torch.allclose(grad, leaf.grad, atol=1e-7)
+
+
+def test_spread_is_read_from_the_chosen_reward_and_groups_taken_in_order():
+    result = RewardResult(torch.tensor([1.0, 1.0, 0.0, 2.0, 3.0, 3.0]), {"acc": [1.0, 0.0, 1.0, 1.0, None, 1.0]},
+                          skipped=torch.tensor([False, False, False, False, False, False]))
+    assert group_spread(result, "total", 2).tolist() == [False, True, False]
+    assert group_spread(result, "acc", 2).tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="dynamic_sampling.metric='nope'"):
+        group_spread(result, "nope", 2)
+    assert take_groups(torch.tensor([True, True, True]), 0).tolist() == [False, False, False]
+
+
+def test_refill_keeps_a_full_step_of_groups_with_spread(overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose("demo", [*overrides, *DS, f"run_dir={run_dir}", "trainer.max_steps=4"])
+    assert cfg.data.batch_size == 2
+    run("fit", cfg)
+    kept = scalars(run_dir, "train/dynamic_sampling/kept_groups")
+    extra = scalars(run_dir, "train/dynamic_sampling/extra_batches")
+    dropped = scalars(run_dir, "train/dynamic_sampling/dropped_groups")
+    assert len(kept) == 4
+    for step in kept:
+        # full (2 groups with spread), or the extra budget was spent trying
+        assert kept[step] == 2 or extra[step] == 3
+        assert 0 <= extra[step] <= 3
+        # every rolled-out group is kept or dropped: 2 per batch
+        assert kept[step] + dropped[step] == 2 * (1 + extra[step])
+    assert any(extra[s] > 0 for s in extra) and any(dropped[s] > 0 for s in dropped)
+    # the rewards of the kept groups have spread: the mean of a kept group is 0.5 as of the dropped ones, so the
+    # logged reward mean over everything rolled out stays 0.5
+    assert all(v == pytest.approx(0.5) for v in scalars(run_dir, "train/reward").values())
+
+
+def test_metric_must_be_a_configured_reward(overrides, tmp_path):
+    cfg = compose("demo", [*overrides, *DS, f"run_dir={tmp_path}", "trainer.max_steps=1",
+                           "module.grpo.dynamic_sampling.metric=nope"])
+    with pytest.raises(ValueError, match="dynamic_sampling.metric='nope'.*spread_on_even_videos"):
+        run("fit", cfg)
+
+
+def test_resume_after_refills_repeats_the_run(cache_dir, demo_root, tmp_path):
+    """The extra prompts of a step come from a stream seeded by the step: a run resumed from step 1 draws the same
+    ones and logs the same losses and kept groups as the run that was never stopped."""
+    overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+                 f"paths.output_dir={tmp_path / 'outputs'}", "trainer.enable_progress_bar=false",
+                 "trainer.log_every_n_steps=1", "data.batch_size=2", *DS, "trainer.max_steps=3",
+                 "trainer.max_epochs=-1", "checkpoint.every_n_train_steps=1", "checkpoint.save_top_k=-1"]
+    losses = fit(overrides, tmp_path / "a")
+    extra = scalars(tmp_path / "a", "train/dynamic_sampling/extra_batches")
+    assert any(extra.values())  # refills happened
+    resumed = fit(overrides, tmp_path / "b", ckpt=checkpoint(tmp_path / "a", 1))
+    assert len(resumed) == 2 and resumed == {s: v for s, v in losses.items() if s in resumed}
+    assert scalars(tmp_path / "b", "train/dynamic_sampling/kept_groups") == {
+        s: v for s, v in scalars(tmp_path / "a", "train/dynamic_sampling/kept_groups").items() if s in resumed}
