@@ -49,6 +49,18 @@ def char_spread(completions: list[str], samples: list, **ctx) -> list[float | No
 if REWARD not in REWARDS:  # this file is imported by pytest and run as __main__ by the workers
     REWARDS.register(REWARD)(char_spread)
 
+EVEN_SPREAD = "test_spread_on_even_videos"
+
+
+def spread_on_even_videos(completions: list[str], samples: list, **ctx) -> list[float]:
+    """0/1 alternating within a group for clips with an even number, 0.5 (no spread) for the others."""
+    return [float(i % 2) if int(s.video.split("_")[-1].split(".")[0]) % 2 == 0 else 0.5
+            for i, s in enumerate(samples)]
+
+
+if EVEN_SPREAD not in REWARDS:
+    REWARDS.register(EVEN_SPREAD)(spread_on_even_videos)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -293,6 +305,18 @@ def test_grpo_ddp_shared_prompt_path_matches_the_repeated_prompt_path(two_proces
     assert scale > 1e-4 and diff <= tolerance
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_dynamic_sampling_rolls_out_alike_on_every_rank(two_process_runs, strategy):
+    """Only rank 1's prompt lacks reward spread; both ranks roll out its extra batches (else the collectives of the
+    step would not match and the run would hang), and both finish their steps."""
+    runs = [json.loads((two_process_runs / f"result_rank{r}.json").read_text())[f"dynamic_{strategy}"]
+            for r in (0, 1)]
+    assert [r["steps"] for r in runs] == [2, 2]
+    first = [[videos[0] for videos in r["rollouts"]] for r in runs]
+    assert len(first[0]) == len(first[1]) > 2  # the same number of rollouts, extra ones included
+    assert runs[0]["rollouts"][0] != runs[1]["rollouts"][0]  # each rank its own prompt
+
+
 def test_fsdp2_generation_with_different_lengths_per_rank_finishes(two_process_runs):
     lengths = [json.loads((two_process_runs / f"result_rank{r}.json").read_text())["uneven_fsdp2"]["lengths"]
                for r in (0, 1)]
@@ -415,6 +439,17 @@ def worker(out: Path, cache_dir: str, demo_root: str) -> None:
         module, trainer, _ = _fit([*common, *extra], out / name, patch=patch)
         trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)  # DDP: full tensors
         _record(out, name, prompts=seen, steps=int(trainer.global_step), trainable=int(trainable))
+
+    # Dynamic sampling: rank 0's prompt (clip 0) has reward spread, rank 1's (clip 1) none, so only rank 1 needs
+    # extra rollouts; both must roll out as many (collectives match) and finish.
+    for name, strategy in (("dynamic_ddp", ddp), ("dynamic_fsdp2", fsdp2)):
+        rollouts: list = []
+        module, trainer, _ = _fit([*common, *strategy, *GRPO_DIFF, "reward.format.weight=0",
+                                   "reward.choice_accuracy.weight=0", f"reward.{REWARD}.weight=0",
+                                   f"+reward.{EVEN_SPREAD}={{weight:1.0}}", "module.grpo.dynamic_sampling.enabled=true",
+                                   "module.grpo.dynamic_sampling.max_extra_batches=2", "data.shuffle=false"],
+                                  out / name, patch=lambda m, rollouts=rollouts: _watch_prompts(m, rollouts))
+        _record(out, name, rollouts=rollouts, steps=int(trainer.global_step))
 
     # Full fine-tuning with KL: also shards the frozen reference copy.
     lengths: list = []
