@@ -1,8 +1,9 @@
 """GRPO learning proof on the generated demo: reward and held-out QA accuracy against optimiser steps.
 
-Stage 1 (``conf=demo_sft_chance``) teaches the reply format, true reasoning and the option check, with a random
-answer letter: a chance-level policy. Stage 2 (``conf=demo_grpo_permuted``) runs GRPO from it with format +
-choice-accuracy rewards and validates on the held-out split every ``trainer.val_check_interval`` steps.
+Stage 1 (``conf=demo_sft_chance``) teaches the reply format, the option check and reading the options, with the
+event (and so the option) named at random: a chance-level policy that reads options. Stage 2
+(``conf=demo_grpo_permuted``) runs GRPO from it with format + choice-accuracy rewards and validates on the held-out
+split (circular accuracy, every option shift) every ``trainer.val_check_interval`` steps.
 ``--task qa_v5`` is the earlier pair on fixed-order options (demo data version 5), where the letter is the class.
 The table shows the mean training reward over each interval and the held-out accuracy at its end.
 
