@@ -90,18 +90,25 @@ def test_option_check_targets_follow_the_order_shown(overrides, tiny_backbone):
     assert option_check(moved).split(": yes")[0].endswith(moved.options["ABCD".index(moved.answer)])
 
 
+def _training_set(overrides, backbone, *extra):
+    """(config, the demo's training dataset with the option check and ``extra`` overrides, the tokenizer)."""
+    from vau.config import compose
+    from vau.datamodules.vau_bench import VAUBenchDataModule
+
+    cfg = compose("demo", [*overrides, "data.qa_option_check=true", *extra])
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=0)
+    dm.setup("fit")
+    return cfg, dm.datasets["train"], backbone.processor.tokenizer
+
+
 def test_random_target_letters_keep_the_reasoning_true(overrides, tiny_backbone):
     """data.qa_target_letter=random: the option check still marks the true option, the answer letter is drawn afresh
     every epoch (seeded), so across epochs a question's target letters vary and match the truth only by chance."""
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
 
-    cfg = compose("demo", [*overrides, "data.qa_option_check=true", "data.train_option_order=file",
-                           "data.qa_target_letter=random"])
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
-    dm.setup("fit")
-    train = dm.datasets["train"]
-    tokenizer = tiny_backbone.processor.tokenizer
+    cfg, train, tokenizer = _training_set(overrides, tiny_backbone, "data.train_option_order=file",
+                                          "data.qa_target_letter=random")
     letters, hits = [], 0
     for index, sample in enumerate(train.samples):
         per_epoch = []
@@ -130,12 +137,8 @@ def test_random_chain_targets_read_the_options_but_name_a_drawn_class(overrides,
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
 
-    cfg = compose("demo", [*overrides, "data.qa_option_check=true", "data.train_option_order=shuffled",
-                           "data.qa_target_letter=random_chain"])
-    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
-    dm.setup("fit")
-    train = dm.datasets["train"]
-    tokenizer = tiny_backbone.processor.tokenizer
+    cfg, train, tokenizer = _training_set(overrides, tiny_backbone, "data.train_option_order=shuffled",
+                                          "data.qa_target_letter=random_chain")
     wrong = 0
     for index, sample in enumerate(train.samples):
         for epoch in range(4):
