@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("learning inputs", ("vau.rewards", "vau.datamodules", "vau.datatools")),
     ("models", ("vau.backbones", "vau.modules", "vau.rollout")),
     ("jobs", ("vau.eval", "vau.export", "vau.callbacks", "vau.trainer", "vau.components")),
-    ("entry", ("vau.run", "vau.predict", "vau.cli", "vau.__main__")),
+    ("entry", ("vau.run", "vau.predict", "vau.difficulty", "vau.cli", "vau.__main__")),
 )
 
 

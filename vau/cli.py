@@ -28,7 +28,7 @@ STAGES = {
     "report": "re-render the HTML page of a score: score=DIR/score.json [out=DIR/report.html] [thumbs=8]",
     "export": "checkpoint -> Hugging Face folder: ckpt=PATH|last out=DIR [merge=true] (PEFT adapter or full model)",
     "data": "data tools: `data generate` (demo data), `data stats` (task-view counts), `data check` (videos), "
-            "`data reflect` (reflection chains)",
+            "`data reflect` (reflection chains), `data difficulty` (a model's pass rate per training row)",
     "judge": "score free-text replies (describe; <think> reasoning) with a judge model on VAU-Eval's five "
              "dimensions: predictions=FILE annotations=FILE [out=DIR] judge.path=DIR | judge.base_url=URL judge.model=NAME",
 }
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect> [conf=NAME] [key=value ...]
+DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect|difficulty> [conf=NAME] [key=value ...]
 
   generate   write the demo mini-benchmark of the chosen config (data=demo), e.g. data.generate.n_train=100
   stats      per split / source / task view: kept samples, what was left out and why, class histogram
@@ -228,6 +228,8 @@ DATA_USAGE = """usage: python -m vau data <generate|stats|check|reflect> [conf=N
              annotations=FILE out=FILE [builder=template] [seed=0] [corrective_ratio=0.5] [tasks=qa_reflect,...]
              builder=teacher (a model writes the reflections): teacher.path=DIR | teacher.base_url=URL
              teacher.model=NAME [teacher.concurrency=4 teacher.retries=3 teacher.cache=FILE]
+  difficulty a model's pass rate on every training row over G sampled answers (for data.difficulty.keep)
+             [ckpt=PATH|last] annotations=FILE [task=qa] num_generations=8 out=FILE.jsonl [temperature=T]
 
 Other key=value arguments are config overrides, e.g. data=vau_bench data.views.tag_eval_normal=true."""
 
@@ -238,7 +240,7 @@ def _data_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
 
 def _data(argv: list[str]) -> int:
     """``python -m vau data generate|stats|check ...`` (see DATA_USAGE)."""
-    if not argv or argv[0] not in ("generate", "stats", "check", "reflect"):
+    if not argv or argv[0] not in ("generate", "stats", "check", "reflect", "difficulty"):
         print(f"error: `python -m vau data` takes a subcommand.\n{DATA_USAGE}", file=sys.stderr)
         return 2
     sub = argv[0]
@@ -246,6 +248,10 @@ def _data(argv: list[str]) -> int:
         from vau.datatools.reflection import main as reflect_main  # deferred: see the module docstring
 
         return reflect_main(argv[1:])
+    if sub == "difficulty":  # a model's pass rate per training row (vau.difficulty)
+        from vau.difficulty import main as difficulty_main  # deferred: see the module docstring
+
+        return difficulty_main(argv[1:])
     conf, own, overrides = _data_args(argv[1:])
     cfg = compose(conf, overrides)
     if sub == "generate":

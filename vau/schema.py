@@ -103,6 +103,14 @@ class MixConfig:
 
 
 @dataclass
+class DifficultyConfig:
+    """``data.difficulty``: keep the training rows whose pass rate (``python -m vau data difficulty``) lies in a band."""
+
+    file: str | None = None  # the pass-rate file; None: every row is kept
+    keep: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [min, max] pass rate kept, both included
+
+
+@dataclass
 class DataConfig:
     """``data``: where the annotations and videos are and how samples are built (docs/data.md)."""
 
@@ -131,6 +139,7 @@ class DataConfig:
     frame_cache_dir: str | None = None  # decoded eval clips kept on disk
     generate: dict[str, Any] | None = None  # demo data only: the generator's arguments (vau.data.synthetic)
     reflect: dict[str, Any] | None = None  # reflect tasks: chains built in memory (vau.datatools.reflection)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)  # training rows by pass rate
 
 
 @dataclass

@@ -16,8 +16,10 @@ Config (the ``data`` node; see conf/data/vau_bench.yaml and docs/data.md):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -44,6 +46,40 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 OPTION_ORDERS = ("file", "shuffled")
 TARGET_LETTERS = ("answer", "random", "random_chain")  # data.qa_target_letter
+
+
+def keep_pass_band(samples: list[Sample], node, path: str) -> list[Sample]:
+    """The training samples whose pass rate in ``data.difficulty.file`` lies in ``data.difficulty.keep`` (both ends
+    included); rows the file does not list are kept, and every count is logged."""
+    band = [float(x) for x in (node.get("keep") or [0.0, 1.0])]
+    if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+        raise ValueError(f"data.difficulty.keep={list(band)}: give [min, max] pass rates with 0 <= min <= max <= 1")
+    rates: dict[tuple[str, int, str], float] = {}
+    file = Path(str(node.file))
+    if not file.is_file():
+        raise ValueError(f"data.difficulty.file={file}: no such file; write it with `python -m vau data difficulty`")
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            rates[(str(record["video"]), int(record.get("row") or 0), str(record["task"]))] = float(record["pass_rate"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"data.difficulty.file={file}, line {number}: not a pass-rate record (video, row, task, "
+                             f"pass_rate)") from None
+    kept, dropped, unlisted = [], 0, 0
+    for sample in samples:
+        rate = rates.get((str(sample.video), int(sample.row or 0), str(sample.task)))
+        if rate is None:
+            unlisted += 1
+            kept.append(sample)
+        elif band[0] <= rate <= band[1]:
+            kept.append(sample)
+        else:
+            dropped += 1
+    log.info("train: %d of %d samples of %s kept by pass rate in [%g, %g] (%s); %d dropped, %d not in the file "
+             "(kept)", len(kept), len(samples), path, band[0], band[1], file, dropped, unlisted)
+    if not kept:
+        raise ValueError(f"data.difficulty.keep={band}: no training row of {path} has its pass rate in that band")
+    return kept
 
 
 class VAUBenchDataModule(L.LightningDataModule):
@@ -110,6 +146,8 @@ class VAUBenchDataModule(L.LightningDataModule):
                      "training" if train else "evaluation",
                      "; left out: " + ", ".join(f"{n} {why}" for why, n in dropped.items()) if dropped else "")
             samples += kept
+        if train and (self.cfg.get("difficulty") or {}).get("file"):
+            samples = keep_pass_band(samples, self.cfg.difficulty, path)
         if train and self.cfg.get("qa_option_check"):  # targets that check every option (vau.tasks.qa.option_check)
             samples = [replace(s, extra={**s.extra, OPTION_CHECK_KEY: True}) for s in samples]
         shifts = None if train else parse_shifts(self.cfg.get("qa_shifts"))
