@@ -120,9 +120,9 @@ def test_grpo_fit_skips_nan_completions_counts_them_and_keeps_them_out_of_the_lo
     masks = []
     real_loss = GRPOModule.loss
 
-    def loss(self, rollout, advantages):
+    def loss(self, rollout, advantages, *args, **kwargs):
         masks.append((rollout.mask.sum(dim=1).clone(), advantages.detach().clone()))
-        return real_loss(self, rollout, advantages)
+        return real_loss(self, rollout, advantages, *args, **kwargs)
 
     monkeypatch.setattr(GRPOModule, "loss", loss)
     run_dir = tmp_path / "run"
