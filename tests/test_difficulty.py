@@ -61,6 +61,17 @@ def test_training_keeps_the_pass_rate_band(overrides, demo_root, tmp_path, tiny_
     kept = train_videos("data.difficulty.keep=[0.01,0.99]")
     assert kept == [rows[1].video, rows[3].video] + [r.video for r in rows[len(rates):]]
     assert len(train_videos()) == len(rows)  # the default band keeps everything
+    # curriculum: easy -> hard (falling pass rate; unlisted rows last), and the training stream in that order
+    order = train_videos("data.difficulty.curriculum=true")
+    assert order[:6] == [rows[i].video for i in (2, 5, 1, 3, 0, 4)]
+    cfg = compose("demo", [*overrides, f"data.difficulty.file={path}", "data.difficulty.curriculum=true"])
+    dm = VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0)
+    dm.setup("fit")
+    streamed = [s.video for batch in dm.train_dataloader() for s in batch["samples"]]
+    assert streamed == order
+    with pytest.raises(ValueError, match="curriculum=true needs data.difficulty.file"):
+        VAUBenchDataModule(compose("demo", [*overrides, "data.difficulty.curriculum=true"]).data, cfg.sampler,
+                           tiny_backbone, tiny_backbone.pad_id, seed=0)
     with pytest.raises(ValueError, match=r"data.difficulty.keep=\[0.9, 0.1\]"):
         train_videos("data.difficulty.keep=[0.9,0.1]")
     path.write_text('{"video": "x.mp4"}\n')

@@ -108,6 +108,7 @@ class DifficultyConfig:
 
     file: str | None = None  # the pass-rate file; None: every row is kept
     keep: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [min, max] pass rate kept, both included
+    curriculum: bool = False  # true: every epoch runs easy -> hard (falling pass rate; unlisted rows last)
 
 
 @dataclass

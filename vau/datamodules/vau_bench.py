@@ -66,6 +66,8 @@ def keep_pass_band(samples: list[Sample], node, path: str) -> list[Sample]:
             raise ValueError(f"data.difficulty.file={file}, line {number}: not a pass-rate record (video, row, task, "
                              f"pass_rate)") from None
     kept, dropped, unlisted = [], 0, 0
+    if node.get("curriculum"):  # easy -> hard: falling pass rate, rows without one last (stable: file order in ties)
+        samples = sorted(samples, key=lambda s: -rates.get((str(s.video), int(s.row or 0), str(s.task)), -1.0))
     for sample in samples:
         rate = rates.get((str(sample.video), int(sample.row or 0), str(sample.task)))
         if rate is None:
@@ -120,6 +122,11 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.target_letter = str(cfg.get("qa_target_letter") or "answer")
         if self.target_letter not in TARGET_LETTERS:
             raise ValueError(f"data.qa_target_letter={self.target_letter!r}: use one of {TARGET_LETTERS}")
+        difficulty = cfg.get("difficulty") or {}
+        self.curriculum = bool(difficulty.get("curriculum"))  # the training order is the pass-rate order
+        if self.curriculum and not difficulty.get("file"):
+            raise ValueError("data.difficulty.curriculum=true needs data.difficulty.file (the pass rates to order by; "
+                             "write it with `python -m vau data difficulty`)")
         cache_dir = cfg.get("frame_cache_dir")
         self.cache = FrameCache(cache_dir) if cache_dir else None
         self.datasets: dict[str, VideoTaskDataset] = {}
@@ -215,7 +222,8 @@ class VAUBenchDataModule(L.LightningDataModule):
         if split == "train":
             epoch_size = (self.mix or {}).get("epoch_size") if self.weights else None
             sampler = EpochSampler([s.task for s in dataset.samples], self.weights, epoch_size,
-                                   shuffle=bool(self.cfg.get("shuffle", True)), seed=self.seed)
+                                   shuffle=bool(self.cfg.get("shuffle", True)) and not self.curriculum,
+                                   seed=self.seed)
             # Rank split + exact mid-epoch resume (vau.datamodules.resume); consumes a pending resume position.
             sampler = resumable_train_sampler(sampler, self.trainer, self._resume_position, batch_size)
             self._resume_position = None
