@@ -123,3 +123,39 @@ def test_interval_frame_scores_at_ntsc_rate():
     assert interval_frame_scores([1.001, 1.0177], 40, rate)[29:32] == [0.0, 1.0, 0.0]
     assert interval_frame_scores([0.0, 0.0], 5, rate) == [0.0] * 5
     assert interval_frame_scores([2.0, 99.0], 64, rate)[-5:] == [0.0, 1.0, 1.0, 1.0, 1.0]  # frame 59 ends before 2 s
+
+
+def test_score_report_draws_each_videos_curve_over_its_events(tmp_path, capsys):
+    """report=DIR: one escaped, script-free page with every scored video's curve and its events shaded, worst
+    first (here the normal video with the highest false alarm)."""
+    import re
+
+    ann, path, scores = _files(tmp_path)
+    for video, events in _labels().items():  # anomalous videos scored perfectly: nothing to look at there
+        scores[video] = [float(any(a <= i <= b for a, b in events)) for i in range(len(scores[video]))]
+    scores["Normal_Videos_001_x264.mp4"] = [0.2] * 12
+    scores["Normal_Videos_002_x264.mp4"] = [0.1] * 9 + [0.99]  # a one-frame false alarm: the worst read
+    _files(tmp_path, scores)
+    folder = tmp_path / "report"
+    assert main(["score", f"annotations={ann}", "format=ucf_crime", f"frame_scores={path}", f"report={folder}"]) == 0
+    assert "score curves written to" in capsys.readouterr().out
+    page = (folder / "frame_report.html").read_text()
+    assert "<script" not in page and page.count("<svg") == 4 and page.count('class="event"') == 3  # 1 + 2 events
+    names = re.findall(r"<h3>(\S+) <small>", page)
+    assert names[0] == "Normal_Videos_002_x264.mp4" and sorted(names) == sorted(scores)
+    curve = re.findall(r'<polyline points="([^"]*)"', page)[names.index("Normal_Videos_002_x264.mp4")]
+    assert min(float(p.split(",")[1]) for p in curve.split()) == pytest.approx(90 * 0.01)  # the spike is drawn
+    # the page is replaced on a rerun (score wrote it), a foreign file is not
+    assert main(["score", f"annotations={ann}", "format=ucf_crime", f"frame_scores={path}", f"report={folder}"]) == 0
+    (folder / "frame_report.html").write_text("my notes")
+    assert main(["score", f"annotations={ann}", "format=ucf_crime", f"frame_scores={path}", f"report={folder}"]) == 2
+    assert "frame_report.html" in capsys.readouterr().err
+
+
+def test_curve_points_keep_a_one_frame_spike_in_a_long_video():
+    from vau.eval.frame_curves import MAX_POINTS, curve_points
+
+    scores = [0.0] * 20000
+    scores[12345] = 1.0
+    points = curve_points(scores, width=100, height=10).split()
+    assert len(points) <= 2 * MAX_POINTS and min(float(p.split(",")[1]) for p in points) == 0.0

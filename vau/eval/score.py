@@ -39,6 +39,7 @@ from pathlib import Path
 from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
 from vau.data.readers import read_rows
+from vau.eval.frame_curves import write_frame_page
 from vau.eval.frame_score import FrameScoreError, format_frame_report, frame_report, read_frame_scores
 from vau.eval.html_report import HTML_MARKER, write_html_report
 from vau.eval.report import ReportError, evaluate
@@ -345,13 +346,28 @@ def write_metrics(report: dict, out: Path) -> None:
 def _frame_level(args: dict, annotations: list[Annotation]) -> int:
     """``frame_scores=FILE``: frame-level AUC / AP / false alarms (vau.eval.frame_score) instead of the VAU-Bench
     tables."""
+    page = None
+    if args.get("report"):
+        folder = Path(args["report"])
+        if folder.exists() and not folder.is_dir():
+            raise ScoreError(f"report={folder} is a file; give a folder (score writes frame_report.html into it)")
+        page = check_output("report", folder / "frame_report.html",
+                            {"annotations": args["annotations"], "frame_scores": args["frame_scores"]},
+                            overwrite=flag(args.get("overwrite", "false"), "overwrite", ScoreError),
+                            ours=text_contains("<title>Frame-level anomaly scores</title>"), error=ScoreError,
+                            label=f"{folder / 'frame_report.html'} (in report={folder})")
     try:
-        report = frame_report(annotations, read_frame_scores(args["frame_scores"]))
+        scores = read_frame_scores(args["frame_scores"])
+        report = frame_report(annotations, scores)
     except FrameScoreError as err:
         raise ScoreError(str(err)) from None
     title = (f"Frame-level anomaly detection of {Path(args['frame_scores']).name} against "
              f"{Path(args['annotations']).name} ({len(annotations)} videos)")
-    print(format_frame_report(report, title))
+    table = format_frame_report(report, title)
+    print(table)
+    if page is not None:
+        write_frame_page(report, table, annotations, scores, page)
+        print(f"score curves written to {page}")
     if args.get("output"):
         out = Path(args["output"])
         check_output("output", out, {"annotations": args["annotations"], "frame_scores": args["frame_scores"]},
