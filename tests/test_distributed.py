@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,9 +54,13 @@ EVEN_SPREAD = "test_spread_on_even_videos"
 
 
 def spread_on_even_videos(completions: list[str], samples: list, **ctx) -> list[float]:
-    """0/1 alternating within a group for clips with an even number, 0.5 (no spread) for the others."""
-    return [float(i % 2) if int(s.video.split("_")[-1].split(".")[0]) % 2 == 0 else 0.5
-            for i, s in enumerate(samples)]
+    """Spread on even-numbered clips only; range [0, 1]. 0/1 alternating within a group for a clip whose name ends in an
+    even number, 0.5 for the others (every completion the same: no spread)."""
+    def even(sample) -> bool:
+        digits = re.findall(r"(\d+)\.\w+$", str(getattr(sample, "video", "") or ""))
+        return bool(digits) and int(digits[-1]) % 2 == 0
+
+    return [float(i % 2) if i < len(samples) and even(samples[i]) else 0.5 for i in range(len(completions))]
 
 
 if EVEN_SPREAD not in REWARDS:

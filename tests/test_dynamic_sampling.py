@@ -3,6 +3,8 @@ prompts; the loss of a step made of several rollouts equals that of one batch of
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -19,10 +21,13 @@ REWARD = "spread_on_even_videos"
 
 
 def spread_on_even_videos(completions: list[str], samples: list, **ctx) -> list[float]:
-    """0/1 alternating within a group for clips with an even number (a spread GRPO can learn from), 0.5 for the
-    others (every completion the same: no spread)."""
-    return [float(i % 2) if int(s.video.split("_")[-1].split(".")[0]) % 2 == 0 else 0.5
-            for i, s in enumerate(samples)]
+    """Spread on even-numbered clips only; range [0, 1]. 0/1 alternating within a group for a clip whose name ends in an
+    even number, 0.5 for the others (every completion the same: no spread)."""
+    def even(sample) -> bool:
+        digits = re.findall(r"(\d+)\.\w+$", str(getattr(sample, "video", "") or ""))
+        return bool(digits) and int(digits[-1]) % 2 == 0
+
+    return [float(i % 2) if i < len(samples) and even(samples[i]) else 0.5 for i in range(len(completions))]
 
 
 if REWARD not in REWARDS:
