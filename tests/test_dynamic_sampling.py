@@ -131,3 +131,16 @@ def test_resume_after_refills_repeats_the_run(cache_dir, demo_root, tmp_path):
     assert len(resumed) == 2 and resumed == {s: v for s, v in losses.items() if s in resumed}
     assert scalars(tmp_path / "b", "train/dynamic_sampling/kept_groups") == {
         s: v for s, v in scalars(tmp_path / "a", "train/dynamic_sampling/kept_groups").items() if s in resumed}
+
+
+def test_a_step_without_any_group_with_spread_finishes(overrides, tmp_path):
+    """Late in a run every group can agree (all right): the extra budget is spent, nothing is kept, the loss is 0 and
+    the run goes on (it once divided by the zero total weight)."""
+    run_dir = tmp_path / "run"
+    # the format reward: the untrained tiny model never writes the format, so no group has spread in it
+    cfg = compose("demo", [*overrides, *DS, f"run_dir={run_dir}", "trainer.max_steps=2",
+                           "module.grpo.dynamic_sampling.metric=format"])
+    run("fit", cfg)
+    assert set(scalars(run_dir, "train/dynamic_sampling/kept_groups").values()) == {0.0}
+    assert set(scalars(run_dir, "train/dynamic_sampling/extra_batches").values()) == {3.0}
+    assert all(v == 0.0 for v in scalars(run_dir, "train/loss").values())

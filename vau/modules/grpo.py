@@ -435,7 +435,9 @@ class GRPOModule(VAUModule):
                 parts[i] = replace(part, rollout=rollout)
                 self.manual_backward(loss * weight if weight != 1.0 else loss)
                 total = total + loss.detach() * weight
-                entropy = entropy + part_entropy * (weight / sum(weights) if len(parts) > 1 else 1.0)
+                # a step whose groups all lacked spread has weights 0 (nothing to learn): entropy as a plain mean
+                share = weight / sum(weights) if sum(weights) else 1.0 / len(parts)
+                entropy = entropy + part_entropy * (share if len(parts) > 1 else 1.0)
                 stats = part_stats if stats is None else stats  # the step's own batch (comparable with plain GRPO)
             if self.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=float(self.max_grad_norm),
