@@ -57,6 +57,20 @@ def test_predict_never_writes_over_its_input_or_a_foreign_file(ann, tmp_path, ca
     assert code == 2 and "cannot write into" in err and "not a folder" in err  # found before a model loads
 
 
+@pytest.mark.parametrize("command", [["predict", "task=qa"], ["predict", "task=vad"], ["data", "difficulty"]])
+@pytest.mark.parametrize("text", ["my notes, one line, no newline", '{"video": "a.mp4"}\nmore notes without newline'])
+def test_resuming_commands_never_cut_the_last_line_of_a_file_they_did_not_write(ann, tmp_path, capsys, command,
+                                                                                    text):
+    """A file whose last line has no newline looks like a killed run's torn record; predict, predict task=vad and data
+    difficulty cut such a line before appending, so they must recognise their own files first (a one-line note,
+    or other records followed by text, is someone else's)."""
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text(text)
+    code, _, err = _cli(capsys, command[0], *command[1:], f"annotations={ann}", f"out={foreign}")
+    assert code == 2 and "overwrite=true" in err
+    assert foreign.read_text() == text
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: a read-only folder cannot be made here")
 def test_predict_refuses_an_unwritable_out_before_loading_a_model(ann, tmp_path, capsys):
     locked = tmp_path / "locked"

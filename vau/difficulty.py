@@ -34,7 +34,7 @@ from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import ViewOptions
-from vau.outputs import check_output
+from vau.outputs import check_output, is_records_file
 from vau.predict import _refuse_resume, model_config, run_identity
 from vau.rewards import build_rewards
 from vau.tasks import get_task, task_names
@@ -149,8 +149,9 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"num_generations={G}: give a whole number >= 1")
         out = Path(own["out"])
         overwrite = flag(own.get("overwrite", "false"), "overwrite")
+        resumable = out.is_file() and is_records_file(out, {"video", "row", "task", "pass_rate"})
         check_output("out", out, {"annotations": own["annotations"]}, overwrite=overwrite,
-                     append=out.is_file() and not overwrite)
+                     append=resumable and not overwrite)
         if overwrite and out.is_file():
             out.write_bytes(b"")
         cfg, ckpt = model_config(conf, own, overrides)

@@ -121,6 +121,41 @@ def text_contains(marker: str, limit: int = 4096) -> Callable[[Path], bool]:
     return test
 
 
+def is_records_file(path: Path, keys: set[str], first_key: str = "video") -> bool:
+    """Whether ``path`` holds JSON-lines records a command of vau appends to (and may resume): every complete line an
+    object with ``keys`` (blank lines allowed), and a last line without its newline (a killed run's torn record, cut
+    before appending) only when it starts like one of those records (``{"<first_key>":``). A file of other text,
+    even one line without a newline, is not one: cutting its "torn" line would destroy it.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
+    >>> _ = f.write_text('{"video": "a.mp4", "frame_scores": [1]}\\n{"video": "b.mp')
+    >>> is_records_file(f, {"video", "frame_scores"}), is_records_file(f.with_name("none"), {"video"})
+    (True, False)
+    >>> _ = f.write_text("my notes, no newline")
+    >>> is_records_file(f, {"video"})
+    False
+    """
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    for line in lines:
+        if not line.endswith("\n"):
+            return line.lstrip().startswith(f'{{"{first_key}":')
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(record, dict) or not keys <= set(record):
+            return False
+    return True
+
+
 def json_safe(value):
     """``value`` with every non-finite float (NaN, +-inf: e.g. a mean over no rows) replaced by None, so the JSON a
     command writes is valid for every reader (``json.dumps`` would write the non-standard ``NaN``).

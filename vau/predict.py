@@ -42,7 +42,7 @@ from vau.datamodules.views import ViewOptions
 from vau.eval.vad import VADSettings, WindowScorer, done_videos, score_videos
 from vau.eval.writer import PredictionWriter
 from vau.export import run_config
-from vau.outputs import check_output, first_line_is
+from vau.outputs import check_output, first_line_is, is_records_file
 from vau.qa_position import parse_shifts
 from vau.registry import load_plugins
 from vau.tasks import Sample, get_task, task_names
@@ -157,21 +157,8 @@ def build_samples(cfg, task_name: str, own: dict[str, str]) -> list:
 
 def is_predictions(path: Path) -> bool:
     """Whether ``path`` holds predict's JSON lines (each whole line an object with video, task and response; an empty
-    file counts): only such a file is resumed (appended to)."""
-    try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # a torn last line (a killed run): the writer cuts it off
-                try:
-                    record = json.loads(line) if line.strip() else {"video": 0, "task": 0, "response": 0}
-                except (ValueError, RecursionError):
-                    return False
-                if not isinstance(record, dict) or not {"video", "task", "response"} <= set(record):
-                    return False
-    except OSError:
-        return False
-    return True
+    file counts; a torn last line only when it starts like a record): only such a file is resumed (appended to)."""
+    return is_records_file(path, {"video", "task", "response"})
 
 
 def check_outputs(own: dict[str, str]) -> Path:
@@ -399,20 +386,7 @@ def check_vad_output(own: dict[str, str]) -> None:
 
 
 def _is_vad_file(path: Path) -> bool:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
-        return False
-    for line in lines:
-        if not line.endswith("\n"):
-            break  # a killed run's torn last line: cut on resume
-        try:
-            record = json.loads(line) if line.strip() else {"video": "", "frame_scores": []}
-        except (ValueError, RecursionError):
-            return False
-        if not isinstance(record, dict) or not {"video", "frame_scores"} <= set(record):
-            return False
-    return True
+    return is_records_file(path, {"video", "frame_scores"})
 
 
 def main(argv: list[str]) -> int:
