@@ -3,35 +3,20 @@ prompts; the loss of a step made of several rollouts equals that of one batch of
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
 from vau.config import compose
 from vau.modules.dynamic_sampling import group_spread, part_weights, take_groups
 from vau.modules.grpo_loss import LOSS_TYPES, policy_loss
-from vau.registry import REWARDS
 from vau.rewards import RewardResult
 from vau.run import run
 
+from .test_distributed import EVEN_SPREAD
 from .test_resume import checkpoint, fit, scalars
 
-REWARD = "spread_on_even_videos"
-
-
-def spread_on_even_videos(completions: list[str], samples: list, **ctx) -> list[float]:
-    """Spread on even-numbered clips only; range [0, 1]. 0/1 alternating within a group for a clip whose name ends in an
-    even number, 0.5 for the others (every completion the same: no spread)."""
-    def even(sample) -> bool:
-        digits = re.findall(r"(\d+)\.\w+$", str(getattr(sample, "video", "") or ""))
-        return bool(digits) and int(digits[-1]) % 2 == 0
-
-    return [float(i % 2) if i < len(samples) and even(samples[i]) else 0.5 for i in range(len(completions))]
-
-
-if REWARD not in REWARDS:
-    REWARDS.register(REWARD)(spread_on_even_videos)
+# 0/1 within the group of an even-numbered clip, 0.5 for an odd one (no spread); registered by test_distributed
+REWARD = EVEN_SPREAD
 
 DS = ["module=grpo", "reward.format.weight=0", "reward.choice_accuracy.weight=0", f"+reward.{REWARD}={{weight:1.0}}",
       "module.grpo.num_generations=2",
@@ -113,7 +98,7 @@ def test_refill_keeps_a_full_step_of_groups_with_spread(overrides, tmp_path):
 def test_metric_must_be_a_configured_reward(overrides, tmp_path):
     cfg = compose("demo", [*overrides, *DS, f"run_dir={tmp_path}", "trainer.max_steps=1",
                            "module.grpo.dynamic_sampling.metric=nope"])
-    with pytest.raises(ValueError, match="dynamic_sampling.metric='nope'.*spread_on_even_videos"):
+    with pytest.raises(ValueError, match="dynamic_sampling.metric='nope'.*test_spread_on_even_videos"):
         run("fit", cfg)
 
 
