@@ -373,12 +373,13 @@ class GRPOModule(VAUModule):
         want = int(batch["size"])
         metric = str(self.dynamic.metric)
         parts = [replace(first, kept=take_groups(group_spread(first.rewards, metric, self.G), want))]
-        kept = int(parts[0].kept.sum())
-        while len(parts) - 1 < int(self.dynamic.max_extra_batches) and self._any_rank(kept < want):
-            extra = self.extra_batch(want, len(parts) - 1)
-            part = self.part(extra) if extra["size"] else None
-            if part is None:
-                continue
+        kept, spent = int(parts[0].kept.sum()), 0
+        while spent < int(self.dynamic.max_extra_batches) and self._any_rank(kept < want):
+            extra = self.extra_batch(want, spent)
+            spent += 1
+            if not extra["size"]:
+                continue  # every drawn video was unusable (counted by the dataset): the attempt is spent all the same
+            part = self.part(extra)
             take = take_groups(group_spread(part.rewards, metric, self.G), want - kept)
             parts.append(replace(part, kept=take))
             kept += int(take.sum())
