@@ -34,7 +34,7 @@ from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import ViewOptions
-from vau.outputs import check_output, is_records_file
+from vau.outputs import check_output, cut_torn_line, is_records_file
 from vau.predict import _refuse_resume, model_config, run_identity
 from vau.rewards import build_rewards
 from vau.tasks import get_task, task_names
@@ -54,9 +54,7 @@ def done_rows(out: Path, identity: dict) -> set[tuple[str, int, str]]:
     """Rows already in ``out``; refuses a file another model or setting wrote; cuts a torn last line."""
     if not out.is_file():
         return set()
-    data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        out.write_bytes(data[: data.rfind(b"\n") + 1])
+    cut_torn_line(out)
     keys = set()
     for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
         try:

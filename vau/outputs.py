@@ -121,6 +121,20 @@ def text_contains(marker: str, limit: int = 4096) -> Callable[[Path], bool]:
     return test
 
 
+def cut_torn_line(path: Path) -> bool:
+    """Cut a last line without its newline off ``path`` (a killed run's half-written record) before appending, or it
+    would swallow the next record; returns whether it cut. Only call it on a file the command knows is its own
+    (:func:`is_records_file`)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    with path.open("r+b") as handle:
+        handle.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def is_records_file(path: Path, keys: set[str], first_key: str = "video") -> bool:
     """Whether ``path`` holds JSON-lines records a command of vau appends to (and may resume): every complete line an
     object with ``keys`` (blank lines allowed), and a last line without its newline (a killed run's torn record, cut

@@ -39,7 +39,7 @@ from vau.config import ConfigError, compose, flag, split_args
 from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
 from vau.datamodules.views import ViewOptions
-from vau.eval.vad import VADSettings, WindowScorer, done_videos, score_videos
+from vau.eval.vad import VADSettings, WindowScorer, score_videos
 from vau.eval.writer import PredictionWriter
 from vau.export import run_config
 from vau.outputs import check_output, first_line_is, is_records_file
@@ -350,7 +350,6 @@ def predict_vad(cfg, own: dict[str, str], ckpt: Path | None) -> dict[str, Any]:
         if theirs != identity:
             _refuse_resume(out, number, theirs, identity)
     videos = vad_videos(cfg, own)
-    done = done_videos(out)
     cfg = copy.deepcopy(cfg)
     cfg.data.task = settings.question
     cfg.init_from = str(ckpt) if ckpt is not None else None
@@ -361,9 +360,7 @@ def predict_vad(cfg, own: dict[str, str], ckpt: Path | None) -> dict[str, Any]:
         scorer = WindowScorer(module, data, settings.question,
                               int(cfg.data.get("eval_batch_size") or cfg.data.batch_size), device)
         out.parent.mkdir(parents=True, exist_ok=True)
-        stats = score_videos([v for v in videos if v[0] not in done], scorer, settings, out,
-                             size_fn=data.size_fn, identity=identity)
-    stats["skipped_as_done"] = len(videos) - len([v for v in videos if v[0] not in done])
+        stats = score_videos(videos, scorer, settings, out, size_fn=data.size_fn, identity=identity)
     stats["no_answer_windows"] = scorer.no_answer
     bad_path = Path(f"{out}.unreadable.txt")
     if stats["unreadable"]:

@@ -31,6 +31,7 @@ import torch
 from vau.datamodules.decoders import open_video
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.video import DecodedClip, VideoError, resize_frames
+from vau.outputs import cut_torn_line
 from vau.tasks import Sample, get_task
 
 log = logging.getLogger(__name__)
@@ -261,9 +262,7 @@ def score_videos(videos: list[tuple[str, str]], scorer: WindowScorer, settings: 
     done = done_videos(out)
     stats = {"videos": 0, "skipped_as_done": 0, "unreadable": [], "frames_decoded": 0, "windows": 0,
              "decode_seconds": 0.0, "model_seconds": 0.0}
-    if out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
-        text = out.read_bytes()
-        out.write_bytes(text[: text.rfind(b"\n") + 1])  # a killed run's torn last line: cut, that video is redone
+    cut_torn_line(out)  # a killed run's torn last line: that video is scored again
     for name, path in videos:
         if name in done:
             stats["skipped_as_done"] += 1

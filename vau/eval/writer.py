@@ -21,6 +21,8 @@ from typing import Any
 
 import lightning as L
 
+from vau.outputs import cut_torn_line
+
 log = logging.getLogger(__name__)
 
 RANK_FIELD = "{rank}"
@@ -46,7 +48,7 @@ class PredictionWriter(L.Callback):
         self.records: list[dict[str, Any]] = []  # this test epoch's records (the score report reads them)
         self.written = 0  # records written by predict
         self.unreadable: list[dict[str, Any]] = []  # videos the loader could not read (predict lists them)
-        self._torn: bool | None = None  # whether the predict file ends in a half-written line (checked once)
+        self._tail_checked = False  # the predict file's half-written last line (a killed run's) is cut once
 
     def file(self, trainer) -> Path:
         return Path(self.path.replace(RANK_FIELD, str(trainer.global_rank)))
@@ -79,15 +81,10 @@ class PredictionWriter(L.Callback):
         if not outputs:
             return
         path = self.file(trainer)
-        if self._torn is None:
-            # A killed run may have left a half-written last line: cut it off before the first append (it is
-            # predicted again), or it would swallow this run's first record and leave a line no reader accepts.
-            self._torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        if self._torn:
-            data = path.read_bytes()
-            with path.open("r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-            self._torn = False
+        if not self._tail_checked:
+            # A killed run may have left a half-written last line: cut before the first append (it is predicted again).
+            cut_torn_line(path)
+            self._tail_checked = True
         with path.open("a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(r) + "\n" for r in self._tagged(outputs)))
         self.written += len(outputs)
