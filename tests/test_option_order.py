@@ -90,12 +90,12 @@ def test_option_check_targets_follow_the_order_shown(overrides, tiny_backbone):
     assert option_check(moved).split(": yes")[0].endswith(moved.options["ABCD".index(moved.answer)])
 
 
-def _training_set(overrides, backbone, *extra):
-    """(config, the demo's training dataset with the option check and ``extra`` overrides, the tokenizer)."""
+def _training_set(overrides, backbone, *extra, conf: str = "demo"):
+    """(config, the training dataset of ``conf`` with the option check and ``extra`` overrides, the tokenizer)."""
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
 
-    cfg = compose("demo", [*overrides, "data.qa_option_check=true", *extra])
+    cfg = compose(conf, [*overrides, "data.qa_option_check=true", *extra])
     dm = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=0)
     dm.setup("fit")
     return cfg, dm.datasets["train"], backbone.processor.tokenizer
@@ -165,3 +165,40 @@ def test_random_chain_targets_read_the_options_but_name_a_drawn_class(overrides,
     cfg = compose("demo", [*overrides, "data.qa_target_letter=random_chain", f"data.annotations.train={bad}"])
     with pytest.raises(ValueError, match="does not quote its answer option .first: row 3"):
         VAUBenchDataModule(cfg.data, cfg.sampler, tiny_backbone, tiny_backbone.pad_id, seed=0).setup("fit")
+
+
+
+def test_random_chain_reflect_targets_are_told_for_the_drawn_option(overrides, tiny_backbone):
+    """qa_reflect with data.qa_target_letter=random_chain: every chain is retold for the drawn letter. Both <think>
+    blocks end with an option check that marks the answer after it; a confirming chain answers the drawn option
+    twice, a corrective one starts elsewhere and ends on it; the final answer is right only by chance, and what the
+    clip shows is still told."""
+    import re
+
+    _, train, tokenizer = _training_set(overrides, tiny_backbone, conf="demo_sft_reflect_chance")
+    checked = re.compile(r"\b([A-D])\. ([^:.]+): yes\.")
+    confirming = corrective = wrong = total = 0
+    for index, sample in enumerate(train.samples):
+        for epoch in range(3):
+            text = tokenizer.decode(train[(epoch, index)]["target_ids"])
+            thinks = [part.split("</think>", 1)[0] for part in text.split("<think>")[1:]]
+            answers = [part.split("</answer>", 1)[0].strip() for part in text.split("<answer>")[1:]]
+            assert len(thinks) == len(answers) == 2, text
+            for think, answer in zip(thinks, answers):  # each check marks the letter that follows it ...
+                (letter, option), = checked.findall(think)
+                assert letter == answer and sample.options["ABCD".index(letter)] == option  # ... shown at that letter
+            first, final = answers
+            if first == final:
+                confirming += 1
+                assert "so I keep it" in text
+            else:
+                corrective += 1
+                assert f"what the video shows is option {final}:" in text
+            rationale = thinks[0] if first == final else thinks[1]  # the annotated reasoning, retold
+            named = rationale.split(", so ", 1)[1].split(".", 1)[0]
+            assert named == sample.options["ABCD".index(final)].lower()  # it concludes the final answer's option
+            assert sample.reasoning.split(", so ")[0] in text  # what the clip shows is still told
+            wrong += final != sample.answer
+            total += 1
+    assert confirming and corrective  # both kinds of chain
+    assert 0.5 * total < wrong < 0.95 * total  # ~3/4 told for a wrong option, by chance

@@ -175,6 +175,34 @@ def test_circular_accuracy_metric_needs_every_shift_right():
     assert float(partial.compute()) == 0.0  # a missing shift counts wrong
 
 
+def test_initial_circular_accuracy_judges_the_first_answer_of_every_shift():
+    """A reflecting policy that answers wrong first on purpose and corrects itself scores 1.0 circular on its final
+    answers and 0.0 on its initial ones; a reply without a reflection counts with its only answer."""
+    from vau.metrics import CircularAccuracy
+    from vau.tasks.metrics import view_metrics
+
+    one = Sample(task="qa_reflect", video="one.mp4", question="q1", options=OPTIONS, answer="B", row=2)
+    shifted = [shift_options(one, k) for k in range(4)]
+
+    def reply(sample, first_right):
+        wrong = "A" if sample.answer != "A" else "B"
+        first = sample.answer if first_right else wrong
+        return (f"<think>x</think><answer>{first}</answer><reflect>check</reflect><think>y</think>"
+                f"<answer>{sample.answer}</answer>")
+
+    for first_right, expected in ((False, 0.0), (True, 1.0)):
+        final, initial = CircularAccuracy("qa_reflect"), CircularAccuracy("qa_reflect", initial=True)
+        for metric in (final, initial):
+            metric.update([reply(s, first_right) for s in shifted], shifted)
+        assert float(final.compute()) == 1.0 and float(initial.compute()) == expected
+    plain = CircularAccuracy("qa_reflect", initial=True)
+    plain.update([f"<answer>{s.answer}</answer>" for s in shifted], shifted)
+    assert float(plain.compute()) == 1.0
+    assert "qa_reflect_initial_circular_accuracy" in view_metrics(["qa_reflect"], circular=True)
+    assert "qa_initial_circular_accuracy" not in view_metrics(["qa"], circular=True)  # one answer: nothing to add
+    assert "qa_initial_circular_accuracy" in view_metrics(["qa"], circular=True, reflection=True)  # two-pass replies
+
+
 def test_fit_with_qa_shifts_reports_circular_accuracy_like_score(overrides, demo_root, tmp_path, capsys):
     """data.qa_shifts=all: the test stage asks every question 4 times; qa_accuracy stays the original order's, and
     test/qa_circular_accuracy equals what `score` computes from the written predictions."""

@@ -323,7 +323,9 @@ def test_demo_reflect_experiment_fits_two_steps(conf, overrides, tmp_path):
     from vau.run import run
 
     run_dir = tmp_path / "run"
-    extra = ["init_from=null", "module.grpo.max_new_tokens=8", "module.grpo.num_generations=2"] if "grpo" in conf else []
+    extra = ["init_from=null"]  # a stage that starts from another's checkpoint starts from the tiny model here
+    if "grpo" in conf:
+        extra += ["module.grpo.max_new_tokens=8", "module.grpo.num_generations=2"]
     cfg = compose(conf, [*overrides, f"run_dir={run_dir}", *extra])
     task = cfg.data.task
     metrics = run("fit", cfg)

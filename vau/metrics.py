@@ -119,14 +119,21 @@ class CircularAccuracy(Metric):
     Needs the questions asked under all n shifts (``data.qa_shifts: all``); a question missing a shift counts
     wrong. States are concatenated (row key, shift, right) triples, so a question whose shifts land in different
     batches or DDP ranks is judged on all of them.
+
+    Args:
+        task: the multiple-choice task (name or object).
+        initial: judge the initial answer of a reflecting reply (the answer before ``<reflect>``; a reply that does
+            not reflect counts with its only answer, as :class:`vau.reflect_metrics.InitialScore` does), so a policy
+            that answers wrong first on purpose shows here under every option order.
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, task: str | TaskObject = "qa", **kwargs) -> None:
+    def __init__(self, task: str | TaskObject = "qa", initial: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self._task = task
+        self.initial = bool(initial)
         for name in ("keys", "shifts", "right", "sizes"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -146,8 +153,12 @@ class CircularAccuracy(Metric):
 
         self.keys.append(torch.tensor([key(s) for _, s in kept], dtype=torch.int64))
         self.shifts.append(torch.tensor([int(s.extra.get("shift", 0)) for _, s in kept], dtype=torch.int64))
-        self.right.append(torch.tensor([task.accuracy(c, s) >= 1.0 for c, s in kept], dtype=torch.int64))
+        self.right.append(torch.tensor([self._score(task, c, s) >= 1.0 for c, s in kept], dtype=torch.int64))
         self.sizes.append(torch.tensor([len(s.options) for _, s in kept], dtype=torch.int64))
+
+    def _score(self, task: TaskObject, reply: str, sample: Sample) -> float:
+        score = task.initial_accuracy(reply, sample) if self.initial else None
+        return task.accuracy(reply, sample) if score is None else score
 
     def compute(self) -> torch.Tensor:
         def flat(state):

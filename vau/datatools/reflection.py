@@ -118,19 +118,7 @@ class TemplateBuilder(ReflectionBuilder):
         if not corrective:
             return task.confirming_chain(sample)
         made = task.plausible_mistake(sample, rng)  # each reflect task knows what a first glance gets wrong
-        if made is None:
-            return None
-        answer, reasoning, contradiction = made
-        probe = f"<answer>{answer}</answer><reflect>x</reflect>"
-        if task.parse_initial(probe, sample) is None or task.is_correct(task.initial_accuracy(probe, sample)):
-            return None  # unreadable, or it would score as right: no corrective chain for this sample
-        evidence = task.evidence(sample)
-        return Chain(
-            initial_reasoning=reasoning, initial_answer=answer,
-            reflection=" ".join(p for p in (f"Let me check the answer {answer} against what the video shows.",
-                                            evidence, contradiction) if p),
-            revised_reasoning=task.rationale(sample), kind=CORRECTIVE, task=task.name,
-        )
+        return None if made is None else task.corrective_chain(sample, made)
 
 
 def _keeps(task: Task, ann: Annotation, views: ViewOptions) -> bool:

@@ -39,7 +39,8 @@ def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
     ``reflection=True`` (two-pass self-correction, ``generation.self_correct``) adds each scored task's reflection
     metrics (:meth:`vau.tasks.Task.reflection_metrics`: initial score, Δ(i→c), Δ(c→i)) where it lacks them.
     ``circular=True`` (questions asked under option shifts, ``data.qa_shifts``) adds ``<task>_circular_accuracy``
-    for every multiple-choice task.
+    for every multiple-choice task, and ``<task>_initial_circular_accuracy`` where its replies carry an initial
+    answer (reflect tasks, two-pass replies).
 
     A name two tasks both report (``cls`` and ``cls_binary`` both give ``cls_binary_accuracy``) is prefixed with
     each task's name, so the numbers of different tasks never mix; one format rate covers all replies.
@@ -54,6 +55,8 @@ def view_metrics(tasks: Sequence[str], classes: Sequence[str] = ANOMALY_CLASSES,
         for name, metrics in per_task.items():
             if _resolve(name).answer_kind == "choice":
                 metrics[f"{name}_circular_accuracy"] = CircularAccuracy(name)
+                if f"{name}_delta_i2c" in metrics:  # replies with an initial answer: its circular accuracy too
+                    metrics[f"{name}_initial_circular_accuracy"] = CircularAccuracy(name, initial=True)
     counts: dict[str, int] = {}
     for metrics in per_task.values():
         for key in metrics:

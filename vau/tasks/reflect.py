@@ -39,7 +39,7 @@ from vau.parsing import extract_tag, interval_iou, is_normal_interval, reflect_b
 from vau.registry import TASKS
 from vau.tasks.base import DEFAULT_VIEWS, THINK_INSTRUCTION, Sample, ViewOptions
 from vau.tasks.cls import AnomalyClassification, BinaryClassification
-from vau.tasks.qa import MultipleChoiceQA
+from vau.tasks.qa import OPTION_CHECK_KEY, TARGET_CHAIN_KEY, TARGET_LETTER_KEY, MultipleChoiceQA, option_check, retell
 from vau.tasks.tag import TemporalGrounding
 
 DISTRACTOR_KEY = "distractor"  # Sample.extra key: what a first glance at the clip may take for the event
@@ -216,13 +216,33 @@ class ReflectMixin:
             kind=CONFIRMING, task=self.name,
         )
 
+    def corrective_chain(self, sample: Sample, mistake: tuple[str, str, str]) -> Chain | None:
+        """A chain that starts from ``mistake`` (:meth:`plausible_mistake`'s triple), rejects it with the annotated
+        evidence and ends on the truth; None when that first answer is unreadable or would score as right."""
+        answer, reasoning, contradiction = mistake
+        probe = f"<answer>{answer}</answer><reflect>x</reflect>"
+        if self.parse_initial(probe, sample) is None or self.is_correct(self.initial_accuracy(probe, sample)):
+            return None
+        evidence = self.evidence(sample)
+        return Chain(
+            initial_reasoning=reasoning, initial_answer=answer,
+            reflection=" ".join(p for p in (f"Let me check the answer {answer} against what the video shows.",
+                                            evidence, contradiction) if p),
+            revised_reasoning=self.rationale(sample), kind=CORRECTIVE, task=self.name,
+        )
+
+    def reasoning_before(self, sample: Sample, reasoning: str, answer: str) -> str:
+        """A ``<think>`` of the target as written before ``answer`` (a hook: QA appends its option check)."""
+        return reasoning
+
     def target(self, sample: Sample) -> str:
         chain = sample_chain(sample) or self.confirming_chain(sample)
-        revised = chain.revised_reasoning.strip() or self.rationale(sample)
-        return (f"<think>{chain.initial_reasoning.strip() or self.rationale(sample)}</think>\n"
-                f"<answer>{chain.initial_answer.strip()}</answer>\n"
+        first, final = chain.initial_answer.strip(), self.final_answer_text(sample)
+        initial = self.reasoning_before(sample, chain.initial_reasoning.strip() or self.rationale(sample), first)
+        revised = self.reasoning_before(sample, chain.revised_reasoning.strip() or self.rationale(sample), final)
+        return (f"<think>{initial}</think>\n<answer>{first}</answer>\n"
                 f"<reflect>{chain.reflection.strip()}</reflect>\n"
-                f"<think>{revised}</think>\n<answer>{self.final_answer_text(sample)}</answer>")
+                f"<think>{revised}</think>\n<answer>{final}</answer>")
 
     def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
         """The base task's metrics bound to this task (final answer; names renamed after it), plus the initial
@@ -250,11 +270,44 @@ class ReflectQA(ReflectMixin, MultipleChoiceQA):
         if not others or truth not in LETTERS:
             return None
         seen = (sample.extra.get(DISTRACTOR_KEY) or {}).get("option")
-        letter = seen if seen in others else rng.choice(others)
+        return self.mistake_as(sample, seen if seen in others else rng.choice(others))
+
+    def mistake_as(self, sample: Sample, letter: str) -> tuple[str, str, str]:
+        """The first glance that takes the clip for option ``letter``, and the sentence that rejects it."""
+        truth = self.truth(sample)
         text = _sentence(sample.options[LETTERS.index(letter)]).rstrip(".")
         right = _sentence(sample.options[LETTERS.index(truth)]).rstrip(".")
         return (letter, f"At first glance the clip seems to match option {letter}: {text}.",
                 f"This does not fit option {letter}; what the video shows is option {truth}: {right}.")
+
+    def reasoning_before(self, sample: Sample, reasoning: str, answer: str) -> str:
+        # data.qa_option_check: each <think> ends by checking every option against the answer that follows it
+        if sample.extra.get(OPTION_CHECK_KEY) and answer in LETTERS[: len(sample.options)]:
+            return f"{reasoning} {option_check(replace(sample, answer=answer))}"
+        return reasoning
+
+    def retold(self, sample: Sample, letter: str) -> Sample:
+        """The sample and its chain told as if option ``letter`` were the answer (``data.qa_target_letter:
+        random_chain``): the reasoning names that option (:func:`vau.tasks.qa.retell`), a confirming chain confirms
+        it, and a corrective chain starts from the same wrong option as before (from the true one when that is the
+        drawn letter) and corrects it to ``letter``. A chance-level reflect start that still reads the options."""
+        chain = sample_chain(sample)
+        told = retell(sample, letter)
+        extra = {k: v for k, v in told.extra.items() if k not in (SAMPLE_KEY, TARGET_LETTER_KEY, TARGET_CHAIN_KEY)}
+        told = replace(told, extra=extra)
+        if chain is not None and chain.kind == CORRECTIVE and chain.initial_answer.strip() in LETTERS:
+            first = chain.initial_answer.strip()
+            mistake = self.mistake_as(told, sample.answer if first == letter else first)
+            corrected = self.corrective_chain(told, mistake)
+            if corrected is not None:
+                told = replace(told, extra={**extra, SAMPLE_KEY: corrected})
+        return told
+
+    def target(self, sample: Sample) -> str:
+        letter = str(sample.extra.get(TARGET_LETTER_KEY) or "")
+        if sample.extra.get(TARGET_CHAIN_KEY) and letter in LETTERS and letter != sample.answer:
+            sample = self.retold(sample, letter)
+        return super().target(sample)
 
 
 @TASKS.register("tag_reflect")
