@@ -11,7 +11,7 @@ import pytest
 from vau.cli import main
 from vau.config import compose
 from vau.run import run
-from vau.tasks import Sample
+from vau.tasks import Sample, get_task
 from vau.tasks.qa import shift_options
 
 OPTIONS = ("Nothing unusual happens", "A fire breaks out", "A fight breaks out", "A car crashes")
@@ -179,6 +179,7 @@ def test_initial_circular_accuracy_judges_the_first_answer_of_every_shift():
     """A reflecting policy that answers wrong first on purpose and corrects itself scores 1.0 circular on its final
     answers and 0.0 on its initial ones; a reply without a reflection counts with its only answer."""
     from vau.metrics import CircularAccuracy
+    from vau.qa_position import position_scores
     from vau.tasks.metrics import view_metrics
 
     one = Sample(task="qa_reflect", video="one.mp4", question="q1", options=OPTIONS, answer="B", row=2)
@@ -195,6 +196,10 @@ def test_initial_circular_accuracy_judges_the_first_answer_of_every_shift():
         for metric in (final, initial):
             metric.update([reply(s, first_right) for s in shifted], shifted)
         assert float(final.compute()) == 1.0 and float(initial.compute()) == expected
+        # `score` reads the same from prediction records (vau.qa_position.position_scores)
+        records = {(s.video, k): {"response": reply(s, first_right)} for k, s in enumerate(shifted)}
+        position = position_scores(get_task("qa_reflect"), [one], records)
+        assert position["circular"] == 1.0 and position["initial_circular"] == expected
     plain = CircularAccuracy("qa_reflect", initial=True)
     plain.update([f"<answer>{s.answer}</answer>" for s in shifted], shifted)
     assert float(plain.compute()) == 1.0

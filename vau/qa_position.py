@@ -94,21 +94,31 @@ def position_scores(task, samples: Sequence, replies: Mapping[tuple[str, int], M
         replies: ``(video, shift) -> prediction record`` (``response`` and optional ``options`` as asked).
 
     Returns:
-        ``{"raw", "circular", "shifts", "n", "constant": {"A": .., ...}}``; ``circular`` is None when no record
-        has a shift other than 0. Fractions in [0, 1] (None without rows).
+        ``{"raw", "circular", "initial_circular", "shifts", "n", "constant": {"A": .., ...}}``; ``circular`` is
+        None when no record has a shift other than 0; ``initial_circular`` (the same for the answer given before a
+        ``<reflect>``; a reply that does not reflect counts with its only answer) is None also when no reply
+        reflects. Fractions in [0, 1] (None without rows).
     """
     shifts = sorted({shift for _, shift in replies})
     n = len(samples)
 
-    def right(sample, shift: int) -> bool:
+    def right(sample, shift: int, initial: bool = False) -> bool:
         record = replies.get((sample.video, shift))
         if record is None:
             return False
-        return shifted_answer(task, record.get("response", ""), sample, shift, record.get("options")) == sample.answer
+        reply = record.get("response", "")
+        if initial:
+            reply = task.initial_reply(reply) or reply
+        return shifted_answer(task, reply, sample, shift, record.get("options")) == sample.answer
+
+    def circular_share(initial: bool = False) -> float:
+        return sum(all(right(s, k, initial) for k in range(len(s.options))) for s in samples) / n
 
     raw = sum(right(s, 0) for s in samples)
-    circular = None
+    circular = initial_circular = None
     if any(k != 0 for k in shifts) and n:
-        circular = sum(all(right(s, k) for k in range(len(s.options))) for s in samples) / n
-    return {"raw": raw / n if n else None, "circular": circular, "shifts": shifts or [0], "n": n,
-            "constant": constant_baselines(samples)}
+        circular = circular_share()
+        if any(task.initial_reply(r.get("response", "")) is not None for r in replies.values()):
+            initial_circular = circular_share(initial=True)
+    return {"raw": raw / n if n else None, "circular": circular, "initial_circular": initial_circular,
+            "shifts": shifts or [0], "n": n, "constant": constant_baselines(samples)}

@@ -61,10 +61,12 @@ def task_table(task: str, entry: Mapping) -> list[str]:
 def position_table(position: Mapping) -> list[str]:
     """Raw and circular accuracy of the choice task beside the accuracy of always answering each letter."""
     letters = list(position["constant"])
-    header = ["Source", "Raw", "Circular", *(f"Always {x}" for x in letters), "n"]
+    initial = position.get("initial_circular") is not None  # replies that reflect: their first answer's too
+    header = ["Source", "Raw", "Circular", *(["Initial circular"] if initial else []),
+              *(f"Always {x}" for x in letters), "n"]
     groups = [(source_name(s), g) for s, g in position["by_source"].items()] + [("Overall", position)]
-    rows = [[name, _pct(g["raw"]), _pct(g["circular"]), *(_pct(g["constant"].get(x)) for x in letters), str(g["n"])]
-            for name, g in groups]
+    rows = [[name, _pct(g["raw"]), _pct(g["circular"]), *([_pct(g.get("initial_circular"))] if initial else []),
+             *(_pct(g["constant"].get(x)) for x in letters), str(g["n"])] for name, g in groups]
     shifts = position["shifts"]
     note = (f"Circular: right under every shift 0..{len(letters) - 1} (shifts present: {shifts}; a missing shift "
             f"counts wrong)." if position["circular"] is not None else
