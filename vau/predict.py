@@ -12,7 +12,9 @@ Inputs: ``annotations=FILE`` (every row the task keeps for evaluation), or ``vid
 it, any container the decoder reads). On raw videos the tasks without a ground truth run as they are (tag, cls,
 cls_binary, describe, and plugin tasks); ``qa`` needs ``questions=FILE`` (a CSV with Video Name, Question,
 Option 1-4). ``qa_shifts=all`` (or ``0,2``) asks every question under cyclic option shifts as well
-(docs/scoring.md: circular accuracy).
+(docs/scoring.md: circular accuracy). ``frames_order=shuffled`` shows every clip's sampled frames in a seeded random
+order, each with its timestamp (``data.frames_order``): the drop from ordered to shuffled accuracy says how much a
+checkpoint's answers depend on order (T-GRPO, docs/experiments.md).
 
 ``task=vad`` scores long videos frame by frame instead (:mod:`vau.eval.vad`): sliding windows (``vad.window_seconds``,
 ``vad.stride_seconds``, ``vad.frames_per_window``) each asked Anomaly / Normal, one record per video with one score
@@ -38,6 +40,7 @@ from vau.components import build_components, run_settings
 from vau.config import ConfigError, compose, flag, split_args
 from vau.data.readers import read_rows
 from vau.datamodules.dataset import VideoResolver
+from vau.datamodules.video import FRAME_ORDERS
 from vau.datamodules.views import ViewOptions
 from vau.eval.vad import VADSettings, WindowScorer, score_videos
 from vau.eval.writer import PredictionWriter
@@ -51,11 +54,11 @@ from vau.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
-KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts", "overwrite")
+KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts", "frames_order", "overwrite")
 CSV_HEADER = ("video", "task", "shift", "response", "prediction", "frame_times")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 USAGE = ("usage: python -m vau predict [conf=NAME] [ckpt=PATH|last] (annotations=FILE | videos=DIR [questions=FILE]) "
-         "task=NAME out=FILE.jsonl [qa_shifts=all|0,1,...] [key=value overrides]")
+         "task=NAME out=FILE.jsonl [qa_shifts=all|0,1,...] [frames_order=ordered|shuffled] [key=value overrides]")
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
@@ -64,6 +67,10 @@ def parse_args(argv: list[str]) -> tuple[str | None, dict[str, str], list[str]]:
         raise ConfigError(f"predict needs out=FILE.jsonl (where the predictions go)\n{USAGE}")
     if bool(own.get("annotations")) == bool(own.get("videos")):
         raise ConfigError(f"predict takes exactly one of annotations=FILE or videos=DIR\n{USAGE}")
+    if own.get("frames_order"):  # the frames each clip is shown in (data.frames_order): T-GRPO's measure
+        if own["frames_order"] not in FRAME_ORDERS:
+            raise ConfigError(f"frames_order={own['frames_order']}: choose one of {', '.join(FRAME_ORDERS)}")
+        overrides = [*overrides, f"data.frames_order={own['frames_order']}"]
     return conf, own, overrides
 
 
@@ -219,6 +226,8 @@ def run_identity(cfg, ckpt: Path | None) -> dict[str, str]:
                 "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
                 "pixels": {k: cfg.backbone.get(k) for k in ("min_pixels", "max_pixels", "total_pixels", "dtype")},
                 "decoder": str(cfg.data.get("decoder", "pyav"))}
+    if str(cfg.data.get("frames_order") or "ordered") != "ordered":  # (absent when ordered: older files resume)
+        settings["frames_order"] = str(cfg.data.frames_order)
     model["settings"] = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return model
 

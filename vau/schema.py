@@ -36,6 +36,20 @@ class DynamicSamplingConfig:
 
 
 @dataclass
+class TemporalContrastConfig:
+    """``module.grpo.temporal_contrast``: T-GRPO (Video-R1, arXiv 2503.21776; vau.modules.temporal_contrast): on a
+    share of the steps every prompt is also answered on shuffled frames, and the right ordered replies of a group
+    whose ordered accuracy >= mu x its shuffled accuracy get a bonus alpha."""
+
+    enabled: bool = False
+    share: float = 1.0  # the share of optimiser steps that contrast (a seeded draw per step)
+    alpha: float = 0.3  # Video-R1's bonus
+    mu: float = 0.8  # Video-R1's margin
+    reward: str = "choice_accuracy"  # the accuracy reward that says which replies are right (tag: temporal_iou)
+    correct_at: float = 0.5  # a reply is right when that reward is >= this (0/1 accuracy; IoU >= 0.5 for TAG)
+
+
+@dataclass
 class GRPOConfig:
     """``module.grpo``: the GRPO step (docs/experiments.md; VAU-R1's RFT stage)."""
 
@@ -57,6 +71,7 @@ class GRPOConfig:
     scale_rewards: str = "group"  # group | batch | none
     drop_zero_std_groups: bool = False
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    temporal_contrast: TemporalContrastConfig = field(default_factory=TemporalContrastConfig)
     # joint | per_turn: replies with a first answer and a reflection (reflect tasks, two-pass replies): per_turn gives
     # the tokens up to the first </answer> the advantage of the first-turn rewards (initial_accuracy) and the rest
     # that of the other rewards, each normalised within its group, so a deliberately wrong first answer cannot pay.
@@ -134,6 +149,7 @@ class DataConfig:
     qa_option_check: bool = False  # SFT targets check every option before the letter
     qa_target_letter: str = "answer"  # answer | random | random_chain (chance-level SFT starts)
     qa_shifts: Any = None  # val/test: all | "0,1,2,3" | None: also ask under cyclic option shifts
+    frames_order: str = "ordered"  # ordered | shuffled (every split: the sampled frames in a seeded random order)
     decode_resize: bool = True  # resize frames to the backbone's pixel budget right after decoding
     decoder: str = "pyav"  # pyav | decord
     decode_threads: int = 1  # threads per video (0 = one per core)

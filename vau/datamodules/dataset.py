@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from vau.datamodules.encoding import SampleEncoder
-from vau.datamodules.video import FrameCache, SizeFn, VideoError, read_clip
+from vau.datamodules.video import FRAME_ORDERS, FrameCache, SizeFn, VideoError, read_clip, shuffle_frames
 from vau.tasks import Sample, get_task
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
@@ -80,13 +80,18 @@ class VideoTaskDataset(Dataset):
             that cannot memorise a letter per clip (``data.qa_target_letter: random``).
         target_chains: with ``random_target_letters``: the whole chain follows the drawn letter, the reasoning naming
             its option (:func:`vau.tasks.qa.retell`; ``data.qa_target_letter: random_chain``).
+        frames_order: ``ordered`` (as sampled), or ``shuffled``: the sampled frames in a seeded random order, each
+            with its own timestamp (:func:`vau.datamodules.video.shuffle_frames`; ``data.frames_order``): how much
+            a model's answers depend on the order of what it sees.
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
                  cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
                  shuffle_options: bool = False, random_target_letters: bool = False,
-                 target_chains: bool = False) -> None:
+                 target_chains: bool = False, frames_order: str = "ordered") -> None:
+        if frames_order not in FRAME_ORDERS:
+            raise ValueError(f"data.frames_order={frames_order!r}: choose one of {', '.join(FRAME_ORDERS)}")
         self.samples = samples
         self.encoder = encoder
         self.sampler = sampler
@@ -102,12 +107,19 @@ class VideoTaskDataset(Dataset):
         self.shuffle_options = bool(shuffle_options and train)
         self.random_target_letters = bool(random_target_letters and train)
         self.target_chains = bool(target_chains)
+        self.frames_order = frames_order
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        return self.item(key)
+
+    def item(self, key: int | tuple[int, int], frames_order: str | None = None) -> dict[str, Any]:
+        """The example at ``key`` with its frames in ``frames_order`` (default: the dataset's): the same sample,
+        options and frame positions either way, so an ordered and a shuffled item differ only in frame order."""
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (self.epoch, int(key))
+        frames_order = frames_order or self.frames_order
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         if self.shuffle_options and sample.options:
@@ -124,4 +136,8 @@ class VideoTaskDataset(Dataset):
         except VideoError as err:
             return {"bad": {"video": sample.video_path, "error": str(err), "reason": err.reason,
                             "task": sample.task, "row": sample.row}}
-        return self.encoder(sample, clip, with_target=self.with_target)
+        if frames_order == "shuffled":
+            clip = shuffle_frames(clip, np.random.default_rng([self.seed, epoch, index, 3]))
+        item = self.encoder(sample, clip, with_target=self.with_target)
+        item["key"] = (epoch, index)  # where it came from: T-GRPO re-reads the same example with shuffled frames
+        return item

@@ -129,6 +129,7 @@ class Collator:
         batch["samples"] = SampleList([it["sample"] for it in good])
         batch["durations"] = [float(it.get("duration", float("nan"))) for it in good]
         batch["frame_times"] = [list(it.get("frame_times", ())) for it in good]
+        batch["keys"] = [it.get("key") for it in good]  # (epoch, index) in the dataset, None for items built elsewhere
         return batch
 
 

@@ -199,6 +199,7 @@ class VAUBenchDataModule(L.LightningDataModule):
             shuffle_options=train and self.option_order == "shuffled",
             random_target_letters=train and self.target_letter in ("random", "random_chain"),
             target_chains=self.target_letter == "random_chain",
+            frames_order=str(self.cfg.get("frames_order") or "ordered"),
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

@@ -60,6 +60,31 @@ class DecodedClip:
         )
 
 
+FRAME_ORDERS = ("ordered", "shuffled")  # data.frames_order
+
+
+def shuffle_frames(clip: DecodedClip, rng: np.random.Generator) -> DecodedClip:
+    """``clip`` with its frames in a random order (never the original one when it has two or more distinct frame
+    positions), each frame keeping its own index, so its timestamp travels with it (``data.frames_order: shuffled``;
+    T-GRPO's contrast, Video-R1 arXiv 2503.21776). Seeded by ``rng``.
+
+    Example:
+        >>> clip = DecodedClip(np.arange(3).reshape(3, 1, 1, 1).repeat(3, -1).astype(np.uint8), np.array([0, 5, 9]),
+        ...                    10.0, 10)
+        >>> moved = shuffle_frames(clip, np.random.default_rng(0))
+        >>> moved.indices.tolist() != [0, 5, 9], moved.frames[:, 0, 0, 0].tolist() == [[0, 5, 9].index(i)
+        ...                                                                          for i in moved.indices]
+        (True, True)
+    """
+    n = len(clip.indices)
+    order = np.arange(n)
+    if len(set(clip.indices.tolist())) > 1:
+        while np.array_equal(clip.indices[order], clip.indices):
+            order = rng.permutation(n)
+    return DecodedClip(frames=clip.frames[order], indices=clip.indices[order], fps=clip.fps,
+                       total_frames=clip.total_frames)
+
+
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize (T, H, W, 3) uint8 frames to (height, width): bicubic with antialiasing, uint8 in and out."""
     import torch

@@ -39,6 +39,7 @@ from vau.modules.grpo_loss import (
     policy_loss,
 )
 from vau.modules.shared_prompt import completion_logits
+from vau.modules.temporal_contrast import is_contrast_step, right_replies, temporal_bonus, with_bonus
 from vau.registry import ALGORITHMS
 from vau.rewards import NONFINITE_POLICIES, build_rewards
 from vau.schema import GRPOConfig
@@ -91,6 +92,7 @@ class Part:
     advantages: torch.Tensor
     zero_std: torch.Tensor  # (B,) groups without reward spread
     kept: torch.Tensor | None = None  # (B,) groups in the loss under dynamic sampling (None: all, as configured)
+    contrast: dict[str, torch.Tensor] | None = None  # T-GRPO: per-group ordered / shuffled accuracy, helped flags
 
 
 def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
@@ -161,6 +163,12 @@ class GRPOModule(VAUModule):
         if self.dynamic.enabled and self.dynamic.metric != "total" and self.dynamic.metric not in rewards.weights:
             raise ValueError(f"module.grpo.dynamic_sampling.metric={self.dynamic.metric!r}: use 'total' or one of "
                              f"the configured rewards {list(rewards.weights)}")
+        self.contrast = cfg.temporal_contrast
+        if self.contrast.enabled and self.contrast.reward not in rewards.weights:
+            raise ValueError(f"module.grpo.temporal_contrast.reward={self.contrast.reward!r}: name the accuracy reward "
+                             f"among the configured rewards {list(rewards.weights)}")
+        if not 0.0 <= float(self.contrast.share) <= 1.0:
+            raise ValueError(f"module.grpo.temporal_contrast.share={self.contrast.share}: give a share in [0, 1]")
         self.beta = float(cfg.beta)
         self.num_iterations = int(cfg.num_iterations)
         self.max_grad_norm = max_grad_norm
@@ -360,14 +368,45 @@ class GRPOModule(VAUModule):
         return num_items
 
     # -- dynamic sampling -----------------------------------------------------------------------------------------
-    def part(self, batch: dict[str, Any]) -> Part:
-        """Rollout, rewards and advantages of one batch of prompts."""
+    def part(self, batch: dict[str, Any], contrast: bool = False) -> Part:
+        """Rollout, rewards and advantages of one batch of prompts (``contrast``: with T-GRPO's bonus)."""
         rollout = self.rollout(batch)
         rewards = self.score(rollout)
+        stats = None
+        if contrast:
+            rewards, stats = self.temporal_contrast(batch, rewards)
         advantages, zero_std, rollout = self.advantages(rewards, rollout)
-        return Part(rollout, rewards, advantages, zero_std)
+        return Part(rollout, rewards, advantages, zero_std, contrast=stats)
 
-    def refill(self, batch: dict[str, Any], first: Part) -> list[Part]:
+    # -- temporal contrast (T-GRPO) -------------------------------------------------------------------------------
+    def temporal_contrast(self, batch: dict[str, Any], rewards) -> tuple[Any, dict[str, torch.Tensor] | None]:
+        """The batch's prompts answered G times on shuffled frames (not trained on), and ``rewards`` with the bonus
+        of :func:`vau.modules.temporal_contrast.temporal_bonus`; unchanged (stats None) when a shuffled clip could not
+        be read."""
+        shuffled = self.shuffled_batch(batch)
+        if shuffled is None:
+            return rewards, None
+        with torch.no_grad():
+            other = self.score(self.rollout(shuffled))
+        name, at = str(self.contrast.reward), float(self.contrast.correct_at)
+        bonus, ordered_acc, shuffled_acc, helped = temporal_bonus(
+            right_replies(rewards.per_reward[name], at), right_replies(other.per_reward[name], at), self.G,
+            float(self.contrast.alpha), float(self.contrast.mu))
+        return with_bonus(rewards, bonus), {"ordered": ordered_acc, "shuffled": shuffled_acc, "helped": helped}
+
+    def shuffled_batch(self, batch: dict[str, Any]) -> dict[str, Any] | None:
+        """The same training examples (sample, options, frame positions) with their frames shuffled, collated and
+        moved like the batch; None when an example has no dataset key or its video could not be read again."""
+        datamodule = self.trainer.datamodule
+        keys = batch.get("keys") or []
+        if len(keys) != int(batch["size"]) or any(k is None for k in keys):
+            return None
+        items = [datamodule.datasets["train"].item(k, frames_order="shuffled") for k in keys]
+        if any("bad" in item for item in items):
+            return None
+        return move_data_to_device(datamodule.collate(items), self.device)
+
+    def refill(self, batch: dict[str, Any], first: Part, contrast: bool = False) -> list[Part]:
         """The step's parts under dynamic sampling: ``first`` and extra batches until ``data.batch_size`` groups with
         reward spread are kept (or the extra budget is spent); every part's loss mask narrowed to its kept groups."""
         want = int(batch["size"])
@@ -379,7 +418,7 @@ class GRPOModule(VAUModule):
             spent += 1
             if not extra["size"]:
                 continue  # every drawn video was unusable (counted by the dataset): the attempt is spent all the same
-            part = self.part(extra)
+            part = self.part(extra, contrast)
             take = take_groups(group_spread(part.rewards, metric, self.G), want - kept)
             parts.append(replace(part, kept=take))
             kept += int(take.sum())
@@ -413,9 +452,11 @@ class GRPOModule(VAUModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["size"]:
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
-        parts = [self.part(batch)]
+        contrast = bool(self.contrast.enabled) and is_contrast_step(
+            int(self.trainer.datamodule.seed), int(self.global_step), float(self.contrast.share))
+        parts = [self.part(batch, contrast)]
         if self.dynamic.enabled:
-            parts = self.refill(batch, parts[0])
+            parts = self.refill(batch, parts[0], contrast)
         if self.beta != 0.0:
             with torch.no_grad(), self.reference_policy() as ref:
                 parts = [replace(p, rollout=replace(p.rollout, ref_logps=self.token_logps(ref, p.rollout)[0]))
@@ -477,6 +518,11 @@ class GRPOModule(VAUModule):
             values["train/dynamic_sampling/kept_fraction"] = float(sum(int(p.kept.sum()) for p in parts)) / n
             values["train/dynamic_sampling/dropped_groups"] = float(sum(int((~p.kept).sum()) for p in parts))
             values["train/dynamic_sampling/extra_batches"] = float(len(parts) - 1)
+        contrasted = [p.contrast for p in parts if p.contrast is not None]
+        if contrasted:  # T-GRPO: the groups' accuracies on ordered and shuffled frames, the share where order helped
+            for key, name in (("ordered", "ordered_accuracy"), ("shuffled", "shuffled_accuracy"),
+                              ("helped", "helped_groups")):
+                values[f"train/temporal_contrast/{name}"] = torch.cat([c[key].float() for c in contrasted]).mean()
         for name, value in rewards.means().items():
             values[f"train/reward/{name}"] = value
         for name, value in rewards.stds().items():
