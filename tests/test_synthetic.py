@@ -1,9 +1,11 @@
 """Generated mini-benchmark: real mp4 files decoded by decord, exact VAU-Bench columns, deterministic."""
 
 import csv
+import json
 
 import decord
 import numpy as np
+import pytest
 
 from vau.data.annotations import COLUMNS, read_annotations
 from vau.data.synthetic import KINDS, generate
@@ -112,3 +114,39 @@ def test_distractor_flashes_outside_the_anomaly_and_leaves_other_clips_unchanged
         if ann in flashed:  # the corrective first answer is what a first glance at the flash suggests
             assert chains[(index, "qa_reflect")].initial_answer == ann.extra["Distractor Option"]
             assert chains[(index, "cls_reflect")].initial_answer == ann.extra["Distractor Class"]
+
+
+def test_order_question_needs_the_order_of_the_frames(tmp_path):
+    """data.generate.question=order: every clip flashes a white square and (unless normal) shows its coloured square
+    at another time, never in the same frame; the answer says which came first, as the frames do; the reasoning
+    quotes the answer option (so random_chain starts can retell it); the event demo's clips are unchanged."""
+    from vau.data.synthetic import ORDER_OPTIONS
+    from vau.tasks import get_task
+    from vau.tasks.qa import quotes_answer
+
+    spec = dict(n_train=12, n_val=1, n_test=1, seed=4, min_seconds=4.0, max_seconds=6.0)
+    root = generate(tmp_path / "order", **spec, question="order")
+    rows = read_annotations(root / "train.csv")
+    answers = set()
+    for ann in rows:
+        assert sorted(ann.options) == sorted(ORDER_OPTIONS)
+        answer = ann.options["ABCD".index(ann.answer)]
+        answers.add(answer)
+        assert quotes_answer(get_task("qa").sample(ann))
+        reader = decord.VideoReader(str(root / "videos" / ann.video))
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy().astype(int)
+        white = ((frames > 235).all(axis=-1)).sum(axis=(1, 2)) > 100
+        assert white.any()
+        if ann.is_normal:
+            assert answer == "No coloured square appears"
+            continue
+        kind = next(k for k in KINDS if k.anomaly_class == ann.anomaly_class)
+        coloured = (np.abs(frames - np.array(kind.color)).max(axis=-1) < 40).sum(axis=(1, 2)) > 500
+        assert coloured.any() and not (white & coloured).any()  # one frame shows at most one of the two
+        flash_first = np.flatnonzero(white)[0] < np.flatnonzero(coloured)[0]
+        assert answer == ("After the white flash" if flash_first else "Before the white flash")
+    assert answers == set(ORDER_OPTIONS[:3])  # both orders (and normal clips) occur; the fourth is never right
+    plain = generate(tmp_path / "event", **spec)
+    assert json.loads((plain / "demo.json").read_text()).get("question") is None  # older data stays valid
+    with pytest.raises(ValueError, match="question='when'"):
+        generate(tmp_path / "x", **spec, question="when")

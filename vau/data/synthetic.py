@@ -62,6 +62,15 @@ QUESTIONS = (
     "Which event does the video show?",
     "What is the most notable event in this clip?",
 )
+# data.generate.question=order: is the coloured square before or after a white flash? Only the order of the frames
+# tells (each frame shows at most one of the two), so a model that reads one frame is at chance (T-GRPO's demo).
+ORDER_QUESTIONS = (
+    "Does the coloured square appear before or after the white flash?",
+    "When does the coloured square appear, compared with the white flash?",
+)
+ORDER_OPTIONS = ("Before the white flash", "After the white flash", "No coloured square appears",
+                 "At the same time as the white flash")  # the last one is never right: four options, as VAU-Bench
+QUESTION_KINDS = ("event", "order")
 SPLITS = ("train", "val", "test")
 DISTRACTOR_COLUMNS = ("Distractor Option", "Distractor Class", "Distractor Start", "Distractor End")
 
@@ -84,6 +93,59 @@ def _reasoning(kind: Kind) -> str:
     if kind.color is None:
         return "No square appears, so nothing unusual happens."
     return f"A {kind.color_name} square appears, so {kind.option[0].lower() + kind.option[1:].lower()}."
+
+
+def _order_answer(kind: Kind, flash_first: bool) -> str:
+    return ORDER_OPTIONS[2] if kind.color is None else ORDER_OPTIONS[1 if flash_first else 0]
+
+
+def _order_reasoning(kind: Kind, flash_first: bool) -> str:
+    if kind.color is None:
+        return "Only a white flash appears, so no coloured square appears."
+    answer = _order_answer(kind, flash_first).lower()
+    if flash_first:
+        return f"A white flash appears, then a {kind.color_name} square appears, so {answer}."
+    return f"A {kind.color_name} square appears, then a white flash, so {answer}."
+
+
+def _order_description(kind: Kind, flash_first: bool) -> str:
+    if kind.color is None:
+        return "A grey dot drifts across a dark scene; a white square flashes briefly."
+    events = ("a white square flashes briefly, then a {c} square appears" if flash_first
+              else "a {c} square appears, then a white square flashes briefly").format(c=kind.color_name)
+    return f"A grey dot drifts across a dark scene; {events}."
+
+
+def order_windows(kind: Kind, duration: float, rng: np.random.Generator
+                  ) -> tuple[tuple[float, float] | None, tuple[float, float], bool]:
+    """(anomaly interval or None, white flash window, flash first) for one clip of the order question: the two never
+    overlap (at least 0.3 s apart after rounding), their order is a fair draw, and where they fall in the clip varies."""
+    flash = round(float(rng.uniform(0.5, 0.8)), 1)
+    flash_first = bool(rng.integers(2))
+    if kind.color is None:
+        start = round(float(rng.uniform(0.1, duration - flash - 0.1)), 1)
+        return None, (start, round(start + flash, 1)), flash_first
+    length = round(float(rng.uniform(0.25, 0.4)) * duration, 1)
+    slack = 0.9 * duration - (length + flash + 0.4)  # both inside [0.05, 0.95] of the clip, rounding included
+    before = float(rng.uniform(0.0, slack))
+    first_start = 0.05 * duration + before
+    first_len = flash if flash_first else length
+    second_start = first_start + first_len + 0.4 + float(rng.uniform(0.0, slack - before))
+    a, b = round(first_start, 1), round(second_start, 1)
+    if flash_first:
+        return (b, round(b + length, 1)), (a, round(a + flash, 1)), True
+    return (a, round(a + length, 1)), (b, round(b + flash, 1)), False
+
+
+def add_flash(frames: np.ndarray, window: tuple[float, float], fps: int, rng: np.random.Generator) -> np.ndarray:
+    """A small white square during ``window`` (seconds), without a tint; in place."""
+    size = frames.shape[1]
+    side = max(size // 5, 4)
+    cy, cx = rng.integers(0, size - side, size=2)
+    for t in range(frames.shape[0]):
+        if window[0] <= t / fps < window[1]:
+            frames[t, cy:cy + side, cx:cx + side] = 255
+    return frames
 
 
 def _description_with(kind: Kind, distractor: Kind) -> str:
@@ -192,15 +254,25 @@ class DemoSpec:
     distractor_ratio: float = 0.0
     permute_options: bool = True
     version: int = GENERATOR_VERSION
+    question: str = "event"  # event | order (module doc; left out of the manifest when "event")
+
+    def manifest(self) -> dict:
+        """What ``demo.json`` records (the spec without defaults added after version 6, so older data stays valid)."""
+        out = asdict(self)
+        if out["question"] == "event":
+            del out["question"]
+        return out
 
 
 def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
              size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0,
-             distractor_ratio: float = 0.0, permute_options: bool = True) -> Path:
+             distractor_ratio: float = 0.0, permute_options: bool = True, question: str = "event") -> Path:
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
     ``distractor_ratio``: the share of clips (per split, exact) that also show a distractor (module doc).
     ``permute_options``: each question lists its options in a seeded order of its own (module doc).
+    ``question``: ``event`` (which event the clip shows) or ``order`` (whether the coloured square comes before or
+    after a white flash: every clip also flashes a white square, and only the frames' order tells the answer).
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
     wait for it and reuse the finished data.
@@ -211,8 +283,15 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     if not 0.0 <= float(distractor_ratio) <= 1.0:
         raise ValueError(f"distractor_ratio={distractor_ratio}: give a share between 0 and 1 "
                          f"(data.generate.distractor_ratio)")
+    if question not in QUESTION_KINDS:
+        raise ValueError(f"question={question!r}: choose one of {', '.join(QUESTION_KINDS)} (data.generate.question)")
+    if question == "order" and float(min_seconds) < 3.0:
+        raise ValueError(f"min_seconds={min_seconds}: the order question needs clips of 3 s or more (a square, a flash "
+                         f"and a gap between them)")
+    if question == "order" and float(distractor_ratio) > 0:
+        raise ValueError("data.generate.question=order with distractor_ratio > 0: the two demos do not combine")
     spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio),
-                    bool(permute_options))
+                    bool(permute_options), question=question)
     root = Path(root)
     manifest = root / "demo.json"
     if _matches(manifest, spec):
@@ -226,14 +305,14 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
         manifest.unlink(missing_ok=True)  # a manifest of another spec must not vouch for files being rewritten
         _generate(root, spec)
         tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(spec), indent=2))
+        tmp.write_text(json.dumps(spec.manifest(), indent=2))
         os.replace(tmp, manifest)
     return root
 
 
 def _matches(manifest: Path, spec: DemoSpec) -> bool:
     try:
-        return json.loads(manifest.read_text()) == asdict(spec)
+        return json.loads(manifest.read_text()) == spec.manifest()
     except (OSError, ValueError):
         return False
 
@@ -273,12 +352,17 @@ def _generate(root: Path, spec: DemoSpec) -> None:
             name = f"demo_{split}_{i:04d}.mp4"
             duration = float(rng.uniform(min_seconds, max_seconds))
             n_frames = int(round(duration * fps))
-            interval = None
-            if kind.color is not None:
+            interval = flash_window = None
+            flash_first = False
+            if spec.question == "order":  # from a stream of its own: the event demo's clips stay as they are
+                interval, flash_window, flash_first = order_windows(kind, n_frames / fps, flash_rng)
+            elif kind.color is not None:
                 length = float(rng.uniform(0.4, 0.7)) * duration
                 start = float(rng.uniform(0.05, 0.95 - length / duration)) * duration
                 interval = (round(start, 1), round(start + length, 1))
             frames = render_clip(kind, interval, fps, n_frames, size, rng)
+            if flash_window is not None:
+                add_flash(frames, flash_window, fps, flash_rng)
             distractor, window = None, None
             if i in with_flash:
                 others = [k for k in KINDS if k.color is not None and k is not kind]
@@ -293,14 +377,21 @@ def _generate(root: Path, spec: DemoSpec) -> None:
             order = [int(j) for j in option_rng.permutation(len(KINDS))]
             if not spec.permute_options:
                 order = list(range(len(KINDS)))
+            question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
+            options, answer = [KINDS[k].option for k in order], kind.option
+            description, reasoning = _description(kind), _reasoning(kind)
+            if spec.question == "order":
+                question = ORDER_QUESTIONS[int(flash_rng.integers(len(ORDER_QUESTIONS)))]
+                options, answer = [ORDER_OPTIONS[k] for k in order], _order_answer(kind, flash_first)
+                description, reasoning = _order_description(kind, flash_first), _order_reasoning(kind, flash_first)
             rows.append({
                 "Video Name": name,
-                "Question": QUESTIONS[int(rng.integers(len(QUESTIONS)))],
-                **{f"Option {j + 1}": KINDS[k].option for j, k in enumerate(order)},
-                "Correct Option": LETTERS[order.index(KINDS.index(kind))],
+                "Question": question,
+                **{f"Option {j + 1}": text for j, text in enumerate(options)},
+                "Correct Option": LETTERS[options.index(answer)],
                 "Key Object": f"{kind.color_name} square" if kind.color else "grey dot",
-                "Description": _description(kind),
-                "Reasoning": _reasoning(kind),
+                "Description": description,
+                "Reasoning": reasoning,
                 "Anomaly Class": kind.anomaly_class,
                 "Start Time": f"{start_s:.1f}",
                 "End Time": f"{end_s:.1f}",
