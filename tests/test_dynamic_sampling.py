@@ -3,6 +3,7 @@ prompts; the loss of a step made of several rollouts equals that of one batch of
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,56 @@ def test_a_step_without_any_group_with_spread_finishes(overrides, tmp_path):
     assert set(scalars(run_dir, "train/dynamic_sampling/kept_groups").values()) == {0.0}
     assert set(scalars(run_dir, "train/dynamic_sampling/extra_batches").values()) == {3.0}
     assert all(v == 0.0 for v in scalars(run_dir, "train/loss").values())
+
+
+def test_settled_rows_are_skipped_with_a_probability_that_grows_and_come_back():
+    from vau.modules.dynamic_sampling import SpreadHistory
+
+    history = SpreadHistory(revisit=0.5)
+    history.observe([1, 2, 3], torch.tensor([False, False, True]))
+    history.observe([1], torch.tensor([False]))
+    assert (history.settled(1), history.settled(2), history.settled(3), history.settled(9)) == (2, 1, 0, 0)
+    rng = np.random.default_rng(0)
+    rate = {row: sum(history.skips(row, rng) for _ in range(4000)) / 4000 for row in (1, 2, 3)}
+    assert rate[3] == 0.0 and abs(rate[2] - 0.5) < 0.04 and abs(rate[1] - 0.75) < 0.04  # 1 - revisit ** runs
+    history.observe([1], torch.tensor([True]))  # spread again: no longer settled
+    assert history.settled(1) == 0
+    copy = SpreadHistory(0.5)
+    copy.load_state_dict(history.state_dict())
+    assert copy.runs == history.runs
+    with pytest.raises(ValueError, match="revisit=2"):
+        SpreadHistory(2)
+
+
+SKIP = ["module.grpo.dynamic_sampling.skip_settled=true", "module.grpo.dynamic_sampling.revisit=0.0",
+        "data.batch_size=4", "trainer.max_steps=6", "trainer.max_epochs=-1"]
+
+
+def test_skipping_settled_rows_spends_fewer_rollouts(overrides, tmp_path):
+    """Odd-numbered clips never have spread under the test reward: once seen, they are skipped before their rollout
+    (revisit 0), so the steps need fewer extra batches than plain dynamic sampling for the same kept groups."""
+    extra = {}
+    for name, more in (("plain", SKIP[2:]), ("skip", SKIP)):
+        run_dir = tmp_path / name
+        run("fit", compose("demo", [*overrides, *DS, f"run_dir={run_dir}", *more]))
+        extra[name] = sum(scalars(run_dir, "train/dynamic_sampling/extra_batches").values())
+        if name == "skip":
+            assert sum(scalars(run_dir, "train/dynamic_sampling/skipped_prompts").values()) > 0
+            kept = scalars(run_dir, "train/dynamic_sampling/kept_fraction")
+            assert len(kept) == 6 and min(kept.values()) > 0
+    assert extra["skip"] < extra["plain"]
+
+
+def test_resume_with_skipping_repeats_the_run(cache_dir, demo_root, tmp_path):
+    """The skip history is saved in the checkpoint: a run resumed from step 2 skips the same rows."""
+    overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+                 f"paths.output_dir={tmp_path / 'outputs'}", "trainer.enable_progress_bar=false",
+                 "trainer.log_every_n_steps=1", *DS, *SKIP[:3], "trainer.max_steps=4", "trainer.max_epochs=-1",
+                 "checkpoint.every_n_train_steps=1", "checkpoint.save_top_k=-1"]
+    losses = fit(overrides, tmp_path / "a")
+    skipped = scalars(tmp_path / "a", "train/dynamic_sampling/skipped_prompts")
+    assert sum(skipped.values()) > 0
+    resumed = fit(overrides, tmp_path / "b", ckpt=checkpoint(tmp_path / "a", 2))
+    assert len(resumed) == 2 and resumed == {s: v for s, v in losses.items() if s in resumed}
+    assert scalars(tmp_path / "b", "train/dynamic_sampling/skipped_prompts") == {
+        s: v for s, v in skipped.items() if s in resumed}

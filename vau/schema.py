@@ -33,6 +33,10 @@ class DynamicSamplingConfig:
     enabled: bool = False
     metric: str = "total"  # the reward whose spread within a group counts: "total" or a reward's name
     max_extra_batches: int = 2  # at most this many extra rollouts of data.batch_size prompts per optimiser step
+    # Skip a row before its rollout when its latest groups had no spread (probability 1 - revisit^runs; GRESO,
+    # arXiv 2506.02177), replacing it by another row: fewer rollouts spent on groups that would be dropped.
+    skip_settled: bool = False
+    revisit: float = 0.25
 
 
 @dataclass

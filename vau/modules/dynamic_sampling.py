@@ -10,10 +10,18 @@ one batch made of the kept groups, and one optimiser step follows. Extra prompts
 by a stream of their own, seeded by (seed, optimiser step, extra batch, rank), so the main data order and its exact
 resume are untouched, and a resumed run draws the same extra prompts. All ranks roll out the same number of extra
 batches (the largest any rank needs: collectives must match); a rank that is already full masks its share out.
+
+``skip_settled: true`` adds a filter *before* the rollout (:class:`SpreadHistory`): rows whose latest groups had no
+spread are skipped with a probability that grows with how many in a row, and replaced by rows drawn from the same
+seeded stream, in the step's own batch and in every extra batch, so fewer rollouts are spent on groups that will be
+dropped. The history is per rank and saved in checkpoints (exact resume).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 
 from vau.rewards import RewardResult
@@ -84,3 +92,43 @@ def concat_rewards(results: list[RewardResult]) -> RewardResult:
                              for r in results])
     return RewardResult(torch.cat([r.total for r in results]), per_reward, skipped, results[0].weights,
                         results[0].turns)
+
+
+class SpreadHistory:
+    """Per training row, how many of its latest groups in a row had no reward spread: the pre-rollout skip of
+    ``module.grpo.dynamic_sampling.skip_settled`` (after GRESO, arXiv 2506.02177: a prompt without spread in one epoch
+    is likely to stay so). A row whose last z groups lacked spread is skipped before its rollout with probability
+    ``1 - revisit ** z`` and replaced by another row; ``revisit`` keeps settled rows coming back now and then, since a
+    solved row can be failed again and an unsolved one become learnable.
+
+    Example:
+        >>> history = SpreadHistory(revisit=0.0)
+        >>> history.observe([3, 4], torch.tensor([False, True]))
+        >>> history.settled(3), history.settled(4), history.skips(3, np.random.default_rng(0))
+        (1, 0, True)
+    """
+
+    def __init__(self, revisit: float = 0.25) -> None:
+        if not 0.0 <= float(revisit) <= 1.0:
+            raise ValueError(f"module.grpo.dynamic_sampling.revisit={revisit}: give a probability in [0, 1]")
+        self.revisit = float(revisit)
+        self.runs: dict[int, int] = {}
+
+    def observe(self, rows: list[int], spread: torch.Tensor) -> None:
+        """Record the groups of ``rows`` (one per row): spread resets a row's count, no spread adds one."""
+        for row, has in zip(rows, spread.tolist()):
+            self.runs[int(row)] = 0 if has else self.runs.get(int(row), 0) + 1
+
+    def settled(self, row: int) -> int:
+        return self.runs.get(int(row), 0)
+
+    def skips(self, row: int, rng: np.random.Generator) -> bool:
+        """Whether to skip ``row`` before its rollout this time (one draw from ``rng``)."""
+        z = self.settled(row)
+        return z > 0 and bool(rng.random() >= self.revisit ** z)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"revisit": self.revisit, "runs": dict(self.runs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.runs = {int(k): int(v) for k, v in (state.get("runs") or {}).items()}

@@ -19,17 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from vau.backbones.adapters import in_vision
 from vau.config import ConfigError
 from vau.datamodules.encoding import model_inputs
 from vau.datamodules.views import view_tasks
 from vau.modules.base import VAUModule
-from vau.modules.dynamic_sampling import concat_rewards, group_spread, part_weights, take_groups
+from vau.modules.dynamic_sampling import SpreadHistory, concat_rewards, group_spread, part_weights, take_groups
 from vau.modules.grpo_loss import (
     IS_LEVELS,
     LOSS_TYPES,
@@ -38,8 +36,9 @@ from vau.modules.grpo_loss import (
     per_turn_advantages,
     policy_loss,
 )
+from vau.modules.grpo_prompts import PromptSelection
 from vau.modules.shared_prompt import completion_logits
-from vau.modules.temporal_contrast import is_contrast_step, right_replies, temporal_bonus, with_bonus
+from vau.modules.temporal_contrast import is_contrast_step
 from vau.registry import ALGORITHMS
 from vau.rewards import NONFINITE_POLICIES, build_rewards
 from vau.schema import GRPOConfig
@@ -121,7 +120,7 @@ def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
 
 
 @ALGORITHMS.register("grpo")
-class GRPOModule(VAUModule):
+class GRPOModule(PromptSelection, VAUModule):
     """GRPO: G sampled replies per prompt, rewards, group-relative advantages, clipped policy-gradient loss.
 
     Args:
@@ -163,6 +162,9 @@ class GRPOModule(VAUModule):
         if self.dynamic.enabled and self.dynamic.metric != "total" and self.dynamic.metric not in rewards.weights:
             raise ValueError(f"module.grpo.dynamic_sampling.metric={self.dynamic.metric!r}: use 'total' or one of "
                              f"the configured rewards {list(rewards.weights)}")
+        self.history = SpreadHistory(self.dynamic.revisit) if self.dynamic.enabled and self.dynamic.skip_settled \
+            else None
+        self.skipped_prompts = 0  # rows skipped before their rollout in this step (dynamic_sampling.skip_settled)
         self.contrast = cfg.temporal_contrast
         if self.contrast.enabled and self.contrast.reward not in rewards.weights:
             raise ValueError(f"module.grpo.temporal_contrast.reward={self.contrast.reward!r}: name the accuracy reward "
@@ -376,35 +378,9 @@ class GRPOModule(VAUModule):
         if contrast:
             rewards, stats = self.temporal_contrast(batch, rewards)
         advantages, zero_std, rollout = self.advantages(rewards, rollout)
+        if self.history is not None and all(k is not None for k in batch.get("keys") or [None]):
+            self.history.observe([k[1] for k in batch["keys"]], group_spread(rewards, str(self.dynamic.metric), self.G))
         return Part(rollout, rewards, advantages, zero_std, contrast=stats)
-
-    # -- temporal contrast (T-GRPO) -------------------------------------------------------------------------------
-    def temporal_contrast(self, batch: dict[str, Any], rewards) -> tuple[Any, dict[str, torch.Tensor] | None]:
-        """The batch's prompts answered G times on shuffled frames (not trained on), and ``rewards`` with the bonus
-        of :func:`vau.modules.temporal_contrast.temporal_bonus`; unchanged (stats None) when a shuffled clip could not
-        be read."""
-        shuffled = self.shuffled_batch(batch)
-        if shuffled is None:
-            return rewards, None
-        with torch.no_grad():
-            other = self.score(self.rollout(shuffled))
-        name, at = str(self.contrast.reward), float(self.contrast.correct_at)
-        bonus, ordered_acc, shuffled_acc, helped = temporal_bonus(
-            right_replies(rewards.per_reward[name], at), right_replies(other.per_reward[name], at), self.G,
-            float(self.contrast.alpha), float(self.contrast.mu))
-        return with_bonus(rewards, bonus), {"ordered": ordered_acc, "shuffled": shuffled_acc, "helped": helped}
-
-    def shuffled_batch(self, batch: dict[str, Any]) -> dict[str, Any] | None:
-        """The same training examples (sample, options, frame positions) with their frames shuffled, collated and
-        moved like the batch; None when an example has no dataset key or its video could not be read again."""
-        datamodule = self.trainer.datamodule
-        keys = batch.get("keys") or []
-        if len(keys) != int(batch["size"]) or any(k is None for k in keys):
-            return None
-        items = [datamodule.datasets["train"].item(k, frames_order="shuffled") for k in keys]
-        if any("bad" in item for item in items):
-            return None
-        return move_data_to_device(datamodule.collate(items), self.device)
 
     def refill(self, batch: dict[str, Any], first: Part, contrast: bool = False) -> list[Part]:
         """The step's parts under dynamic sampling: ``first`` and extra batches until ``data.batch_size`` groups with
@@ -428,30 +404,15 @@ class GRPOModule(VAUModule):
             out.append(replace(part, rollout=replace(part.rollout, mask=part.rollout.mask * rows)))
         return out
 
-    def extra_batch(self, size: int, number: int) -> dict[str, Any]:
-        """``size`` further training prompts for extra rollout ``number`` of this step: drawn from the training set by a
-        stream seeded by (seed, optimiser step, number, rank), collated and moved like a loader batch."""
-        datamodule = self.trainer.datamodule
-        dataset = datamodule.datasets["train"]
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        rng = np.random.default_rng([int(datamodule.seed), int(self.global_step), int(number), rank])
-        indices = rng.choice(len(dataset), size=min(size, len(dataset)), replace=False)
-        items = [dataset[(int(self.current_epoch), int(i))] for i in indices]
-        return move_data_to_device(datamodule.collate(items), self.device)
-
-    @staticmethod
-    def _any_rank(flag: bool) -> bool:
-        """True when ``flag`` holds on any process (all ranks roll out the same number of extra batches)."""
-        if dist.is_available() and dist.is_initialized():
-            value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
-            return bool(value.item())
-        return bool(flag)
-
     # -- the step -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not batch["size"]:
             return None  # every video in the batch was unusable (counted by BadVideoMonitor)
+        self.skipped_prompts = 0
+        if self.history is not None:
+            batch = self.prefilter(batch)
+            if not batch["size"]:
+                return None
         contrast = bool(self.contrast.enabled) and is_contrast_step(
             int(self.trainer.datamodule.seed), int(self.global_step), float(self.contrast.share))
         parts = [self.part(batch, contrast)]
@@ -491,6 +452,16 @@ class GRPOModule(VAUModule):
 
     default_decay = "constant"
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.history is not None:  # the skip rule's memory: a resumed run skips the same rows
+            checkpoint["vau.spread_history"] = self.history.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.history is not None and "vau.spread_history" in checkpoint:
+            self.history.load_state_dict(checkpoint["vau.spread_history"])
+
     def total_optimizer_steps(self) -> int:
         # One optimiser step per iteration over each rollout: the schedule counts those.
         return int(self.trainer.estimated_stepping_batches) * self.num_iterations
@@ -518,6 +489,8 @@ class GRPOModule(VAUModule):
             values["train/dynamic_sampling/kept_fraction"] = float(sum(int(p.kept.sum()) for p in parts)) / n
             values["train/dynamic_sampling/dropped_groups"] = float(sum(int((~p.kept).sum()) for p in parts))
             values["train/dynamic_sampling/extra_batches"] = float(len(parts) - 1)
+            if self.history is not None:  # rows skipped before their rollout (and replaced) in this step
+                values["train/dynamic_sampling/skipped_prompts"] = float(self.skipped_prompts)
         contrasted = [p.contrast for p in parts if p.contrast is not None]
         if contrasted:  # T-GRPO: the groups' accuracies on ordered and shuffled frames, the share where order helped
             for key, name in (("ordered", "ordered_accuracy"), ("shuffled", "shuffled_accuracy"),
