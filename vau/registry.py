@@ -146,7 +146,7 @@ class PluginImportError(ImportError):
 
 _BUILTINS_LOADED = False
 # vau's own plugin modules: importing each registers its entries.
-BUILTIN_MODULES = ("vau.data.readers", "vau.data.frame_annotations", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.backbones.base", "vau.backbones.qwen", "vau.rollout.hf",
+BUILTIN_MODULES = ("vau.data.readers", "vau.data.frame_annotations", "vau.data.caption_annotations", "vau.tasks", "vau.modules.sft", "vau.modules.grpo", "vau.backbones.base", "vau.backbones.qwen", "vau.rollout.hf",
                    "vau.datamodules.samplers", "vau.rewards", "vau.rewards.reflection", "vau.datatools.reflection",
                    "vau.datatools.teacher")
 
