@@ -14,7 +14,7 @@ batches (the largest any rank needs: collectives must match); a rank that is alr
 ``skip_settled: true`` adds a filter *before* the rollout (:class:`SpreadHistory`): rows whose latest groups had no
 spread are skipped with a probability that grows with how many in a row, and replaced by rows drawn from the same
 seeded stream, in the step's own batch and in every extra batch, so fewer rollouts are spent on groups that will be
-dropped. The history is per rank and saved in checkpoints (exact resume).
+dropped. The history is per rank; every rank's is saved in checkpoints (exact resume).
 """
 
 from __future__ import annotations

@@ -454,13 +454,18 @@ class GRPOModule(PromptSelection, VAUModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.history is not None:  # the skip rule's memory: a resumed run skips the same rows
-            checkpoint["vau.spread_history"] = self.history.state_dict()
+        if self.history is not None:  # the skip rule's memory, every rank's: a resumed run skips the same rows
+            states = [self.history.state_dict()]
+            if dist.is_available() and dist.is_initialized():  # called on every rank, as for the RNG states
+                states = [None] * dist.get_world_size()
+                dist.all_gather_object(states, self.history.state_dict())
+            checkpoint["vau.spread_history"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.history is not None and "vau.spread_history" in checkpoint:
-            self.history.load_state_dict(checkpoint["vau.spread_history"])
+        states = checkpoint.get("vau.spread_history")
+        if self.history is not None and states:
+            self.history.load_state_dict(states[self.global_rank] if self.global_rank < len(states) else states[0])
 
     def total_optimizer_steps(self) -> int:
         # One optimiser step per iteration over each rollout: the schedule counts those.
