@@ -59,7 +59,7 @@ def temporal_bonus(ordered: torch.Tensor, shuffled: torch.Tensor, group_size: in
         >>> o = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)  # group 1: 2/4 right, group 2: 2/4
         >>> s = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.bool)  # shuffled: 0/4 and 4/4
         >>> bonus, p, q, helped = temporal_bonus(o, s, 4, alpha=0.3, mu=0.8)
-        >>> bonus.tolist(), helped.tolist()
+        >>> [round(b, 4) for b in bonus.tolist()], helped.tolist()
         ([0.3, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [True, False])
     """
     if ordered.shape != shuffled.shape or ordered.numel() % group_size:
