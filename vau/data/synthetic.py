@@ -120,7 +120,9 @@ def order_windows(kind: Kind, duration: float, rng: np.random.Generator
                   ) -> tuple[tuple[float, float] | None, tuple[float, float], bool]:
     """(anomaly interval or None, white flash window, flash first) for one clip of the order question: the two never
     overlap (at least 0.3 s apart after rounding), their order is a fair draw, and where they fall in the clip varies."""
-    flash = round(float(rng.uniform(0.5, 0.8)), 1)
+    # 1.0-1.5 s: 8 frames spread over a clip of up to 8 s are at most 1 s apart, so every sampled clip shows it
+    # (0.5-0.8 s flashes were missed in 1 of 5 test clips)
+    flash = round(float(rng.uniform(1.0, 1.5)), 1)
     flash_first = bool(rng.integers(2))
     if kind.color is None:
         start = round(float(rng.uniform(0.1, duration - flash - 0.1)), 1)
@@ -285,8 +287,8 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
                          f"(data.generate.distractor_ratio)")
     if question not in QUESTION_KINDS:
         raise ValueError(f"question={question!r}: choose one of {', '.join(QUESTION_KINDS)} (data.generate.question)")
-    if question == "order" and float(min_seconds) < 3.0:
-        raise ValueError(f"min_seconds={min_seconds}: the order question needs clips of 3 s or more (a square, a flash "
+    if question == "order" and float(min_seconds) < 4.0:
+        raise ValueError(f"min_seconds={min_seconds}: the order question needs clips of 4 s or more (a square, a flash "
                          f"and a gap between them)")
     if question == "order" and float(distractor_ratio) > 0:
         raise ValueError("data.generate.question=order with distractor_ratio > 0: the two demos do not combine")
