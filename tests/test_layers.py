@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "vau.chat")),
     ("data", ("vau.data",)),
     ("text", ("vau.parsing", "vau.qa_position")),
-    ("metrics", ("vau.metrics", "vau.reflect_metrics", "vau.frame_metrics")),
+    ("metrics", ("vau.metrics", "vau.reflect_metrics", "vau.frame_metrics", "vau.text_metrics")),
     ("tasks", ("vau.tasks",)),
     ("learning inputs", ("vau.rewards", "vau.datamodules", "vau.datatools")),
     ("models", ("vau.backbones", "vau.modules", "vau.rollout")),

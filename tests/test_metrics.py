@@ -44,6 +44,10 @@ def cls(name: str) -> Sample:
     return Sample(task="cls", video="c.mp4", anomaly_class=name)
 
 
+def describe(text: str) -> Sample:
+    return Sample(task="describe", video="d.mp4", description=text)
+
+
 def test_choice_accuracy_counts_unparseable_as_wrong_and_skips_other_tasks():
     metric = ChoiceAccuracy()
     metric.update(["<answer>B</answer>", "A or B", "<answer></answer>", "B"], [qa("B"), qa("A"), qa("C"), tag(1, 2)])
@@ -101,7 +105,7 @@ def test_task_metrics_per_task():
     assert set(task_metrics("qa")) == {"format_rate", "qa_accuracy"}
     assert set(task_metrics("tag")) == {"format_rate", "tag_miou", "tag_r30", "tag_r50", "tag_r70", "tag_false_alarm"}
     assert set(task_metrics("cls")) == {"format_rate", "cls_binary_accuracy", "cls_accuracy", "cls_macro_f1"}
-    assert set(task_metrics("describe")) == {"format_rate"}
+    assert set(task_metrics("describe")) == {"format_rate", "describe_bleu4", "describe_rouge_l"}
     for metric in task_metrics("tag").values():
         metric.update([], [])
         assert metric.compute().dim() == 0  # Lightning logs scalars
@@ -109,21 +113,26 @@ def test_task_metrics_per_task():
 
 # ---------------------------------------------------------------------------------------------- 2 processes ----
 def _data() -> tuple[list[str], list[Sample]]:
-    """23 mixed replies: mostly right ones, then mostly wrong ones, so each rank's local value differs from the
+    """28 mixed replies: mostly right ones, then mostly wrong ones, so each rank's local value differs from the
     global one (an unsynced metric fails the test)."""
     samples = [qa("B"), qa("A"), qa("C"), tag(4, 8), tag(1, 9.5), tag(0, 0), tag(0, 0), tag(2, 3), cls("Fire"),
-               cls("Normal"), cls("Fighting"), cls("Food Safety"), cls("Fire")]
+               cls("Normal"), cls("Fighting"), cls("Food Safety"), cls("Fire"),
+               describe("a man breaks the window of a parked car"), describe("two cars collide at a crossing"),
+               describe("a quiet street with people walking")]
     good = ["B", "<answer>A</answer>", "<think>x</think><answer>C</answer>", "[4, 8]", "1 - 9", "[0, 0]", "[0, 0]",
-            "[2, 2.5]", "fire", "Normal", "Fighting", "food safety", "no anomaly"]
-    bad = ["C", "A or B", "<answer></answer>", "[5, 9]", "[0, 0]", "[0, 0]", "[3, 4]", "", "Fighting", "fire"]
-    return good + bad, samples + samples[:10]
+            "[2, 2.5]", "fire", "Normal", "Fighting", "food safety", "no anomaly",
+            "a man breaks a window of the car", "<think>two cars collide at the crossing</think>", "a street"]
+    bad = ["C", "A or B", "<answer></answer>", "[5, 9]", "[0, 0]", "[0, 0]", "[3, 4]", "", "Fighting", "fire",
+           "a woman walks a dog", "cars"]
+    return good + bad, samples + samples[:10] + samples[13:15]
 
 
-SPLIT = 13  # rank 0 scores the first 13 replies, rank 1 the other 10
+SPLIT = 14  # rank 0 scores the first 14 replies (one description), rank 1 the other 14
 
 
 def _metrics() -> dict:
-    out = {f"{task}/{name}": m for task in ("qa", "tag", "cls") for name, m in task_metrics(task, CLASSES).items()}
+    out = {f"{task}/{name}": m for task in ("qa", "tag", "cls", "describe")
+           for name, m in task_metrics(task, CLASSES).items()}
     out["cls/per_class"] = PerClassAccuracy(CLASSES)
     return out
 

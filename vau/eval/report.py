@@ -147,8 +147,8 @@ def evaluate(samples: Sequence[Sample], records: Sequence[Mapping], tasks: Seque
     matched = match(samples, records)
     by_task, replies = matched["samples"], matched["replies"]
     order = task_names()
-    if tasks is None:  # text tasks (describe) have nothing to score
-        tasks = sorted((t for t in by_task if get_task(t).scored), key=lambda t: order.index(t) if t in order else 1e9)
+    if tasks is None:  # text tasks without description metrics have nothing to score
+        tasks = sorted((t for t in by_task if get_task(t).reported), key=lambda t: order.index(t) if t in order else 1e9)
     classes = tuple(classes) if classes is not None else class_list(samples)
     report: dict = {"tasks": {}, "qa_position": None, "confusion": None, "iou_histogram": None, "clips": [],
                     "unmatched": matched["unmatched"], "duplicates": matched["duplicates"],

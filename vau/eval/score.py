@@ -38,6 +38,7 @@ from pathlib import Path
 
 from vau.config import flag, key_values
 from vau.data.annotations import Annotation, AnnotationError
+from vau.data.caption_annotations import LEVEL
 from vau.data.readers import read_rows
 from vau.eval.frame_curves import write_frame_page
 from vau.eval.frame_score import FrameScoreError, format_frame_report, frame_report, read_frame_scores
@@ -52,13 +53,16 @@ from vau.tasks import ANOMALY_CLASSES, get_task, task_names
 
 
 def scored_tasks() -> list[str]:
-    """Every registered task whose replies have a ground truth to score (plugin tasks included)."""
-    return [n for n in task_names() if get_task(n).scored]
+    """Every registered task whose replies ``score`` reports (plugin tasks included): those with an answer to score,
+    and text tasks with description metrics (``describe``)."""
+    return [n for n in task_names() if get_task(n).reported]
 
 
-KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite", "format", "plugins", "frame_scores")
+KEYS = ("annotations", "predictions", "task", "report", "output", "overwrite", "format", "plugins", "frame_scores",
+        "level")
 USAGE = ("usage: python -m vau score annotations=FILE.csv predictions=FILE.jsonl|FILE.csv[,FILE...] "
-         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json] [format=vau_bench] [plugins=MODULE[,MODULE...]]\n"
+         "[task=NAME[,NAME...]] [report=DIR] [output=metrics.json] [format=vau_bench] [plugins=MODULE[,MODULE...]] "
+         "[level=video]\n"
          "       python -m vau score annotations=FILE format=ucf_crime|xd_violence frame_scores=FILE.jsonl "
          "[output=metrics.json]   (frame-level AUC / AP, vau.eval.frame_score)")
 CSV_COLUMNS = {"qa answer": "qa", "temporal grounding": "tag", "cls answer": "cls", "classification": "cls",
@@ -343,6 +347,18 @@ def write_metrics(report: dict, out: Path) -> None:
     print(f"metrics written to {out}")
 
 
+def rows_at_level(annotations: list[Annotation], level: str, path: str) -> list[Annotation]:
+    """The rows of one granularity (``extra["level"]`` of the caption formats: HIVAU ``video`` / ``event`` /
+    ``clip``, UCA ``sentence``). Predictions are matched to rows by video, so a file with several texts per video
+    is scored at a level with one text per video (HIVAU: ``level=video``)."""
+    levels = sorted({str(a.extra.get(LEVEL)) for a in annotations if a.extra.get(LEVEL)})
+    kept = [a for a in annotations if a.extra.get(LEVEL) == level]
+    if not kept:
+        found = ", ".join(levels) if levels else "none (level= applies to data.format=hivau / uca files)"
+        raise ScoreError(f"level={level}: no row of {path} is at that level; its levels: {found}")
+    return kept
+
+
 def _frame_level(args: dict, annotations: list[Annotation]) -> int:
     """``frame_scores=FILE``: frame-level AUC / AP / false alarms (vau.eval.frame_score) instead of the VAU-Bench
     tables."""
@@ -391,6 +407,8 @@ def main(argv: list[str]) -> int:
             raise ScoreError(f"annotation file {args['annotations']} has no rows")
         if args.get("frame_scores"):
             return _frame_level(args, annotations)
+        if args.get("level"):
+            annotations = rows_at_level(annotations, args["level"], args["annotations"])
         duplicates = duplicate_videos(annotations)
         if duplicates:
             names = ", ".join(f"{k} ({n} rows)" for k, n in list(duplicates.items())[:SHOW])

@@ -117,6 +117,12 @@ class Task:
         """Whether replies have a ground truth to be scored against (``text`` tasks are SFT-only)."""
         return self.answer_kind != "text"
 
+    @property
+    def reported(self) -> bool:
+        """Whether ``score`` and evaluation report this task: every scored task, and a text task whose replies have
+        metrics (``describe``: BLEU-4 and ROUGE-L against :meth:`reference_text`)."""
+        return self.scored or bool(self.metrics())
+
     def owns(self, sample: Sample) -> bool:
         """Whether ``sample`` was made by this task."""
         return sample.task == self.name
@@ -256,6 +262,11 @@ class Task:
     def interval_truth(self, sample: Sample) -> tuple[float, float] | None:
         """The truth as an interval, read by the interval rewards (``temporal_iou``, ``iou_gain``); None when the task
         does not answer with an interval."""
+        return None
+
+    def reference_text(self, sample: Sample) -> str | None:
+        """The text a free-text reply is compared with by the description metrics (:mod:`vau.text_metrics`); None
+        for tasks that answer otherwise (this default) and rows without one."""
         return None
 
     def judged_text(self, reply: str) -> str:
