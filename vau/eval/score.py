@@ -133,7 +133,7 @@ def _no_constant(name: str):
 
 def _read_jsonl(path: Path, text: str) -> list[Prediction]:
     shape = '{"video": "name.mp4", "task": "qa", "response": "<answer>B</answer>"}'
-    rows = []
+    rows, tasks = [], scored_tasks()  # once per file: it builds the text tasks' metrics to see they have some
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -153,8 +153,8 @@ def _read_jsonl(path: Path, text: str) -> list[Prediction]:
         for key in ("video", "task", "response"):
             if key not in record:
                 raise ScoreError(f"{where}: missing key {key!r}; each line needs video, task and response")
-        if record["task"] not in scored_tasks():
-            raise ScoreError(f"{where}: task {record['task']!r} is not one of {', '.join(scored_tasks())}")
+        if record["task"] not in tasks:
+            raise ScoreError(f"{where}: task {record['task']!r} is not one of {', '.join(tasks)}")
         if not isinstance(record["video"], str) or not record["video"].strip():
             raise ScoreError(f"{where}: key 'video' must be a non-empty file name string")
         if not isinstance(record["response"], str):
