@@ -4,6 +4,7 @@ read by `data stats` like any registered format, and frame numbers turned into s
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -163,3 +164,24 @@ def test_the_ucf_crime_writer_leaves_out_rows_it_cannot_place(tmp_path):
     path = write_ucf_crime(tmp_path / "t.txt", rows, 8)
     assert path.read_text() == "a.mp4 Fire 8 15 -1 -1\nd.mp4 Normal -1 -1 -1 -1\n"
     assert [r.video for r in read_rows(path, "ucf_crime")] == ["a.mp4", "d.mp4"]
+
+
+def test_the_demo_test_split_in_xd_violence_format_names_the_same_clips_and_frames(demo_root, capsys):
+    """The XD-Violence copy of the demo test split: the class in each extension-less name, the same frame events as
+    the UCF-Crime copy, normal clips listed without pairs, and every name resolves to the same video file."""
+    from vau.cli import main
+    from vau.datamodules.dataset import VideoResolver
+
+    ucf = {Path(r.video).stem: r for r in read_rows(demo_root / "test_ucf_crime.txt", "ucf_crime")}
+    rows = read_rows(demo_root / "test_xd_violence.txt", "xd_violence")
+    assert len(rows) == len(ucf) and any(r.is_normal for r in rows) and any(not r.is_normal for r in rows)
+    resolve = VideoResolver(demo_root / "xd_videos")
+    for row in rows:
+        stem, _, code = row.video.partition("_label_")
+        twin = ucf[stem]
+        assert row.extra[FRAME_EVENTS] == twin.extra[FRAME_EVENTS] and row.is_normal == twin.is_normal
+        assert code == {"Normal": "A", "Fire": "G", "Fighting": "B1", "Traffic_accident": "B6"}[twin.anomaly_class]
+        path = resolve(row.video, row.source)  # "demo_test_0000_label_B1" -> .../demo_test_0000_label_B1.mp4
+        assert path.is_file() and path.read_bytes() == (demo_root / "videos" / twin.video).read_bytes()
+    assert main(["data", "stats", f"annotations={demo_root / 'test_xd_violence.txt'}", "data.format=xd_violence"]) == 0
+    assert f"{len(rows)} rows" in capsys.readouterr().out

@@ -141,3 +141,21 @@ def test_window_answer_score_is_the_anomaly_share_of_both_continuations(tiny_bac
                 logits = module.model(**full, use_cache=False).logits[0, -ids.shape[1] - 1:-1].float()
                 logp.append(float(torch.log_softmax(logits, -1).gather(-1, ids[0].unsqueeze(-1)).sum()))
             assert scores[row] == pytest.approx(1 / (1 + math.exp(logp[1] - logp[0])), abs=1e-5)
+
+
+def test_predict_vad_on_the_xd_violence_copy_of_the_demo_scores_at_frame_level(demo_root, overrides, tmp_path, capsys):
+    """XD-Violence's extension-less, class-coded names end to end: predict finds each clip in ``xd_videos/``, writes
+    one score per frame under the annotation's name, and ``score format=xd_violence`` reads them."""
+    ann = demo_root / "test_xd_violence.txt"
+    out = tmp_path / "xd.jsonl"
+    assert main(["predict", *overrides, f"annotations={ann}", "data.format=xd_violence",
+                 f"data.video_root={demo_root / 'xd_videos'}", "task=vad", f"out={out}", "vad.window_seconds=1",
+                 "vad.stride_seconds=0.5", "vad.frames_per_window=2"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    names = [line.split()[0] for line in ann.read_text().splitlines()]
+    assert sorted(r["video"] for r in records) == sorted(names) and all(r["frame_scores"] for r in records)
+    capsys.readouterr()
+    metrics = tmp_path / "m.json"
+    assert main(["score", f"annotations={ann}", "format=xd_violence", f"frame_scores={out}", f"output={metrics}"]) == 0
+    assert "| All | constant | 50.00 |" in capsys.readouterr().out
+    assert 0.0 <= json.loads(metrics.read_text())["sources"]["all"]["model"]["auc"] <= 1.0

@@ -39,7 +39,7 @@ from vau.checkpoints import newest_checkpoint, read_checkpoint
 from vau.components import build_components, run_settings
 from vau.config import ConfigError, compose, flag, split_args
 from vau.data.readers import read_rows
-from vau.datamodules.dataset import VideoResolver
+from vau.datamodules.dataset import VIDEO_SUFFIXES, VideoResolver
 from vau.datamodules.video import FRAME_ORDERS
 from vau.datamodules.views import ViewOptions
 from vau.eval.vad import VADSettings, WindowScorer, score_videos
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 KEYS = ("ckpt", "annotations", "videos", "questions", "task", "out", "qa_shifts", "frames_order", "overwrite")
 CSV_HEADER = ("video", "task", "shift", "response", "prediction", "frame_times")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 USAGE = ("usage: python -m vau predict [conf=NAME] [ckpt=PATH|last] (annotations=FILE | videos=DIR [questions=FILE]) "
          "task=NAME out=FILE.jsonl [qa_shifts=all|0,1,...] [frames_order=ordered|shuffled] [key=value overrides]")
 

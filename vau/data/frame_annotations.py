@@ -32,8 +32,9 @@ from vau.registry import READERS
 
 FRAME_EVENTS = "frame_events"  # Annotation.extra key: ((start_frame, end_frame), ...), end inclusive
 
-# XD-Violence label codes (the dataset's description); "A" is normal.
-XD_CLASSES = {"A": NORMAL, "B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6": "Car accident",
+# XD-Violence label codes (the dataset's description); "A" is normal. B6, "car accident" there, is VAU-Bench's
+# Traffic_accident; Riot has no VAU-Bench class (kept as written, noted like any class outside the 20 labels).
+XD_CLASSES = {"A": NORMAL, "B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse", "B6": "Traffic_accident",
               "G": "Explosion"}
 
 
@@ -52,30 +53,65 @@ def event_seconds(ann: Annotation, rate: Fraction | float) -> list[tuple[float, 
             for start, end in ann.extra.get(FRAME_EVENTS, ())]
 
 
+def _frame_event(row: Annotation, rate: Fraction) -> tuple[int, int] | None | bool:
+    """The (first, last) frame of an anomalous row's interval at ``rate``; True for a normal row; None for a row
+    the frame formats cannot hold (no interval, or an anomalous row with an empty one)."""
+    if row.interval is None:
+        return None
+    start, end = row.interval
+    if row.is_normal:
+        return True
+    if end <= start:
+        return None  # an anomalous row without a usable interval has no frame events to write
+    # from the decimal the row shows (0.3 s, not the binary 0.2999...), so a frame boundary stays one
+    first = math.floor(Fraction(repr(float(start))) * rate)
+    return first, max(first, math.ceil(Fraction(repr(float(end))) * rate) - 1)
+
+
 def write_ucf_crime(path: str | Path, rows: list[Annotation], rate: Fraction | float) -> Path:
     """Rows with intervals in seconds written in the UCF-Crime test format at ``rate`` frames per second (the demo
     generator writes its test split this way too): an event covers the frames from ``start`` up to before ``end``;
     a normal row is ``-1 -1 -1 -1``; rows without an interval, or anomalous rows whose interval is empty, are left
     out (the reader would refuse an anomalous video without events)."""
-    rate = Fraction(rate)
     lines = []
     for row in rows:
-        if row.interval is None:
+        event = _frame_event(row, Fraction(rate))
+        if event is None:
             continue
-        start, end = row.interval
-        if row.is_normal:
-            events = "-1 -1 -1 -1"
-        elif end <= start:
-            continue  # an anomalous row without a usable interval has no frame events to write
-        else:
-            # from the decimal the row shows (0.3 s, not the binary 0.2999...), so a frame boundary stays one
-            first = math.floor(Fraction(repr(float(start))) * rate)
-            last = max(first, math.ceil(Fraction(repr(float(end))) * rate) - 1)
-            events = f"{first} {last} -1 -1"
+        events = "-1 -1 -1 -1" if event is True else f"{event[0]} {event[1]} -1 -1"
         lines.append(f"{row.video} {row.anomaly_class.replace(' ', '_')} {events}")
     path = Path(path)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def xd_name(row: Annotation, codes: dict[str, str] | None = None) -> str | None:
+    """The XD-Violence name of a row's video: its file name without extension, then ``_label_<code>`` (``A`` for a
+    normal row); None for a class without a code in ``codes`` (default: the XD-Violence classes)."""
+    codes = {**{cls: code for code, cls in XD_CLASSES.items()}, **(codes or {})}
+    code = codes.get(row.anomaly_class or "")
+    return None if code is None else f"{Path(row.video).stem}_label_{code}"
+
+
+def write_xd_violence(path: str | Path, rows: list[Annotation], rate: Fraction | float,
+                      codes: dict[str, str] | None = None) -> dict[str, str]:
+    """Rows with intervals in seconds written in the XD-Violence test format at ``rate`` frames per second: one line
+    per video, its XD name (:func:`xd_name`, no extension, as in the published file) and its start/end frame pair;
+    normal videos are listed with no pair. Rows the format cannot hold (see :func:`write_ucf_crime`, or a class
+    without a code) are left out.
+
+    Returns:
+        XD name -> the row's video, for the caller to give the files those names (the class is in the name).
+    """
+    lines, names = [], {}
+    for row in rows:
+        event, name = _frame_event(row, Fraction(rate)), xd_name(row, codes)
+        if event is None or name is None:
+            continue
+        lines.append(name if event is True else f"{name} {event[0]} {event[1]}")
+        names[name] = row.video
+    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return names
 
 
 def _lines(path: str | Path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,10 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from vau.data.annotations import COLUMNS, LETTERS, read_annotations, write_annotations
-from vau.data.frame_annotations import write_ucf_crime
+from vau.data.frame_annotations import write_ucf_crime, write_xd_violence
 
 log = logging.getLogger(__name__)
 
+XD_VIDEOS = "xd_videos"  # the test clips under their XD-Violence names (write_frame_formats)
 GENERATOR_VERSION = 6  # 6: options in a seeded order per question (5: x264 without mbtree)
 
 
@@ -296,13 +298,19 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
                     bool(permute_options), question=question)
     root = Path(root)
     manifest = root / "demo.json"
-    if _matches(manifest, spec):
+    if _matches(manifest, spec) and (root / XD_VIDEOS).is_dir():
         return root
     # Several processes may ask for the same root at once (DDP ranks' prepare_data, two runs, `vau data generate`):
     # one generates while the others wait on the lock, then find the manifest and reuse the data. The manifest is
     # written last (atomically), so it only ever describes complete data.
     with _lock(root):
         if _matches(manifest, spec):
+            if not (root / XD_VIDEOS).is_dir():  # data of this spec written before the XD-Violence copy existed
+                try:
+                    write_frame_formats(root, spec.fps)
+                except OSError as err:  # e.g. a read-only copy of the data: everything else is there
+                    log.warning("could not add the XD-Violence copy of the demo test split to %s (%s); "
+                                "data.format=xd_violence runs on it will not find it", root, err)
             return root
         manifest.unlink(missing_ok=True)  # a manifest of another spec must not vouch for files being rewritten
         _generate(root, spec)
@@ -411,10 +419,30 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                     rows[-1]["Reasoning"] = _reasoning_with(kind, distractor)
         columns = (*COLUMNS, *DISTRACTOR_COLUMNS) if spec.distractor_ratio > 0 else COLUMNS
         write_annotations(root / f"{split}.csv", rows, columns)
-        if split == "test":  # the same test clips in UCF-Crime's frame-numbered format (data.format=ucf_crime)
-            write_ucf_crime(root / "test_ucf_crime.txt", read_annotations(root / "test.csv"), spec.fps)
+        if split == "test":  # the same test clips in UCF-Crime's and XD-Violence's frame-numbered formats
+            write_frame_formats(root, spec.fps)
         if split == "train":
             write_annotations(root / "train_shuffled_answers.csv", shuffled_answers(rows, seed), columns)
+
+
+def write_frame_formats(root: Path, fps: int) -> None:
+    """The test split in UCF-Crime's format (``test_ucf_crime.txt``, ``data.format=ucf_crime``) and in XD-Violence's
+    (``test_xd_violence.txt``, ``data.format=xd_violence``). XD-Violence names carry the class (``..._label_B1``)
+    and have no extension, so its clips are the same files under those names in ``xd_videos/`` (hard links, copies
+    where the file system has none): ``data.video_root=<root>/xd_videos``. The demo's Fire has no XD-Violence code
+    and is written as G (explosion), the nearest; the frame-level metrics read only the frames."""
+    rows = read_annotations(root / "test.csv")
+    write_ucf_crime(root / "test_ucf_crime.txt", rows, fps)
+    building = root / f".{XD_VIDEOS}.{os.getpid()}.tmp"  # renamed when complete: the folder's presence means done
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    for name, video in write_xd_violence(root / "test_xd_violence.txt", rows, fps, codes={"Fire": "G"}).items():
+        try:
+            os.link(root / "videos" / video, building / f"{name}.mp4")
+        except OSError:
+            shutil.copyfile(root / "videos" / video, building / f"{name}.mp4")
+    shutil.rmtree(root / XD_VIDEOS, ignore_errors=True)
+    os.replace(building, root / XD_VIDEOS)
 
 
 def write_broken_videos(folder: str | Path, fps: int = 8) -> dict[str, Path]:

@@ -21,9 +21,13 @@ from vau.tasks import Sample, get_task
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
+
+
 class VideoResolver:
     """Finds a video file from its annotation name: the source's folder, then the default folder; exact name
-    first, then ignoring case, then without the source prefix (``ucf_Abuse001_x264.mp4`` -> ``Abuse001_x264.mp4``).
+    first, then ignoring case, then without the source prefix (``ucf_Abuse001_x264.mp4`` -> ``Abuse001_x264.mp4``),
+    then, for a name without a video extension (XD-Violence's annotation names), the name plus each extension.
 
     Args:
         video_root: default folder of the videos (config key ``data.video_root``).
@@ -43,8 +47,11 @@ class VideoResolver:
     def __call__(self, name: str, source: str = "") -> Path:
         roots = [r for r in (self.roots.get(source), self.default) if r is not None]
         stripped = name.split("_", 1)[1] if source and name.lower().startswith(source + "_") else None
+        candidates = [c for c in (name, stripped) if c]
+        if not name.lower().endswith(VIDEO_SUFFIXES):  # "A.Beautiful.Mind.2001__#00-25-20_..._label_B2-0-0"
+            candidates += [c + suffix for c in list(candidates) for suffix in VIDEO_SUFFIXES]
         for root in roots:
-            for candidate in filter(None, (name, stripped)):
+            for candidate in candidates:
                 if (root / candidate).is_file():
                     return root / candidate
                 found = self._lower_listing(root).get(candidate.lower())
