@@ -20,7 +20,6 @@ from vau.datamodules.video import FRAME_ORDERS, FrameCache, SizeFn, VideoError, 
 from vau.tasks import Sample, get_task
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
-
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 
 
