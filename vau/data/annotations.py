@@ -37,7 +37,7 @@ COLUMNS = (
 )
 LETTERS = ("A", "B", "C", "D")
 SOURCES = ("msad", "ucf", "ecva")
-SOURCE_NAMES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA"}  # display names, in the paper's order
+SOURCE_NAMES = {"msad": "MSAD", "ucf": "UCF-Crime", "ecva": "ECVA", "xd": "XD-Violence"}  # display names, the paper's order first
 MISSING = "-1"
 NORMAL = "Normal"
 
