@@ -150,3 +150,33 @@ def test_order_question_needs_the_order_of_the_frames(tmp_path):
     assert json.loads((plain / "demo.json").read_text()).get("question") is None  # older data stays valid
     with pytest.raises(ValueError, match="question='when'"):
         generate(tmp_path / "x", **spec, question="when")
+
+
+def test_brief_anomalies_in_long_clips_are_missed_by_8_uniform_frames(tmp_path):
+    """event_seconds=[1, 2] in 30-40 s clips: every anomaly lasts 1-2 s (as its pixels show), and 8 uniformly
+    sampled frames, the demo's default view, show no coloured square in most anomalous clips: the data a second,
+    denser look is for. Short demo data keep their manifest (no event_seconds key)."""
+    from vau.datamodules.samplers import UniformSampler
+
+    root = generate(tmp_path / "long", n_train=1, n_val=1, n_test=16, seed=0, min_seconds=30.0, max_seconds=40.0,
+                    event_seconds=[1, 2])
+    assert json.loads((root / "demo.json").read_text())["event_seconds"] == [1.0, 2.0]
+    missed = anomalous = 0
+    for ann in read_annotations(root / "test.csv"):
+        if ann.is_normal:
+            continue
+        anomalous += 1
+        start, end = ann.interval
+        assert 1.0 - 0.1 <= end - start <= 2.0 + 0.1  # rounded to 0.1 s
+        reader = decord.VideoReader(str(root / "videos" / ann.video))
+        kind = next(k for k in KINDS if k.anomaly_class == ann.anomaly_class)
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy().astype(int)
+        coloured = (np.abs(frames - np.array(kind.color)).max(axis=-1) < 40).sum(axis=(1, 2)) > 500
+        shown = np.flatnonzero(coloured) / 8.0
+        assert shown.min() >= start - 0.2 and shown.max() <= end + 0.2
+        seen = UniformSampler(num_frames=8)(len(reader), 8.0).indices
+        missed += not coloured[seen].any()
+    # about 1 - 1.5 s / 4.4 s between sampled frames ~ 0.66 of the clips are expected to be missed
+    assert anomalous == 12 and missed / anomalous >= 0.5, (missed, anomalous)
+    with pytest.raises(ValueError, match="event_seconds"):
+        generate(tmp_path / "bad", n_train=1, n_val=1, n_test=1, min_seconds=4.0, event_seconds=[3, 5])

@@ -259,24 +259,33 @@ class DemoSpec:
     permute_options: bool = True
     version: int = GENERATOR_VERSION
     question: str = "event"  # event | order (module doc; left out of the manifest when "event")
+    event_seconds: tuple[float, float] | None = None  # brief anomalies (module doc; left out of the manifest when None)
 
     def manifest(self) -> dict:
         """What ``demo.json`` records (the spec without defaults added after version 6, so older data stays valid)."""
         out = asdict(self)
         if out["question"] == "event":
             del out["question"]
+        if out["event_seconds"] is None:
+            del out["event_seconds"]
+        else:
+            out["event_seconds"] = list(out["event_seconds"])
         return out
 
 
 def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
              size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0,
-             distractor_ratio: float = 0.0, permute_options: bool = True, question: str = "event") -> Path:
+             distractor_ratio: float = 0.0, permute_options: bool = True, question: str = "event",
+             event_seconds: tuple[float, float] | None = None) -> Path:
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
     ``distractor_ratio``: the share of clips (per split, exact) that also show a distractor (module doc).
     ``permute_options``: each question lists its options in a seeded order of its own (module doc).
     ``question``: ``event`` (which event the clip shows) or ``order`` (whether the coloured square comes before or
     after a white flash: every clip also flashes a white square, and only the frames' order tells the answer).
+    ``event_seconds``: ``[min, max]`` seconds of every anomaly (default: 40-70% of the clip). With long clips
+    (``min_seconds=30, max_seconds=60, event_seconds=[1, 3]``) 8 uniformly spaced frames miss most anomalies: the
+    demo for a model that looks again at a window it names.
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
     wait for it and reuse the finished data.
@@ -294,8 +303,10 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
                          f"and a gap between them)")
     if question == "order" and float(distractor_ratio) > 0:
         raise ValueError("data.generate.question=order with distractor_ratio > 0: the two demos do not combine")
+    if event_seconds is not None:
+        event_seconds = _event_seconds(event_seconds, float(min_seconds), question)
     spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio),
-                    bool(permute_options), question=question)
+                    bool(permute_options), question=question, event_seconds=event_seconds)
     root = Path(root)
     manifest = root / "demo.json"
     if _matches(manifest, spec) and (root / XD_VIDEOS).is_dir():
@@ -318,6 +329,20 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
         tmp.write_text(json.dumps(spec.manifest(), indent=2))
         os.replace(tmp, manifest)
     return root
+
+
+def _event_seconds(value, min_seconds: float, question: str) -> tuple[float, float]:
+    """``event_seconds`` checked: two increasing positive numbers, shorter than the shortest clip."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"event_seconds={value!r}: give [min, max] seconds (data.generate.event_seconds)") from None
+    if not 0 < low <= high or high >= 0.9 * min_seconds:
+        raise ValueError(f"event_seconds={value!r}: need 0 < min <= max < 0.9 x min_seconds ({min_seconds:g} s) "
+                         f"(data.generate.event_seconds)")
+    if question != "event":
+        raise ValueError("data.generate.event_seconds applies to the event question only (data.generate.question)")
+    return low, high
 
 
 def _matches(manifest: Path, spec: DemoSpec) -> bool:
@@ -367,7 +392,10 @@ def _generate(root: Path, spec: DemoSpec) -> None:
             if spec.question == "order":  # from a stream of its own: the event demo's clips stay as they are
                 interval, flash_window, flash_first = order_windows(kind, n_frames / fps, flash_rng)
             elif kind.color is not None:
-                length = float(rng.uniform(0.4, 0.7)) * duration
+                if spec.event_seconds is None:
+                    length = float(rng.uniform(0.4, 0.7)) * duration
+                else:  # one draw either way, so the stream (and every other clip property) keeps its order
+                    length = float(rng.uniform(*spec.event_seconds))
                 start = float(rng.uniform(0.05, 0.95 - length / duration)) * duration
                 interval = (round(start, 1), round(start + length, 1))
             frames = render_clip(kind, interval, fps, n_frames, size, rng)
