@@ -395,3 +395,45 @@ def reflect_body(reply: str) -> str | None:
 def reflects(reply: str) -> bool:
     """Whether a reply holds a non-blank ``<reflect>`` block."""
     return bool(extract_tag(reply if isinstance(reply, str) else "", "reflect"))
+
+
+# ------------------------------------------------------------------------------------------ second look ----
+#: Why a ``<look>`` request gave the window it did (counted by whoever serves it, never an exception).
+LOOK_REASONS = ("ok", "clamped", "widened", "no_look", "unparsed", "reversed", "outside")
+_LOOK_PAIR = re.compile(rf"^\W*({_T})\s*(?:,|;|-|–|—|~|\bto\b)\s*({_T})\W*$", re.IGNORECASE)
+
+
+def look_request(reply: str, duration: float, min_seconds: float = 1.0) -> tuple[tuple[float, float] | None, str]:
+    """The window a reply asks to see again, ``<look>[start, end]</look>`` in seconds (the first such tag), fitted
+    to a video of ``duration`` seconds, and the reason (one of :data:`LOOK_REASONS`); never raises on any text.
+
+    A window partly outside the video is clamped to it (``clamped``); one shorter than ``min_seconds`` is widened
+    around its centre, inside the video (``widened``); one wholly outside, reversed or unreadable is refused (None).
+
+    Example:
+        >>> look_request("<answer>B</answer><look>[12, 15.5]</look>", 30.0)
+        ((12.0, 15.5), 'ok')
+        >>> look_request("<look>[25, 40]</look>", 30.0)
+        ((25.0, 30.0), 'clamped')
+        >>> look_request("<look>[9, 4]</look>", 30.0)
+        (None, 'reversed')
+    """
+    body = extract_tag(reply if isinstance(reply, str) else "", "look")
+    if body is None:
+        return None, "no_look"
+    match = _LOOK_PAIR.match(body) if len(body) < 200 else None
+    start, end = (parse_seconds(match.group(1)), parse_seconds(match.group(2))) if match else (None, None)
+    if start is None or end is None or not duration > 0:
+        return None, "unparsed"
+    if end < start:
+        return None, "reversed"
+    if start >= duration or end <= 0:
+        return None, "outside"
+    reason = "ok"
+    if start < 0 or end > duration:
+        start, end, reason = max(start, 0.0), min(end, float(duration)), "clamped"
+    if end - start < min_seconds:
+        half = min(min_seconds, float(duration)) / 2
+        centre = min(max((start + end) / 2, half), float(duration) - half)
+        start, end, reason = centre - half, centre + half, "widened"
+    return (round(start, 6), round(end, 6)), reason

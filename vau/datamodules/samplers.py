@@ -41,6 +41,32 @@ def _segment_centres(total_frames: int, n: int) -> np.ndarray:
     return np.minimum(((np.arange(n) + 0.5) * total_frames / n).astype(np.int64), total_frames - 1)
 
 
+class WindowSampler:
+    """N frames at the centres of N equal segments of one window ``(start, end)`` seconds of the clip, with their
+    true timestamps: the frames of a second look at a moment the model names (``<look>``, issue 20). Built per
+    request, so it is not a registered, configurable sampler.
+
+    Example:
+        >>> WindowSampler((2.0, 3.0), num_frames=4)(total_frames=80, fps=8.0).timestamps.tolist()
+        [2.125, 2.375, 2.625, 2.875]
+    """
+
+    def __init__(self, window: tuple[float, float], num_frames: int = 8) -> None:
+        start, end = (float(v) for v in window)
+        if not 0.0 <= start <= end or num_frames < 1:
+            raise ValueError(f"window {window} with {num_frames} frames: need 0 <= start <= end and >= 1 frame")
+        self.window, self.num_frames = (start, end), num_frames
+
+    def __call__(self, total_frames: int, fps: float, rng: np.random.Generator | None = None) -> FrameSelection:
+        _check(total_frames, fps)
+        first = min(int(np.floor(self.window[0] * fps)), total_frames - 1)
+        last = min(max(int(np.ceil(self.window[1] * fps)), first + 1), total_frames)  # exclusive
+        return _selection(first + _segment_centres(last - first, self.num_frames), fps)
+
+    def cache_key(self) -> str:
+        return f"window-{self.window[0]:g}-{self.window[1]:g}-{self.num_frames}"
+
+
 @SAMPLERS.register("uniform")
 class UniformSampler:
     """N frames at the centres of N equal segments of the clip (frames repeat when the clip is shorter).
