@@ -114,7 +114,8 @@ class Task:
 
     @property
     def scored(self) -> bool:
-        """Whether replies have a ground truth to be scored against (``text`` tasks are SFT-only)."""
+        """Whether replies have an answer to be scored right or wrong (``text`` tasks have none; their description
+        metrics make them :attr:`reported`)."""
         return self.answer_kind != "text"
 
     @property
