@@ -24,21 +24,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
 from vau.data.sample import Sample
-from vau.registry import TASKS
-
-TaskObject = Any  # a vau.tasks.Task: metrics sit below the tasks and never import their class
-
-
-def _task(task: str | TaskObject) -> TaskObject:
-    return TASKS.instance(task) if isinstance(task, str) else task
+from vau.metrics import TaskObject
+from vau.metrics import _resolve as _task
 
 
 def text_pairs(task: TaskObject, completions: list[str], samples: list[Sample]) -> tuple[list[str], list[str]]:
