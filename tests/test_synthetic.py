@@ -81,6 +81,21 @@ def test_generation_is_deterministic_and_cached(tmp_path):
     assert (c / "train.csv").read_text() != (a / "train.csv").read_text()
 
 
+def test_a_root_of_another_spec_is_refused_and_one_of_an_older_version_rewritten(tmp_path):
+    spec = dict(n_train=4, n_val=1, n_test=1, seed=5, min_seconds=1.0, max_seconds=1.5)
+    root = generate(tmp_path / "a", **spec)
+    before = (root / "train.csv").read_text()
+    # A second run with another data seed on the same folder would rewrite the clips under the first one.
+    with pytest.raises(ValueError, match=r"seed 5 -> 6.*data\.root="):
+        generate(root, **{**spec, "seed": 6})
+    assert (root / "train.csv").read_text() == before and (root / "demo.json").is_file()
+    manifest = json.loads((root / "demo.json").read_text())
+    (root / "demo.json").write_text(json.dumps({**manifest, "version": manifest["version"] - 1, "seed": 6}))
+    generate(root, **spec)  # data of an older generator is rewritten to this one's
+    assert json.loads((root / "demo.json").read_text()) == manifest
+    assert (root / "train.csv").read_text() == before
+
+
 def test_distractor_flashes_outside_the_anomaly_and_leaves_other_clips_unchanged(tmp_path):
     from vau.datatools.reflection import build_chains
 

@@ -288,7 +288,8 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     demo for a model that looks again at a window it names.
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
-    wait for it and reuse the finished data.
+    wait for it and reuse the finished data. A ``root`` holding data of another spec (same generator version) is
+    an error, not rewritten: another run may be reading it.
 
     Returns:
         ``root``.
@@ -323,6 +324,7 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
                     log.warning("could not add the XD-Violence copy of the demo test split to %s (%s); "
                                 "data.format=xd_violence runs on it will not find it", root, err)
             return root
+        _refuse_another_spec(root, manifest, spec)
         manifest.unlink(missing_ok=True)  # a manifest of another spec must not vouch for files being rewritten
         _generate(root, spec)
         tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
@@ -343,6 +345,26 @@ def _event_seconds(value, min_seconds: float, question: str) -> tuple[float, flo
     if question != "event":
         raise ValueError("data.generate.event_seconds applies to the event question only (data.generate.question)")
     return low, high
+
+
+def _refuse_another_spec(root: Path, manifest: Path, spec: DemoSpec) -> None:
+    """Raise if ``root`` holds complete demo data of this generator version but another spec.
+
+    Rewriting it would change the clips under any run that reads them (two runs with different
+    ``data.generate`` values on one ``data.root``). Data of an older generator version is rewritten: no
+    current run can be reading it as its own spec.
+    """
+    try:
+        held = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return  # no manifest: nothing complete is there (an interrupted write), so it is rewritten
+    if not isinstance(held, dict) or held.get("version") != spec.version:
+        return
+    wanted = spec.manifest()
+    differs = ", ".join(f"{key} {held.get(key)!r} -> {wanted.get(key)!r}"
+                        for key in sorted(set(held) | set(wanted)) if held.get(key) != wanted.get(key))
+    raise ValueError(f"{root} holds demo data of another spec ({differs}); a run may be reading it, so it is not "
+                     f"rewritten: give this spec a folder of its own (data.root=...) or delete {root} first")
 
 
 def _matches(manifest: Path, spec: DemoSpec) -> bool:
