@@ -1,16 +1,32 @@
-"""The pieces of a second look (issue 20) that exist so far: reading the window a reply asks for, and decoding that
-window's frames from a real video where 8 uniform frames missed a brief anomaly."""
+"""A second look (issue 20): reading the window a reply asks for, decoding that window's frames from a real video where
+8 uniform frames missed a brief anomaly, rendering the conversation that follows with the processor, and the whole
+look-again inference (``module.generation.look_again``) through a real Lightning predict/test."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
 import numpy as np
 import pytest
+import torch
 
+from vau.components import build_components
+from vau.config import compose
 from vau.data.annotations import read_annotations
 from vau.data.synthetic import KINDS, generate
+from vau.datamodules.dataset import VideoTaskDataset
+from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler, WindowSampler
 from vau.datamodules.video import read_clip
 from vau.parsing import LOOK_REASONS, look_request
+from vau.registry import BACKBONES, load_builtins
+from vau.tasks import get_task
+from vau.tasks.base import LOOK_INSTRUCTION, look_turn
+
+load_builtins()
+TWINS = [n for n in BACKBONES.names() if n.startswith("tiny_")]
 
 
 @pytest.mark.parametrize("reply, window, reason", [
@@ -62,3 +78,137 @@ def test_a_look_at_the_named_window_shows_the_brief_anomaly_the_uniform_frames_m
         assert window[0] - 1 / look.fps <= times.min() and times.max() <= window[1] and len(set(look.indices)) == 8
         assert coloured(look, kind.color).any(), ann.video
     assert missed >= 1  # the data holds clips a single pass misses (9 of 12 in tests/test_synthetic.py's split)
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_the_conversation_after_a_look_is_the_first_prompt_the_reply_and_the_window_as_a_second_video(
+        name, cache_dir, demo_root):
+    """What the model sees after it asked for a look: its first prompt token for token, its reply as the assistant's
+    turn, then a user turn holding the window's frames as a second video (true timestamps) and the look text, all
+    rendered by the backbone's own processor (so Qwen3-VL's timestamp text and the M-RoPE layout are its own)."""
+    backbone = BACKBONES.get(name)({"cache_dir": str(cache_dir), "seed": 0, "max_pixels": 3136})
+    spec = get_task("qa")
+    size_fn, size_key = backbone.frame_size()
+    samples = [spec.sample(a, str(demo_root / "videos" / a.video)) for a in read_annotations(demo_root / "test.csv")]
+    dataset = VideoTaskDataset(samples, SampleEncoder(backbone, spec, look_instruction=True), UniformSampler(4),
+                               train=False, with_target=False, size_fn=size_fn, size_key=size_key)
+    first = dataset.item((0, 1))
+    reply, window = "<think>a square</think><answer>B</answer><look>[0.5, 1.5]</look>", (0.5, 1.5)
+    look = dataset.look_item((0, 1), samples[1], [(reply, window, look_turn(window))], num_frames=4)
+
+    tokenizer = backbone.processor.tokenizer
+    assert LOOK_INSTRUCTION in tokenizer.decode(first["prompt_ids"])
+    ids = look["prompt_ids"]
+    assert torch.equal(ids[: len(first["prompt_ids"])], first["prompt_ids"])  # the first turn as it was asked
+    rest = tokenizer.decode(ids[len(first["prompt_ids"]):])
+    assert rest.startswith(reply) and rest.rstrip().endswith(tokenizer.decode(first["prompt_ids"][-3:]).rstrip())
+    assert look_turn(window) in rest
+    times = look["look_frame_times"][0]
+    assert len(times) == 4 and window[0] <= min(times) and max(times) <= window[1] and times == sorted(times)
+    grid = look["vision"]["video_grid_thw"]
+    assert grid.shape[0] == 2 and torch.equal(grid[0], first["vision"]["video_grid_thw"][0])  # two videos, in order
+    video_id = backbone.processor.tokenizer.convert_tokens_to_ids(backbone.processor.video_token)
+    merge = backbone.processor.video_processor.merge_size ** 2
+    assert int((ids == video_id).sum()) == int(grid.prod(dim=1).sum()) // merge  # both videos' tokens are there
+    if "qwen3" in name:  # Qwen3-VL writes each temporal patch's mean time as text: the window's true times
+        stamps = [f"<{(a + b) / 2:.1f} seconds>" for a, b in zip(times[::2], times[1::2])]
+        assert rest.index(stamps[0]) < rest.index(stamps[1]) < rest.index(look_turn(window)), rest[:200]
+
+
+LOOKS, FINAL = "<think>a look</think><answer>A</answer><look>[0.5, 1.5]</look>", "<reflect>seen</reflect><think>again</think><answer>B</answer>"
+
+
+@pytest.fixture(scope="module")
+def looking(cache_dir, demo_root, tmp_path_factory):
+    """A tiny model taught (teacher forcing, in-process) to answer A and look at [0.5, 1.5] s first, then, shown that
+    window, to answer B: the module and DataModule of a ``look_again`` run over the demo's test split. Built once:
+    the tests only evaluate it."""
+    out = tmp_path_factory.mktemp("look")
+    cfg = compose("demo", [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+                           f"paths.output_dir={out}", "data.eval_batch_size=2", "module.generation.look_again=true",
+                           "module.generation.look_frames=4", "module.generation.max_new_tokens=48",
+                           "data.qa_shifts=null", "sampler.num_frames=4"])
+    backbone, data, module = build_components(cfg, out, with_target=False)
+    data.setup()
+    dataset = data.datasets["test"]
+    tokenizer = backbone.processor.tokenizer
+    items = []
+    for index in range(len(dataset)):
+        first = dataset.item((0, index))
+        after = dataset.look_item((0, index), first["sample"], [(LOOKS, (0.5, 1.5), look_turn((0.5, 1.5)))], 4)
+        for item, target in ((first, LOOKS), (after, FINAL)):
+            ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [backbone.end_of_turn_id]
+            items.append({**item, "target_ids": torch.tensor(ids)})
+    batch = Collator(backbone.pad_id)(items)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = module.model(**model_inputs(batch), labels=batch["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    assert loss.item() < 0.02, "the tiny model did not learn the look targets"
+    return module, data, dataset
+
+
+def test_predict_looks_again_at_the_window_the_reply_names(looking):
+    module, data, dataset = looking
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    records = [r for batch in trainer.predict(module, dataloaders=data.eval_loader(dataset, 2)) for r in batch]
+    assert len(records) == len(dataset)
+    for record in records:
+        (look,) = record["looks"]
+        assert look["window"] == [0.5, 1.5] and look["reason"] == "ok" and look["requested"] == "[0.5, 1.5]"
+        assert len(look["frame_times"]) == 4 and all(0.5 <= t <= 1.5 for t in look["frame_times"])
+        first, second = record["response"].split("\n", 1)
+        assert first == LOOKS and second == FINAL  # generation stopped at </look> and went on after the look
+        assert record["initial"] == "A" and record["prediction"] == "B"
+
+
+def test_test_stage_reports_initial_and_final_answers_and_the_look_rate(looking):
+    module, data, dataset = looking
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.test(module, dataloaders=data.eval_loader(dataset, 2), verbose=False)
+    truth_a = np.mean([s.answer == "A" for s in dataset.samples])
+    truth_b = np.mean([s.answer == "B" for s in dataset.samples])
+    assert metrics["test/look_rate"] == 1.0 and metrics["test/looked_frames"] == 4.0
+    assert metrics["test/look_refused"] == 0.0
+    assert metrics["test/qa_initial_accuracy"] == pytest.approx(truth_a)
+    assert metrics["test/qa_accuracy"] == pytest.approx(truth_b)
+
+
+class _Vanish(L.Callback):
+    """Moves every video away after its batch was read, before the step: the look cannot read it again."""
+
+    def on_predict_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+        for sample in batch["samples"]:
+            path = Path(sample.video_path)
+            path.rename(path.with_suffix(".gone"))
+
+
+def test_a_look_at_a_video_that_cannot_be_read_again_is_refused_and_the_first_answer_stands(looking, tmp_path):
+    module, data, dataset = looking
+    moved = []
+    for sample in dataset.samples:  # copies, so the session's demo videos stay
+        copy = tmp_path / Path(sample.video_path).name
+        copy.write_bytes(Path(sample.video_path).read_bytes())
+        moved.append(copy)
+    dataset = data.dataset_of([replace(s, video_path=str(c)) for s, c in zip(dataset.samples, moved)])
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[_Vanish()])
+    records = [r for batch in trainer.predict(module, dataloaders=data.eval_loader(dataset, 2)) for r in batch]
+    for record in records:
+        (look,) = record["looks"]
+        assert look["window"] is None and look["reason"] == "unreadable" and look["frame_times"] == []
+        assert record["response"] == LOOKS and record["initial"] == record["prediction"] == "A"
+
+
+def test_look_settings_are_checked_with_the_key_named(overrides):
+    for bad, key in (("module.generation.look_frames=0", "look_frames=0"),
+                     ("module.generation.look_frame_budget=2", "look_frame_budget=2"),
+                     ("module.generation.self_correct=true", "self_correct")):
+        cfg = compose("demo", [*overrides, "module.generation.look_again=true", bad])
+        with pytest.raises(ValueError, match=key):
+            build_components(cfg, "unused", with_target=False)

@@ -403,6 +403,19 @@ LOOK_REASONS = ("ok", "clamped", "widened", "no_look", "unparsed", "reversed", "
 _LOOK_PAIR = re.compile(rf"^\W*({_T})\s*(?:,|;|-|–|—|~|\bto\b)\s*({_T})\W*$", re.IGNORECASE)
 
 
+LOOK_END = "</look>"  # a reply that asks for a second look stops right after it
+
+
+def cut_after(reply: str, text: str = LOOK_END) -> str:
+    """``reply`` up to and including the first ``text``: a reply's first turn when it asked for a look.
+
+    >>> cut_after("<answer>B</answer><look>[1, 2]</look> x")
+    '<answer>B</answer><look>[1, 2]</look>'
+    """
+    at = reply.find(text)
+    return reply if at < 0 else reply[: at + len(text)]
+
+
 def look_request(reply: str, duration: float, min_seconds: float = 1.0) -> tuple[tuple[float, float] | None, str]:
     """The window a reply asks to see again, ``<look>[start, end]</look>`` in seconds (the first such tag), fitted
     to a video of ``duration`` seconds, and the reason (one of :data:`LOOK_REASONS`); never raises on any text.

@@ -23,6 +23,13 @@ class GenerationConfig:
     self_correct: bool = False  # two-pass self-correction: ask to check the answer against the video, answer again
     second_pass_prompt: str | None = None  # that second user turn (None: vau.tasks.base.SECOND_PASS_PROMPT)
     engine: str = "hf"  # what generates completions: a registered rollout engine (vau.rollout)
+    # Look again (vau.rollout.look): the prompt offers <look>[start, end]</look> after the answer; a reply that asks
+    # stops there, is shown look_frames frames of that window as a new user turn, and goes on (reflect, think, answer).
+    look_again: bool = False
+    look_frames: int = 8  # frames decoded from the window of each look (true timestamps)
+    max_looks: int = 1  # looks per reply
+    look_frame_budget: int | None = None  # looked-at frames per reply at most (None: max_looks x look_frames)
+    look_min_seconds: float = 1.0  # a shorter window is widened around its centre, inside the video
 
 
 @dataclass

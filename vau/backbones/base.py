@@ -151,6 +151,13 @@ class Backbone(ABC):
         msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
         return msgs
 
+    def look_messages(self, reply: str, text: str) -> list[dict]:
+        """The messages that follow a reply when the model looks again: the reply as the assistant's turn, then a user
+        turn with the looked-at frames (a second video) and ``text`` (``generation.look_again``). The default is the
+        Hugging Face multimodal layout of :meth:`chat_messages`; the processor renders the whole conversation."""
+        return [{"role": "assistant", "content": [{"type": "text", "text": reply}]},
+                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+
     def follow_up_ids(self, text: str) -> list[int]:
         """Token ids that close an assistant reply and ask ``text`` in a new user turn, ending where the next reply
         starts (the chat template's own layout, e.g. ``<|im_end|> user ... assistant``).

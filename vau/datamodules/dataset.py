@@ -16,6 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from vau.datamodules.encoding import SampleEncoder
+from vau.datamodules.samplers import WindowSampler
 from vau.datamodules.video import FRAME_ORDERS, FrameCache, SizeFn, VideoError, read_clip, shuffle_frames
 from vau.tasks import Sample, get_task
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
@@ -127,7 +128,6 @@ class VideoTaskDataset(Dataset):
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (self.epoch, int(key))
         frames_order = frames_order or self.frames_order
         sample = self.samples[index]
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         if self.shuffle_options and sample.options:
             order = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(sample.options))
             sample = get_task(sample.task).reorder_options(sample, [int(i) for i in order])
@@ -137,13 +137,43 @@ class VideoTaskDataset(Dataset):
             sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick],
                                             TARGET_CHAIN_KEY: self.target_chains})
         try:
-            clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
-                             cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)
+            clip = self._clip(sample, epoch, index, frames_order)
         except VideoError as err:
-            return {"bad": {"video": sample.video_path, "error": str(err), "reason": err.reason,
-                            "task": sample.task, "row": sample.row}}
-        if frames_order == "shuffled":
-            clip = shuffle_frames(clip, np.random.default_rng([self.seed, epoch, index, 3]))
+            return self._bad(sample, err)
         item = self.encoder(sample, clip, with_target=self.with_target)
         item["key"] = (epoch, index)  # where it came from: T-GRPO re-reads the same example with shuffled frames
+        return item
+
+    def _clip(self, sample: Sample, epoch: int, index: int, frames_order: str):
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        clip = read_clip(sample.video_path, self.sampler, rng, size_fn=self.size_fn, size_key=self.size_key,
+                         cache=self.cache, num_threads=self.num_threads, decoder=self.decoder)
+        if frames_order == "shuffled":
+            clip = shuffle_frames(clip, np.random.default_rng([self.seed, epoch, index, 3]))
+        return clip
+
+    @staticmethod
+    def _bad(sample: Sample, err: VideoError) -> dict[str, Any]:
+        return {"bad": {"video": sample.video_path, "error": str(err), "reason": err.reason, "task": sample.task,
+                        "row": sample.row}}
+
+    def look_item(self, key: tuple[int, int], sample: Sample, turns: list[tuple[str, tuple[float, float], str]],
+                  num_frames: int) -> dict[str, Any]:
+        """The prompt that continues example ``key`` (asked as ``sample``, as in its batch) after the model looked
+        again: its own frames as :meth:`item` reads them, then per turn (reply, window in seconds, user text) the
+        reply and ``num_frames`` frames of the window (:class:`vau.datamodules.samplers.WindowSampler`, true
+        timestamps) with the text; ``{"bad": ...}`` when the video cannot be read again.
+        ``look_frame_times`` lists the looked-at frames' times per turn."""
+        epoch, index = int(key[0]), int(key[1])
+        try:
+            clip = self._clip(sample, epoch, index, self.frames_order)
+            looks = [read_clip(sample.video_path, WindowSampler(window, num_frames), None, size_fn=self.size_fn,
+                               size_key=self.size_key, cache=self.cache, num_threads=self.num_threads,
+                               decoder=self.decoder) for _, window, _ in turns]
+        except VideoError as err:
+            return self._bad(sample, err)
+        item = self.encoder.conversation(sample, clip, [(reply, look, text)
+                                                        for (reply, _, text), look in zip(turns, looks)])
+        item["key"] = (epoch, index)
+        item["look_frame_times"] = [[round(float(t), 3) for t in look.timestamps] for look in looks]
         return item

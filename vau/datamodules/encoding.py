@@ -8,6 +8,7 @@ import torch
 
 from vau.datamodules.video import DecodedClip
 from vau.tasks import Sample, Task, get_task
+from vau.tasks.base import LOOK_INSTRUCTION
 
 IGNORE_INDEX = -100
 
@@ -24,9 +25,12 @@ class SampleEncoder:
             (``chat_messages``) and the id that closes a reply (``end_of_turn_id``, appended to every target).
         spec: the default task spec (None: each sample's own task).
         system_prompt: optional system message for every prompt.
+        look_instruction: offer a second look in every prompt (:data:`vau.tasks.base.LOOK_INSTRUCTION`,
+            ``generation.look_again``).
     """
 
-    def __init__(self, backbone, spec: Task | None = None, system_prompt: str | None = None) -> None:
+    def __init__(self, backbone, spec: Task | None = None, system_prompt: str | None = None,
+                 look_instruction: bool = False) -> None:
         if not hasattr(backbone, "end_of_turn_id"):
             raise TypeError(f"SampleEncoder takes the Backbone (processor, chat format, end-of-turn id), not a "
                             f"{type(backbone).__name__}: pass `backbone` where `backbone.processor` was passed")
@@ -35,19 +39,24 @@ class SampleEncoder:
         self.spec = spec
         self.system_prompt = system_prompt
         self.eos_id = backbone.end_of_turn_id
+        self.look_instruction = bool(look_instruction)
 
     def spec_for(self, sample: Sample) -> Task:
         return self.spec if self.spec is not None and self.spec.owns(sample) else get_task(sample.task)
 
     def messages(self, sample: Sample) -> list[dict]:
-        return self.backbone.chat_messages(self.spec_for(sample).prompt(sample), self.system_prompt)
+        prompt = self.spec_for(sample).prompt(sample)
+        if self.look_instruction:
+            prompt = f"{prompt} {LOOK_INSTRUCTION}"
+        return self.backbone.chat_messages(prompt, self.system_prompt)
+
+    def _render(self, messages: list[dict], clips: list[DecodedClip]):
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.processor(text=[text], videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
+                              return_tensors="pt", do_sample_frames=False)
 
     def __call__(self, sample: Sample, clip: DecodedClip, with_target: bool = True) -> dict[str, Any]:
-        text = self.processor.apply_chat_template(self.messages(sample), tokenize=False, add_generation_prompt=True)
-        enc = self.processor(
-            text=[text], videos=[clip.frames], video_metadata=[clip.metadata()], return_tensors="pt",
-            do_sample_frames=False,
-        )
+        enc = self._render(self.messages(sample), [clip])
         item: dict[str, Any] = {"sample": sample, "prompt_ids": enc["input_ids"][0]}
         # per-token keys besides the ids (Backbone.text_aligned_keys), and the vision inputs
         item["aligned"] = {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc}
@@ -61,6 +70,25 @@ class SampleEncoder:
         else:
             item["target_ids"] = torch.zeros(0, dtype=torch.long)
         return item
+
+
+    def conversation(self, sample: Sample, clip: DecodedClip, turns: list[tuple[str, DecodedClip, str]]
+                     ) -> dict[str, Any]:
+        """A prompt (no target) that continues the conversation of ``sample`` after each of its ``turns``: (the
+        model's reply, the clip it asked to see again, the user text shown with it), rendered whole by the processor
+        with every clip as a video of its own, so tokens, vision inputs and positions are the processor's own for
+        that conversation (``generation.look_again``)."""
+        messages = self.messages(sample)
+        for reply, _, text in turns:
+            messages = messages + self.backbone.look_messages(reply, text)
+        clips = [clip, *(look for _, look, _ in turns)]
+        enc = self._render(messages, clips)
+        return {"sample": sample, "prompt_ids": enc["input_ids"][0],
+                "aligned": {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc},
+                "vision": {k: v for k, v in enc.items() if k not in self.backbone.text_keys},
+                "duration": clip.total_frames / clip.fps,
+                "frame_times": [round(float(t), 3) for t in clip.timestamps],
+                "target_ids": torch.zeros(0, dtype=torch.long)}
 
 
 class SampleList:

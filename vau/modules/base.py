@@ -11,14 +11,16 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from vau.backbones.base import Backbone
-from vau.datamodules.encoding import model_inputs
+from vau.datamodules.encoding import Collator, model_inputs
 from vau.datamodules.views import view_tasks
 from vau.modules.checkpointing import CheckpointState
 from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule
 from vau.modules.parallel import shard_model, synced_generation
+from vau.parsing import cut_after
 from vau.registry import ROLLOUT_ENGINES
 from vau.rewards import build_rewards
 from vau.tasks import get_task
@@ -65,10 +67,19 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         self.second_pass_prompt = str(generation.get("second_pass_prompt") or SECOND_PASS_PROMPT)
         self.engine_name = str(generation.get("engine") or "hf")
         self.engine = ROLLOUT_ENGINES.get(self.engine_name)(self)  # what generates (vau.rollout)
+        self.look_again = bool(generation.get("look_again", False))
+        if self.look_again and self.self_correct:
+            raise ValueError("module.generation.look_again and self_correct both ask for a second turn: choose one")
+        self.look_settings = self.engine.look_settings(generation) if self.look_again else None
         self.rewards = rewards
         self.tasks = view_tasks(task, mix)
-        self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
-        self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.self_correct))
+        self.val_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.second_turn))
+        self.test_metrics = torch.nn.ModuleDict(view_metrics(self.tasks, reflection=self.second_turn))
+
+    @property
+    def second_turn(self) -> bool:
+        """Whether eval replies have an initial and a final answer for every task (self-correction, look again)."""
+        return self.self_correct or self.look_again
 
     # -- construction from config -----------------------------------------------------------------------------
     @classmethod
@@ -83,7 +94,7 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         module = cls(backbone, **cls.config_kwargs(cfg, run_dir))
         if cfg.data.get("qa_shifts"):  # eval questions asked under option shifts: report circular accuracy too
             for name in ("val_metrics", "test_metrics"):
-                setattr(module, name, torch.nn.ModuleDict(view_metrics(module.tasks, reflection=module.self_correct,
+                setattr(module, name, torch.nn.ModuleDict(view_metrics(module.tasks, reflection=module.second_turn,
                                                                        circular=True)))
         module.adapter_only_checkpoint = bool((cfg.get("checkpoint") or {}).get("adapter_only", True))
         return module
@@ -128,13 +139,52 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
 
     def generate_replies(self, batch: dict[str, Any], max_new_tokens: int | None = None) -> list[str]:
         """Greedy replies, as text; with ``generation.self_correct`` the two-pass replies (:meth:`second_pass`)."""
+        return self.replies_and_looks(batch, max_new_tokens)[0]
+
+    def replies_and_looks(self, batch: dict[str, Any], max_new_tokens: int | None = None
+                          ) -> tuple[list[str], list[list[dict[str, Any]]] | None]:
+        """Greedy replies and, with ``generation.look_again``, each reply's looks (:mod:`vau.rollout.look`; else
+        None). Self-correction's replies are the two passes joined (:meth:`second_pass`)."""
         inputs = model_inputs(batch, prompt_only=True)
         max_new_tokens = max_new_tokens or self.max_new_tokens
+        if self.look_again:
+            return self.engine.replies_with_looks(inputs, max_new_tokens, batch["durations"],
+                                                  self._look_inputs(batch), self.look_settings)
         first = self.engine.replies(inputs, max_new_tokens)
         if not self.self_correct:
-            return self.decode(first)
+            return self.decode(first), None
         second = self.engine.replies(self.second_pass(inputs, first), max_new_tokens)
-        return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))]
+        return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))], None
+
+    def _look_inputs(self, batch: dict[str, Any]):
+        """The environment of a look (:data:`vau.rollout.look.NextInputs`): the batch's examples re-read by the
+        dataset being evaluated, continued after the looks, collated and moved like the batch."""
+        dataset = self._eval_dataset()
+        frames = self.look_settings.frames
+
+        def next_inputs(rows, turns):
+            items = [dataset.look_item(batch["keys"][row], batch["samples"][row], shown, frames)
+                     for row, shown in zip(rows, turns)]
+            good = [item for item in items if "bad" not in item]
+            times = [None if "bad" in item else item["look_frame_times"] for item in items]
+            if not good:
+                return None, times
+            return model_inputs(move_data_to_device(Collator(self.backbone.pad_id)(good), self.device),
+                                prompt_only=True), times
+
+        return next_inputs
+
+    def _eval_dataset(self):
+        """The dataset of the loader this eval step runs on (validate, test or predict): a look re-reads from it."""
+        trainer = self.trainer
+        loaders = (trainer.predict_dataloaders if trainer.predicting else
+                   trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders)
+        loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if not hasattr(dataset, "look_item"):
+            raise TypeError(f"module.generation.look_again needs a dataset that can re-read its videos (look_item); "
+                            f"this loader's is a {type(dataset).__name__}")
+        return dataset
 
     def second_pass(self, inputs: dict[str, torch.Tensor], first_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Prompt inputs that continue each conversation after its first reply with the second-pass user turn
@@ -142,14 +192,18 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         return self.engine.follow_up(inputs, first_ids, self.second_pass_prompt)
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str) -> list[str]:
-        """Greedy replies of a batch, scored by the metrics (and rewards, logged); returns the replies."""
+    def _eval_step(self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str
+                   ) -> tuple[list[str], list[list[dict[str, Any]]] | None]:
+        """Greedy replies of a batch, scored by the metrics (and rewards, logged); returns the replies and their looks
+        (:meth:`replies_and_looks`)."""
         if not batch["size"]:
-            return []
+            return [], None
         if "labels" in batch and (batch["labels"] != -100).any():
             out = self.model(**model_inputs(batch), labels=batch["labels"])
             self.log(f"{stage}/loss", out.loss, batch_size=batch["size"], sync_dist=True)
-        replies = self.generate_replies(batch)
+        replies, looks = self.replies_and_looks(batch)
+        if looks is not None:
+            self._log_looks(looks, stage)
         for metric in metrics.values():
             metric.update(replies, batch["samples"])
         for name, metric in metrics.items():
@@ -159,16 +213,30 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
                                   max_new_tokens=self.max_new_tokens, nonfinite=self.nonfinite_rewards)
             for name, value in result.means().items():
                 self.log(f"{stage}/reward/{name}", value, batch_size=batch["size"], sync_dist=True)
-        return replies
+        return replies, looks
+
+    def _log_looks(self, looks: list[list[dict[str, Any]]], stage: str) -> None:
+        """``<stage>/look_rate`` (replies shown a window), ``look_refused`` (replies whose request was refused:
+        the records name why) and ``looked_frames`` (frames shown per reply)."""
+        size = len(looks)
+        shown = [sum(1 for look in row if look["window"] is not None) for row in looks]
+        refused = [any(look["window"] is None for look in row) for row in looks]
+        frames = [sum(len(look["frame_times"]) for look in row) for row in looks]
+        self.log(f"{stage}/look_rate", sum(n > 0 for n in shown) / size, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/look_refused", sum(refused) / size, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/looked_frames", sum(frames) / size, batch_size=size, sync_dist=True)
 
     @staticmethod
-    def prediction_records(batch: dict[str, Any], replies: list[str]) -> list[dict[str, Any]]:
+    def prediction_records(batch: dict[str, Any], replies: list[str],
+                           looks: list[list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
         """One record per reply, as ``python -m vau score`` / ``predict`` / the HTML report read them: video, task,
-        raw reply, parsed prediction, the sampled frames' times, and where the clip came from (docs/predict.md)."""
+        raw reply, parsed prediction, the sampled frames' times, and where the clip came from (docs/predict.md);
+        with ``generation.look_again`` also ``looks`` (window, reason, looked-at frame times) and ``initial``, the
+        answer given before the first look."""
         records = []
         times = batch.get("frame_times") or [[] for _ in replies]
         durations = batch.get("durations") or [None] * len(replies)
-        for sample, reply, frames, duration in zip(batch["samples"], replies, times, durations):
+        for i, (sample, reply, frames, duration) in enumerate(zip(batch["samples"], replies, times, durations)):
             parsed = get_task(sample.task).parse(reply, sample)
             record = {"video": sample.video, "task": sample.task, "response": reply,
                       "prediction": list(parsed) if isinstance(parsed, tuple) else parsed,
@@ -177,6 +245,9 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
                       "duration": None if duration is None or duration != duration else round(float(duration), 3)}
             if "shift" in sample.extra:
                 record.update(shift=int(sample.extra["shift"]), options=list(sample.options))
+            if looks is not None:
+                initial = get_task(sample.task).parse(cut_after(reply), sample)
+                record.update(looks=looks[i], initial=list(initial) if isinstance(initial, tuple) else initial)
             records.append(record)
         return records
 
@@ -184,15 +255,15 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         """Greedy replies of a batch as prediction records (``python -m vau predict``)."""
         if not batch["size"]:
             return []
-        return self.prediction_records(batch, self.generate_replies(batch))
+        return self.prediction_records(batch, *self.replies_and_looks(batch))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Scores the batch and returns its prediction records (written by :class:`vau.eval.writer.PredictionWriter`)."""
-        replies = self._eval_step(batch, self.test_metrics, "test")
-        return self.prediction_records(batch, replies) if replies else []
+        replies, looks = self._eval_step(batch, self.test_metrics, "test")
+        return self.prediction_records(batch, replies, looks) if replies else []
 
     # -- multi-device -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:

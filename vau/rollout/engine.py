@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from vau.rollout.look import LookSettings, NextInputs, replies_with_looks
+
 
 class RolloutEngine:
     """Generates completions for a VAU training module (see the module doc).
@@ -44,6 +46,18 @@ class RolloutEngine:
         ``text`` (two-pass self-correction; a multi-turn engine's next turn)."""
         raise NotImplementedError
 
-    def replies(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """Greedy completion ids of every prompt (evaluation, ``predict``, each pass of self-correction)."""
-        return self.generate(inputs, max_new_tokens, do_sample=False)
+    def replies(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, **sampling) -> torch.Tensor:
+        """Greedy completion ids of every prompt (evaluation, ``predict``, each pass of self-correction, each turn of
+        a look again: ``sampling`` then holds its ``stopping_criteria``)."""
+        return self.generate(inputs, max_new_tokens, do_sample=False, **sampling)
+
+    @staticmethod
+    def look_settings(generation) -> LookSettings:
+        """The look keys of ``module.generation`` checked (:class:`vau.rollout.look.LookSettings`)."""
+        return LookSettings.from_cfg(generation)
+
+    def replies_with_looks(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations,
+                           next_inputs: NextInputs, settings: LookSettings) -> tuple[list[str], list[list[dict]]]:
+        """Greedy replies that may look again at a window of the video (:func:`vau.rollout.look.replies_with_looks`):
+        the engine stops each turn at ``</look>`` and asks ``next_inputs`` for the conversation that follows."""
+        return replies_with_looks(self, inputs, max_new_tokens, durations, next_inputs, settings)

@@ -62,6 +62,23 @@ def split_passes(reply: str) -> tuple[str, str] | None:
 
 
 
+# A second look (``generation.look_again``): the first prompt offers it, the follow-up turn shows the window's frames.
+LOOK_INSTRUCTION = ("If a moment of the video needs a closer look, write <look>[start, end]</look> with its start "
+                    "and end in seconds after your answer, and it will be shown to you again.")
+LOOK_TURN = ("Frames from {start:g} to {end:g} seconds of the video, seen again. Reflect on your first answer inside "
+             "<reflect> </reflect>, then reason inside <think> </think> and give the final answer inside "
+             "<answer> </answer>.")
+
+
+def look_turn(window: tuple[float, float]) -> str:
+    """The user turn that shows the frames of ``window`` (seconds) again.
+
+    Example:
+        >>> look_turn((12.0, 15.5))[:39]
+        'Frames from 12 to 15.5 seconds of the v'
+    """
+    return LOOK_TURN.format(start=round(float(window[0]), 2), end=round(float(window[1]), 2))
+
 
 def think_target(sample: Sample, answer: str) -> str:
     """``<think>rationale</think>`` (the description when there is no rationale) then ``<answer>answer</answer>``."""
