@@ -67,7 +67,8 @@ def fixture_dir(tmp_path_factory):
         clip("fire.mp4", "qa", "msad", "Fire", True, videos["fire"]),
         clip("fight.mp4", "qa", "ucf", "Fighting", False, videos["fight"], response=SCRIPT, truth="</script>C"),
         clip("fire.mp4", "tag", "msad", "Fire", True, videos["fire"], prediction="[1.0, 3.0]", score=0.75,
-             truth="[1.5, 3.0]", pred_interval=[1.0, 3.0], true_interval=[1.5, 3.0]),
+             truth="[1.5, 3.0]", pred_interval=[1.0, 3.0], true_interval=[1.5, 3.0], looks=[[0.5, 1.5]],
+             look_times=[0.625, 0.875, 1.125, 1.375], initial="[0.0, 1.0]"),  # looked again (look_again)
         clip("crash.mp4", "tag", "ucf", "Traffic_accident", False, videos["crash"], prediction="[0.0, 0.4]",
              score=0.0, pred_interval=[0.0, 0.4], true_interval=[2.0, 4.0]),
         clip("crash.mp4", "cls", "ucf", "Traffic_accident", True, videos["crash"], prediction="Traffic_accident"),
@@ -253,9 +254,15 @@ def test_page_renders_and_filters_in_chromium(browser, page):
         "return Array.from(r.querySelectorAll('.seg')).map(s => [s.className, "
         "(s.getBoundingClientRect().left - bar.getBoundingClientRect().left) / bar.clientWidth, "
         "s.getBoundingClientRect().width / bar.clientWidth])")
-    assert [s[0] for s in segs] == ["seg pred", "seg true"]
+    assert [s[0] for s in segs] == ["seg pred", "seg true", "seg look"]
     assert segs[0][1:] == pytest.approx([0.25, 0.5], abs=0.01)
     assert segs[1][1:] == pytest.approx([0.375, 0.375], abs=0.01)
+    assert segs[2][1:] == pytest.approx([0.125, 0.25], abs=0.01)  # the window it looked at again, [0.5, 1.5] s
+    looked = browser.execute_script("return document.querySelectorAll('#list .clip')[2].querySelectorAll("
+                                    "'.tick.look').length")
+    assert looked == 4
+    answers = browser.find_elements(By.CSS_SELECTOR, "#list .clip")[2].find_element(By.CSS_SELECTOR, ".answers").text
+    assert "first answer[0.0, 1.0]" in answers.replace("\n", "")
 
     browser.find_element(By.ID, "f-wrong").click()
     wrong = [c for c in clips if not c["correct"]]

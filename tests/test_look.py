@@ -20,6 +20,7 @@ from vau.datamodules.dataset import VideoTaskDataset
 from vau.datamodules.encoding import Collator, SampleEncoder, model_inputs
 from vau.datamodules.samplers import UniformSampler, WindowSampler
 from vau.datamodules.video import read_clip
+from vau.eval.score import Prediction, format_report, score
 from vau.parsing import LOOK_REASONS, look_request
 from vau.registry import BACKBONES, load_builtins
 from vau.tasks import get_task
@@ -165,6 +166,16 @@ def test_predict_looks_again_at_the_window_the_reply_names(looking):
         first, second = record["response"].split("\n", 1)
         assert first == LOOKS and second == FINAL  # generation stopped at </look> and went on after the look
         assert record["initial"] == "A" and record["prediction"] == "B"
+
+    # score and the report read the looks: the windows, the answer before them, the share of replies that looked
+    annotations = read_annotations(Path(dataset.samples[0].video_path).parents[1] / "test.csv")
+    report = score(annotations, [Prediction(r["video"], r["task"], r["response"], "here", r) for r in records], ["qa"])
+    assert report["looks"] == {"replies": 4, "looked": 1.0, "refused": {}, "looked_frames_per_reply": 4.0}
+    assert all(c["looks"] == [[0.5, 1.5]] and c["initial"].startswith("A") and len(c["look_times"]) == 4
+               for c in report["clips"])
+    truth_b = np.mean([s.answer == "B" for s in dataset.samples])
+    assert report["tasks"]["qa"]["overall"]["accuracy"] == pytest.approx(truth_b)
+    assert "Looks: 4 replies, 100.0% shown a window, 4.0 looked-at frames per reply" in format_report(report, "t")
 
 
 def test_test_stage_reports_initial_and_final_answers_and_the_look_rate(looking):

@@ -183,6 +183,10 @@ def _interval(value) -> list[float] | None:
     return None
 
 
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _text(value) -> str:
     if value is None:
         return ""
@@ -249,6 +253,9 @@ def clip_records(clips: list[dict], keys: list, strips: dict) -> tuple[list[dict
             "score": _number(clip.get("score")), "correct": bool(clip.get("correct")),
             "pred": pred, "true": true, "duration": duration,
             "times": [float(t) for t in clip.get("frame_times") or []], "thumb_times": list(strip.times),
+            "looks": [iv for iv in map(_interval, _list(clip.get("looks"))) if iv],
+            "look_times": [float(t) for t in _list(clip.get("look_times")) if _number(t) is not None],
+            "initial": _text(clip.get("initial")) if "initial" in clip else None,
             "thumbs": ids.get(key), "why": None if strip.jpegs else REASONS.get(strip.reason or "off"),
         })
     return records, thumbs

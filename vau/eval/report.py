@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vau.data.annotations import source_order
 from vau.metrics import local
-from vau.parsing import canonical_class
+from vau.parsing import canonical_class, cut_after
 from vau.tasks import ANOMALY_CLASSES, Sample, Task, get_task, task_names
 from vau.tasks.base import split_passes
 from vau.tasks.metrics import task_metrics
@@ -112,7 +112,7 @@ def clip_record(task: Task, sample: Sample, record: Mapping | None) -> dict:
     score = task.accuracy(response, sample)
     correct = task.is_correct(score)
     extra = record or {}
-    return {
+    out = {
         "video": sample.video, "task": task.name, "source": sample.source, "anomaly_class": sample.anomaly_class,
         "response": response, "prediction": task.display(prediction, sample), "truth": task.display(truth, sample),
         "score": None if score is None else float(score), "correct": bool(correct),
@@ -120,6 +120,13 @@ def clip_record(task: Task, sample: Sample, record: Mapping | None) -> dict:
         "frame_times": extra.get("frame_times"), "video_path": extra.get("video_path") or sample.video_path or None,
         "duration": extra.get("duration"), "missing": record is None,
     }
+    looks = extra.get("looks")
+    if isinstance(looks, list) and looks:  # a look-again reply: the windows shown and the answer before them
+        shown = [look for look in looks if isinstance(look, dict) and look.get("window")]
+        out["looks"] = [look["window"] for look in shown]
+        out["look_times"] = [t for look in shown if isinstance(look.get("frame_times"), list) for t in look["frame_times"]]
+        out["initial"] = task.display(task.parse(cut_after(response), sample), sample)  # from the reply, not trusted
+    return out
 
 
 def class_list(samples: Sequence[Sample]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ import glob
 import io
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,7 +274,22 @@ def score(annotations: list[Annotation], predictions: list[Prediction], tasks: l
         entry["normal_clips_not_asked"] = left_out[task]
     report["unknown_videos"] = unknown
     del report["unmatched"]
+    report["looks"] = look_summary(predictions)
     return report
+
+
+def look_summary(predictions: list[Prediction]) -> dict | None:
+    """How look-again replies looked (``generation.look_again``): replies, the share shown a window, the requests
+    refused by reason and the looked-at frames per reply; None when no record carries ``looks``."""
+    looks = [p.record.get("looks") for p in predictions if isinstance(p.record.get("looks"), list)]
+    if not looks:
+        return None
+    requests = [r for row in looks for r in row if isinstance(r, dict)]
+    refused = Counter(str(r.get("reason")) for r in requests if not r.get("window"))
+    frames = sum(len(r["frame_times"]) for r in requests if r.get("window") and isinstance(r.get("frame_times"), list))
+    return {"replies": len(looks), "looked": sum(any(isinstance(r, dict) and r.get("window") for r in row)
+                                                 for row in looks) / len(looks),
+            "refused": dict(sorted(refused.items())), "looked_frames_per_reply": frames / len(looks)}
 
 
 def _names(names: list[str]) -> str:
@@ -303,8 +319,14 @@ def coverage_lines(report: dict) -> list[str]:
 
 
 def format_report(report: dict, title: str) -> str:
-    """The paper's layout (Markdown tables: rows = sources, columns = metrics, with n), then the coverage."""
-    return "\n".join([title, "", report_tables(report), "", *coverage_lines(report)])
+    """The paper's layout (Markdown tables: rows = sources, columns = metrics, with n), then the coverage (and the
+    looks of look-again replies)."""
+    looks = report.get("looks")
+    look_lines = [] if not looks else [
+        "", f"Looks: {looks['replies']} replies, {100 * looks['looked']:.1f}% shown a window, "
+            f"{looks['looked_frames_per_reply']:.1f} looked-at frames per reply"
+            + (", refused: " + ", ".join(f"{k} {v}" for k, v in looks["refused"].items()) if looks["refused"] else "")]
+    return "\n".join([title, "", report_tables(report), "", *coverage_lines(report), *look_lines])
 
 
 def write_report(report: dict, text: str, folder: Path) -> dict:

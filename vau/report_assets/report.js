@@ -47,7 +47,13 @@
       var tick = el("div", "tick"); tick.style.left = pct(t); tick.title = "frame at " + seconds(t);
       bar.appendChild(tick);
     });
-    [["pred", c.pred, "predicted"], ["true", c["true"], "annotated"]].forEach(function (s) {
+    (c.look_times || []).forEach(function (t) {
+      var tick = el("div", "tick look"); tick.style.left = pct(t); tick.title = "looked-at frame at " + seconds(t);
+      bar.appendChild(tick);
+    });
+    var segs = [["pred", c.pred, "predicted"], ["true", c["true"], "annotated"]];
+    (c.looks || []).forEach(function (w) { segs.push(["look", w, "looked at again"]); });
+    segs.forEach(function (s) {
       if (!s[1]) return;
       var seg = el("div", "seg " + s[0]);
       seg.style.left = pct(s[1][0]);
@@ -94,6 +100,9 @@
       var div = el("div"); div.appendChild(el("b", null, label)); div.appendChild(document.createTextNode(value));
       right.appendChild(div);
     };
+    if (c.initial !== null && c.initial !== undefined) {
+      line("first answer", c.initial === "" ? "(none parsed)" : c.initial);
+    }
     line("answer", c.prediction === "" ? "(none parsed)" : c.prediction);
     line("truth", c.truth);
     right.appendChild(el("pre", "reply", c.response));
