@@ -24,7 +24,7 @@ from vau.eval.score import Prediction, format_report, score
 from vau.parsing import LOOK_REASONS, look_request
 from vau.registry import BACKBONES, load_builtins
 from vau.tasks import get_task
-from vau.tasks.base import LOOK_INSTRUCTION, look_turn
+from vau.tasks.base import LOOK_CHAIN_KEY, LOOK_INSTRUCTION, look_turn
 
 load_builtins()
 TWINS = [n for n in BACKBONES.names() if n.startswith("tiny_")]
@@ -121,8 +121,8 @@ LOOKS, FINAL = "<think>a look</think><answer>A</answer><look>[0.5, 1.5]</look>",
 
 @pytest.fixture(scope="module")
 def looking(cache_dir, demo_root, tmp_path_factory):
-    """A tiny model taught (teacher forcing, in-process) to answer A and look at [0.5, 1.5] s first, then, shown that
-    window, to answer B: the module and DataModule of a ``look_again`` run over the demo's test split. Built once:
+    """A tiny model taught by SFT on look chains (teacher forcing, in-process) to answer A and look at [0.5, 1.5] s
+    first, then, shown that window, to answer B: the module and DataModule of a ``look_again`` run over the demo's test split. Built once:
     the tests only evaluate it."""
     out = tmp_path_factory.mktemp("look")
     cfg = compose("demo", [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
@@ -132,15 +132,11 @@ def looking(cache_dir, demo_root, tmp_path_factory):
     backbone, data, module = build_components(cfg, out, with_target=False)
     data.setup()
     dataset = data.datasets["test"]
-    tokenizer = backbone.processor.tokenizer
-    items = []
-    for index in range(len(dataset)):
-        first = dataset.item((0, index))
-        after = dataset.look_item((0, index), first["sample"], [(LOOKS, (0.5, 1.5), look_turn((0.5, 1.5)))], 4)
-        for item, target in ((first, LOOKS), (after, FINAL)):
-            ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [backbone.end_of_turn_id]
-            items.append({**item, "target_ids": torch.tensor(ids)})
-    batch = Collator(backbone.pad_id)(items)
+    chains = [replace(s, extra={**s.extra, LOOK_CHAIN_KEY: {"window": [0.5, 1.5], "first": LOOKS, "final": FINAL}})
+              for s in dataset.samples]  # look chains, trained on as SFT items are (both replies are targets)
+    teach = VideoTaskDataset(chains, data.encoder, data.eval_sampler, train=False, with_target=True,
+                             size_fn=data.size_fn, size_key=data.size_key, look_frames=4)
+    batch = data.collate([teach[(0, i)] for i in range(len(teach))])
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
     for _ in range(150):
@@ -156,6 +152,8 @@ def looking(cache_dir, demo_root, tmp_path_factory):
 
 def test_predict_looks_again_at_the_window_the_reply_names(looking):
     module, data, dataset = looking
+    tokenizer = module.backbone.processor.tokenizer
+    assert LOOK_INSTRUCTION in tokenizer.decode(dataset.item((0, 0))["prompt_ids"])  # look_again offers the look
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     records = [r for batch in trainer.predict(module, dataloaders=data.eval_loader(dataset, 2)) for r in batch]
     assert len(records) == len(dataset)
@@ -223,3 +221,32 @@ def test_look_settings_are_checked_with_the_key_named(overrides):
         cfg = compose("demo", [*overrides, "module.generation.look_again=true", bad])
         with pytest.raises(ValueError, match=key):
             build_components(cfg, "unused", with_target=False)
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_a_look_chain_trains_on_both_replies_and_nothing_else(name, cache_dir, demo_root):
+    """SFT of a look chain: one item holds the whole two-video conversation; its labels are exactly the first reply
+    (up to </look>) and the final reply, each closed by the end-of-turn token, as the processor rendered them."""
+    backbone = BACKBONES.get(name)({"cache_dir": str(cache_dir), "seed": 0, "max_pixels": 3136})
+    spec = get_task("qa")
+    size_fn, size_key = backbone.frame_size()
+    first, final = "<think>a glance</think><answer>C</answer><look>[0.5, 1.5]</look>", "<reflect>r</reflect><answer>B</answer>"
+    samples = [replace(spec.sample(a, str(demo_root / "videos" / a.video)),
+                       extra={LOOK_CHAIN_KEY: {"window": [0.5, 1.5], "first": first, "final": final}})
+               for a in read_annotations(demo_root / "test.csv")[:2]]
+    dataset = VideoTaskDataset(samples, SampleEncoder(backbone, spec, look_instruction=True), UniformSampler(4),
+                               train=True, with_target=True, size_fn=size_fn, size_key=size_key, look_frames=4)
+    batch = Collator(backbone.pad_id)([dataset[(0, 0)], dataset[(0, 1)]])
+    tokenizer, end = backbone.processor.tokenizer, backbone.end_of_turn_id
+    for row in range(2):
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        kept = labels != -100
+        assert torch.equal(labels[kept], ids[kept])
+        assert tokenizer.decode(labels[kept]) == tokenizer.decode(
+            [*tokenizer(first, add_special_tokens=False)["input_ids"], end,
+             *tokenizer(final, add_special_tokens=False)["input_ids"], end])
+        assert int((ids[kept] == end).sum()) == 2  # each reply closed once; no prompt token is a target
+    assert batch["vision"]["video_grid_thw"].shape[0] == 4  # two videos per conversation
+    loss = backbone.model(**model_inputs(batch), labels=batch["labels"]).loss
+    loss.backward()
+    assert torch.isfinite(loss)

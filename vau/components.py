@@ -55,7 +55,10 @@ def build_components(cfg: DictConfig, run_dir: Path, with_target: bool | None = 
     load_plugins(cfg.get("plugins") or [])
     algorithm = ALGORITHMS.get(cfg.module.name)
     backbone = build_backbone(cfg.backbone, lora=cfg.get("lora"))
+    generation = cfg.module.get("generation") or {}
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
-                                    with_target=algorithm.needs_targets if with_target is None else with_target)
+                                    with_target=algorithm.needs_targets if with_target is None else with_target,
+                                    look_instruction=bool(generation.get("look_again", False)),
+                                    look_frames=int(generation.get("look_frames", 8)))
     module = build_module(cfg, backbone, run_dir, init_key)
     return backbone, datamodule, module

@@ -19,6 +19,7 @@ from vau.datamodules.encoding import SampleEncoder
 from vau.datamodules.samplers import WindowSampler
 from vau.datamodules.video import FRAME_ORDERS, FrameCache, SizeFn, VideoError, read_clip, shuffle_frames
 from vau.tasks import Sample, get_task
+from vau.tasks.base import LOOK_CHAIN_KEY, look_turn
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
@@ -90,13 +91,15 @@ class VideoTaskDataset(Dataset):
         frames_order: ``ordered`` (as sampled), or ``shuffled``: the sampled frames in a seeded random order, each
             with its own timestamp (:func:`vau.datamodules.video.shuffle_frames`; ``data.frames_order``): how much
             a model's answers depend on the order of what it sees.
+        look_frames: frames decoded from the window of a sample's look chain (``Sample.extra[LOOK_CHAIN_KEY]``,
+            SFT of looking again): such a sample trains on its two-turn conversation, both replies as targets.
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
                  cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
                  shuffle_options: bool = False, random_target_letters: bool = False,
-                 target_chains: bool = False, frames_order: str = "ordered") -> None:
+                 target_chains: bool = False, frames_order: str = "ordered", look_frames: int = 8) -> None:
         if frames_order not in FRAME_ORDERS:
             raise ValueError(f"data.frames_order={frames_order!r}: choose one of {', '.join(FRAME_ORDERS)}")
         self.samples = samples
@@ -115,6 +118,7 @@ class VideoTaskDataset(Dataset):
         self.random_target_letters = bool(random_target_letters and train)
         self.target_chains = bool(target_chains)
         self.frames_order = frames_order
+        self.look_frames = int(look_frames)  # frames of the window a look chain's first reply names (SFT)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -136,6 +140,12 @@ class VideoTaskDataset(Dataset):
             pick = int(np.random.default_rng([self.seed, epoch, index, 2]).integers(len(letters)))
             sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick],
                                             TARGET_CHAIN_KEY: self.target_chains})
+        chain = sample.extra.get(LOOK_CHAIN_KEY) if self.with_target else None
+        if chain is not None:  # SFT of a look chain: both replies of the two-turn conversation are targets
+            window = (float(chain["window"][0]), float(chain["window"][1]))
+            item = self.look_item((epoch, index), sample, [(chain["first"], window, look_turn(window))],
+                                  self.look_frames, target=chain["final"], frames_order=frames_order)
+            return item
         try:
             clip = self._clip(sample, epoch, index, frames_order)
         except VideoError as err:
@@ -158,22 +168,23 @@ class VideoTaskDataset(Dataset):
                         "row": sample.row}}
 
     def look_item(self, key: tuple[int, int], sample: Sample, turns: list[tuple[str, tuple[float, float], str]],
-                  num_frames: int) -> dict[str, Any]:
+                  num_frames: int, target: str | None = None, frames_order: str | None = None) -> dict[str, Any]:
         """The prompt that continues example ``key`` (asked as ``sample``, as in its batch) after the model looked
         again: its own frames as :meth:`item` reads them, then per turn (reply, window in seconds, user text) the
         reply and ``num_frames`` frames of the window (:class:`vau.datamodules.samplers.WindowSampler`, true
         timestamps) with the text; ``{"bad": ...}`` when the video cannot be read again.
-        ``look_frame_times`` lists the looked-at frames' times per turn."""
+        ``look_frame_times`` lists the looked-at frames' times per turn. With ``target`` (SFT of a look chain) the
+        replies of ``turns`` and ``target`` are the item's labels (:meth:`SampleEncoder.conversation`)."""
         epoch, index = int(key[0]), int(key[1])
         try:
-            clip = self._clip(sample, epoch, index, self.frames_order)
+            clip = self._clip(sample, epoch, index, frames_order or self.frames_order)
             looks = [read_clip(sample.video_path, WindowSampler(window, num_frames), None, size_fn=self.size_fn,
                                size_key=self.size_key, cache=self.cache, num_threads=self.num_threads,
                                decoder=self.decoder) for _, window, _ in turns]
         except VideoError as err:
             return self._bad(sample, err)
         item = self.encoder.conversation(sample, clip, [(reply, look, text)
-                                                        for (reply, _, text), look in zip(turns, looks)])
+                                                        for (reply, _, text), look in zip(turns, looks)], target=target)
         item["key"] = (epoch, index)
         item["look_frame_times"] = [[round(float(t), 3) for t in look.timestamps] for look in looks]
         return item

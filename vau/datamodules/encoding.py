@@ -72,23 +72,55 @@ class SampleEncoder:
         return item
 
 
-    def conversation(self, sample: Sample, clip: DecodedClip, turns: list[tuple[str, DecodedClip, str]]
-                     ) -> dict[str, Any]:
-        """A prompt (no target) that continues the conversation of ``sample`` after each of its ``turns``: (the
-        model's reply, the clip it asked to see again, the user text shown with it), rendered whole by the processor
-        with every clip as a video of its own, so tokens, vision inputs and positions are the processor's own for
-        that conversation (``generation.look_again``)."""
+    def conversation(self, sample: Sample, clip: DecodedClip, turns: list[tuple[str, DecodedClip, str]],
+                     target: str | None = None) -> dict[str, Any]:
+        """The conversation of ``sample`` continued after each of its ``turns`` (the model's reply, the clip it asked
+        to see again, the user text shown with it), rendered whole by the processor with every clip as a video of its
+        own, so tokens, vision inputs and positions are the processor's own for that conversation
+        (``generation.look_again``). Without ``target`` it is a prompt; with one (SFT of look chains) the replies of
+        ``turns`` are trained on too: ``prompt_labels`` marks each reply's tokens, as rendered, and its closing
+        end-of-turn token, and ``target`` (+ end of turn) follows the prompt."""
         messages = self.messages(sample)
         for reply, _, text in turns:
             messages = messages + self.backbone.look_messages(reply, text)
         clips = [clip, *(look for _, look, _ in turns)]
         enc = self._render(messages, clips)
-        return {"sample": sample, "prompt_ids": enc["input_ids"][0],
+        ids = enc["input_ids"][0]
+        item = {"sample": sample, "prompt_ids": ids,
                 "aligned": {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc},
                 "vision": {k: v for k, v in enc.items() if k not in self.backbone.text_keys},
                 "duration": clip.total_frames / clip.fps,
                 "frame_times": [round(float(t), 3) for t in clip.timestamps],
                 "target_ids": torch.zeros(0, dtype=torch.long)}
+        if target is not None:
+            item["prompt_labels"] = self._reply_labels(ids, len(turns))
+            tokens = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
+            item["target_ids"] = torch.tensor([*tokens, self.eos_id], dtype=torch.long)
+        return item
+
+    def _reply_labels(self, ids: torch.Tensor, replies: int) -> torch.Tensor:
+        """Labels of a rendered conversation: the tokens of its first ``replies`` assistant turns (each from the end
+        of the generation prompt that opens it to its end-of-turn token, included), ``IGNORE_INDEX`` elsewhere. The
+        generation prompt is found as the tokens the template adds after the last user turn (the rendered prompt's
+        tail after its last end-of-turn token), so no template is assumed."""
+        ends = (ids == self.eos_id).nonzero().flatten().tolist()
+        opener = ids[ends[-1] + 1:].tolist() if ends else []
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        width, found, at = len(opener), 0, 0
+        while found < replies and width:
+            starts = [i for i in range(at, len(ids) - width + 1) if ids[i:i + width].tolist() == opener]
+            if not starts:
+                break
+            start = starts[0] + width
+            close = next((e for e in ends if e >= start), None)
+            if close is None:  # the generation prompt at the end opens no reply yet
+                break
+            labels[start:close + 1] = ids[start:close + 1]
+            found, at = found + 1, close + 1
+        if found != replies:
+            raise ValueError(f"{type(self.backbone).__name__}: found {found} of {replies} assistant replies in the "
+                             f"rendered conversation; override Backbone.look_messages for this chat template")
+        return labels
 
 
 class SampleList:
@@ -144,7 +176,9 @@ class Collator:
         full = [torch.cat([it["prompt_ids"], it["target_ids"]]) for it in good]
         batch["input_ids"] = _left_pad(full, self.pad_id)
         batch["attention_mask"] = _left_pad([torch.ones_like(s) for s in full], 0)
-        labels = [torch.cat([torch.full_like(it["prompt_ids"], IGNORE_INDEX), it["target_ids"]]) for it in good]
+        # prompt_labels: replies inside the prompt that are trained on too (a look conversation's earlier turns)
+        labels = [torch.cat([it.get("prompt_labels", torch.full_like(it["prompt_ids"], IGNORE_INDEX)), it["target_ids"]])
+                  for it in good]
         batch["labels"] = _left_pad(labels, IGNORE_INDEX)
         batch["prompt_input_ids"] = _left_pad([it["prompt_ids"] for it in good], self.pad_id)
         batch["prompt_attention_mask"] = _left_pad([torch.ones_like(it["prompt_ids"]) for it in good], 0)

@@ -96,10 +96,13 @@ class VAUBenchDataModule(L.LightningDataModule):
         seed: seeds the training order and random frame samplers (per epoch, independent of workers).
         with_target: include target text (SFT) or prompts only (GRPO).
         system_prompt: optional system message for every prompt.
+        look_instruction: every prompt offers a second look (``module.generation.look_again``).
+        look_frames: frames of the window a look shows (``module.generation.look_frames``; SFT of look chains too).
     """
 
     def __init__(self, cfg, sampler_cfg, backbone, pad_id: int | None = None, seed: int = 0, with_target: bool = True,
-                 system_prompt: str | None = None, eval_sampler_cfg=None) -> None:
+                 system_prompt: str | None = None, eval_sampler_cfg=None, look_instruction: bool = False,
+                 look_frames: int = 8) -> None:
         super().__init__()
         self.cfg = cfg
         self.task = str(cfg.task)
@@ -110,7 +113,8 @@ class VAUBenchDataModule(L.LightningDataModule):
         self.sampler = build_sampler(sampler_cfg)
         self.eval_sampler = build_sampler(eval_sampler_cfg) if eval_sampler_cfg else self.sampler
         self.encoder = SampleEncoder(backbone, get_task(self.tasks[0]) if len(self.tasks) == 1 else None,
-                                     system_prompt=system_prompt)
+                                     system_prompt=system_prompt, look_instruction=look_instruction)
+        self.look_frames = int(look_frames)
         self.collate = Collator(backbone.pad_id if pad_id is None else pad_id)
         self.seed = int(seed)
         self.with_target = with_target
@@ -199,7 +203,7 @@ class VAUBenchDataModule(L.LightningDataModule):
             shuffle_options=train and self.option_order == "shuffled",
             random_target_letters=train and self.target_letter in ("random", "random_chain"),
             target_chains=self.target_letter == "random_chain",
-            frames_order=str(self.cfg.get("frames_order") or "ordered"),
+            frames_order=str(self.cfg.get("frames_order") or "ordered"), look_frames=self.look_frames,
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

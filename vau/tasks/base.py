@@ -70,6 +70,11 @@ LOOK_TURN = ("Frames from {start:g} to {end:g} seconds of the video, seen again.
              "<answer> </answer>.")
 
 
+#: ``Sample.extra`` key of a look chain for SFT: ``{"window": [start, end], "first": the reply up to its </look>,
+#: "final": the reply after the look}`` (the first reply and the window are trained on as well as the final one).
+LOOK_CHAIN_KEY = "vau.look_chain"
+
+
 def look_turn(window: tuple[float, float]) -> str:
     """The user turn that shows the frames of ``window`` (seconds) again.
 
