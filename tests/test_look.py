@@ -250,3 +250,34 @@ def test_a_look_chain_trains_on_both_replies_and_nothing_else(name, cache_dir, d
     loss = backbone.model(**model_inputs(batch), labels=batch["labels"]).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_the_cue_shows_where_a_brief_anomaly_is_without_showing_what_it_is(tmp_path):
+    """With ``cue_seconds`` every clip shows a grey border around its anomaly (a normal clip: at a random place), so
+    8 uniform frames over a long clip see *where* to look far more often than *what* happens; the CSV rows are those
+    of the data without the cue plus the cue's seconds."""
+    spec = dict(n_train=1, n_val=1, n_test=12, seed=0, min_seconds=30.0, max_seconds=40.0, event_seconds=[1, 2])
+    plain = generate(tmp_path / "plain", **spec)
+    cued = generate(tmp_path / "cue", **spec, cue_seconds=4.0)
+    assert (plain / "test.csv").read_text().splitlines()[1] in (cued / "test.csv").read_text().splitlines()[1]
+
+    def bordered(clip):
+        return (np.abs(clip.frames[:, :2].astype(int) - 128).max(axis=(1, 2, 3)) < 30)
+
+    saw_cue = saw_event = 0
+    for ann in read_annotations(cued / "test.csv"):
+        cue = (float(ann.extra["Cue Start"]), float(ann.extra["Cue End"]))
+        path = cued / "videos" / ann.video
+        every = read_clip(path, WindowSampler((0.0, 30.0), num_frames=120))
+        times = every.indices / every.fps
+        inside = (times >= cue[0] + 0.2) & (times < cue[1] - 0.2)
+        outside = (times < cue[0] - 0.2) | (times >= cue[1] + 0.2)
+        assert bordered(every)[inside].all() and not bordered(every)[outside].any(), ann.video
+        if not ann.is_normal:
+            assert cue[0] <= ann.interval[0] and ann.interval[1] <= cue[1]
+        uniform = read_clip(path, UniformSampler(num_frames=8))
+        seen = uniform.indices / uniform.fps
+        saw_cue += bool(((seen >= cue[0]) & (seen < cue[1])).any())
+        if not ann.is_normal:
+            saw_event += bool(((seen >= ann.interval[0]) & (seen < ann.interval[1])).any())
+    assert saw_cue >= 9 and saw_event <= 4, (saw_cue, saw_event)  # measured: the cue in 12 of 12, the event in 3 of 9

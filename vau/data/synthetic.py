@@ -211,6 +211,36 @@ def render_clip(kind: Kind, interval: tuple[float, float] | None, fps: int, n_fr
     return frames
 
 
+CUE_COLUMNS = ("Cue Start", "Cue End")
+CUE_GREY = 128
+
+
+def cue_window(interval: tuple[float, float] | None, duration: float, cue_seconds: float,
+               event_seconds: tuple[float, float], rng: np.random.Generator) -> tuple[float, float]:
+    """The seconds a clip's grey border shows: ``cue_seconds`` around the anomaly, clamped to the clip; for a normal
+    clip a window as long as an anomalous clip's (the event's mean length + 2 x cue) at a random place (``rng``, a
+    stream of its own, drawn for every clip so a setting never shifts another clip's draws).
+
+    >>> cue_window((10.0, 12.0), 30.0, 3.0, (1.0, 3.0), np.random.default_rng(0))
+    (7.0, 15.0)
+    """
+    length = sum(event_seconds) / 2 + 2 * cue_seconds
+    start = float(rng.uniform(0.0, max(duration - length, 0.0)))
+    if interval is None:
+        return round(start, 1), round(min(start + length, duration), 1)
+    return round(max(interval[0] - cue_seconds, 0.0), 1), round(min(interval[1] + cue_seconds, duration), 1)
+
+
+def add_cue(frames: np.ndarray, window: tuple[float, float], fps: int) -> np.ndarray:
+    """Draws the grey border (3 px, the same for every class) on the frames inside ``window`` (in place)."""
+    width = 3
+    for t in range(frames.shape[0]):
+        if window[0] <= t / fps < window[1]:
+            frames[t, :width], frames[t, -width:] = CUE_GREY, CUE_GREY
+            frames[t, :, :width], frames[t, :, -width:] = CUE_GREY, CUE_GREY
+    return frames
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     """Encode frames (T, H, W, 3) uint8 as H.264 mp4 with PyAV."""
     import av
@@ -260,6 +290,7 @@ class DemoSpec:
     version: int = GENERATOR_VERSION
     question: str = "event"  # event | order (module doc; left out of the manifest when "event")
     event_seconds: tuple[float, float] | None = None  # brief anomalies (module doc; left out of the manifest when None)
+    cue_seconds: float | None = None  # a grey border around each event (module doc; left out of the manifest when None)
 
     def manifest(self) -> dict:
         """What ``demo.json`` records (the spec without defaults added after version 6, so older data stays valid)."""
@@ -270,13 +301,15 @@ class DemoSpec:
             del out["event_seconds"]
         else:
             out["event_seconds"] = list(out["event_seconds"])
+        if out["cue_seconds"] is None:
+            del out["cue_seconds"]
         return out
 
 
 def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int = 96, seed: int = 0, fps: int = 8,
              size: int = 112, min_seconds: float = 4.0, max_seconds: float = 8.0,
              distractor_ratio: float = 0.0, permute_options: bool = True, question: str = "event",
-             event_seconds: tuple[float, float] | None = None) -> Path:
+             event_seconds: tuple[float, float] | None = None, cue_seconds: float | None = None) -> Path:
     """Write ``root/videos/*.mp4`` and ``root/{train,val,test}.csv``; skip the work if ``root`` already holds
     the same spec. Classes are balanced within each split; everything follows from ``seed``.
     ``distractor_ratio``: the share of clips (per split, exact) that also show a distractor (module doc).
@@ -286,6 +319,10 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
     ``event_seconds``: ``[min, max]`` seconds of every anomaly (default: 40-70% of the clip). With long clips
     (``min_seconds=30, max_seconds=60, event_seconds=[1, 3]``) 8 uniformly spaced frames miss most anomalies: the
     demo for a model that looks again at a window it names.
+    ``cue_seconds``: every clip also shows a grey border, the same for every class, from ``cue_seconds`` before its
+    anomaly to as long after it (a normal clip: over a random window as long as an anomalous clip's cue), so sparse
+    frames can see *where* something happens without seeing *what*: where to look again. The CSVs then carry
+    ``Cue Start`` / ``Cue End``. Needs ``event_seconds``.
 
     Safe to call from several processes at once: one writes (holding a lock file next to ``root``), the others
     wait for it and reuse the finished data. A ``root`` holding data of another spec (same generator version) is
@@ -306,8 +343,13 @@ def generate(root: str | Path, n_train: int = 240, n_val: int = 48, n_test: int 
         raise ValueError("data.generate.question=order with distractor_ratio > 0: the two demos do not combine")
     if event_seconds is not None:
         event_seconds = _event_seconds(event_seconds, float(min_seconds), question)
+    if cue_seconds is not None:
+        if event_seconds is None or not 0 < float(cue_seconds) < float(min_seconds) / 4:
+            raise ValueError(f"cue_seconds={cue_seconds!r}: give seconds > 0 and < min_seconds / 4, with event_seconds "
+                             f"(data.generate.cue_seconds)")
+        cue_seconds = float(cue_seconds)
     spec = DemoSpec(n_train, n_val, n_test, seed, fps, size, min_seconds, max_seconds, float(distractor_ratio),
-                    bool(permute_options), question=question, event_seconds=event_seconds)
+                    bool(permute_options), question=question, event_seconds=event_seconds, cue_seconds=cue_seconds)
     root = Path(root)
     manifest = root / "demo.json"
     if _matches(manifest, spec) and (root / XD_VIDEOS).is_dir():
@@ -399,6 +441,7 @@ def _generate(root: Path, spec: DemoSpec) -> None:
     # Distractors draw from streams of their own, so the main stream (and every clip without one) is unchanged.
     flash_rng = np.random.default_rng([seed, 13])
     option_rng = np.random.default_rng([seed, 17])
+    cue_rng = np.random.default_rng([seed, 19])
     counts = dict(zip(SPLITS, (n_train, n_val, n_test)))
     for split in SPLITS:
         rows = []
@@ -421,6 +464,10 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                 start = float(rng.uniform(0.05, 0.95 - length / duration)) * duration
                 interval = (round(start, 1), round(start + length, 1))
             frames = render_clip(kind, interval, fps, n_frames, size, rng)
+            cue = None
+            if spec.cue_seconds is not None:
+                cue = cue_window(interval, n_frames / fps, spec.cue_seconds, spec.event_seconds, cue_rng)
+                add_cue(frames, cue, fps)
             if flash_window is not None:
                 add_flash(frames, flash_window, fps, flash_rng)
             distractor, window = None, None
@@ -456,6 +503,8 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                 "Start Time": f"{start_s:.1f}",
                 "End Time": f"{end_s:.1f}",
             })
+            if cue is not None:
+                rows[-1].update({"Cue Start": f"{cue[0]:.1f}", "Cue End": f"{cue[1]:.1f}"})
             if spec.distractor_ratio > 0:  # the columns exist in every row of such a file (empty without a flash)
                 flash = distractor is not None and window is not None
                 rows[-1].update({
@@ -468,6 +517,8 @@ def _generate(root: Path, spec: DemoSpec) -> None:
                     rows[-1]["Description"] = _description_with(kind, distractor)
                     rows[-1]["Reasoning"] = _reasoning_with(kind, distractor)
         columns = (*COLUMNS, *DISTRACTOR_COLUMNS) if spec.distractor_ratio > 0 else COLUMNS
+        if spec.cue_seconds is not None:
+            columns = (*columns, *CUE_COLUMNS)
         write_annotations(root / f"{split}.csv", rows, columns)
         if split == "test":  # the same test clips in UCF-Crime's and XD-Violence's frame-numbered formats
             write_frame_formats(root, spec.fps)
