@@ -24,7 +24,7 @@ from vau.eval.score import Prediction, format_report, score
 from vau.parsing import LOOK_REASONS, look_request
 from vau.registry import BACKBONES, load_builtins
 from vau.tasks import get_task
-from vau.tasks.base import LOOK_CHAIN_KEY, LOOK_INSTRUCTION, look_turn
+from vau.tasks.base import LOOK_CHAIN_KEY, LOOK_CUE_KEY, LOOK_INSTRUCTION, look_turn
 
 load_builtins()
 TWINS = [n for n in BACKBONES.names() if n.startswith("tiny_")]
@@ -281,3 +281,36 @@ def test_the_cue_shows_where_a_brief_anomaly_is_without_showing_what_it_is(tmp_p
         if not ann.is_normal:
             saw_event += bool(((seen >= ann.interval[0]) & (seen < ann.interval[1])).any())
     assert saw_cue >= 9 and saw_event <= 4, (saw_cue, saw_event)  # measured: the cue in 12 of 12, the event in 3 of 9
+
+
+def test_look_chains_teach_a_look_exactly_where_the_sampled_frames_missed_the_anomaly(tmp_path, cache_dir):
+    """``data.look_chains``: on cue data, a training clip whose sampled frames miss its anomaly (and every normal
+    clip) trains on a look at its cue's window; a clip whose frames show the anomaly keeps its plain target."""
+    root = generate(tmp_path / "cue", n_train=12, n_val=1, n_test=1, seed=0, min_seconds=30.0, max_seconds=40.0,
+                    event_seconds=[1, 2], cue_seconds=4.0)
+    cfg = compose("demo", [f"paths.cache_dir={cache_dir}", f"data.root={root}", "data.generate=null",
+                           f"paths.output_dir={tmp_path / 'out'}", "data.look_chains=true",
+                           "module.generation.look_again=true", "module.generation.look_frames=4",
+                           "sampler.num_frames=8"])
+    backbone, data, _ = build_components(cfg, tmp_path / "out")
+    data.setup()
+    train, tokenizer = data.datasets["train"], backbone.processor.tokenizer
+    looked = plain = 0
+    for index, sample in enumerate(train.samples):
+        item = train[(0, index)]
+        clip = read_clip(sample.video_path, train.sampler, np.random.default_rng([train.seed, 0, index]),
+                         size_fn=train.size_fn)
+        times = np.asarray(clip.timestamps)
+        missed = sample.is_normal or not ((times >= sample.interval[0]) & (times < sample.interval[1])).any()
+        labelled = tokenizer.decode(item["target_ids"])
+        if missed:
+            looked += 1
+            cue = sample.extra[LOOK_CUE_KEY]
+            assert item["vision"]["video_grid_thw"].shape[0] == 2 and "look_frame_times" in item
+            assert all(cue[0] <= t <= cue[1] for t in item["look_frame_times"][0])
+            prompt_labels = tokenizer.decode(item["prompt_labels"][item["prompt_labels"] != -100])
+            assert f"<look>[{cue[0]:g}, {cue[1]:g}]</look>" in prompt_labels and labelled.startswith("<reflect>")
+        else:
+            plain += 1
+            assert "prompt_labels" not in item and "<look>" not in labelled
+    assert looked and plain, (looked, plain)

@@ -161,6 +161,9 @@ class DataConfig:
     qa_target_letter: str = "answer"  # answer | random | random_chain (chance-level SFT starts)
     qa_shifts: Any = None  # val/test: all | "0,1,2,3" | None: also ask under cyclic option shifts
     frames_order: str = "ordered"  # ordered | shuffled (every split: the sampled frames in a seeded random order)
+    # SFT targets that look again (vau.tasks.base.look_chain) on data with a cue (data.generate.cue_seconds): a clip
+    # whose sampled frames miss the anomaly is answered with a look at its cue's window, one that shows it directly
+    look_chains: bool = False
     decode_resize: bool = True  # resize frames to the backbone's pixel budget right after decoding
     decoder: str = "pyav"  # pyav | decord
     decode_threads: int = 1  # threads per video (0 = one per core)

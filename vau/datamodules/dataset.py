@@ -19,7 +19,7 @@ from vau.datamodules.encoding import SampleEncoder
 from vau.datamodules.samplers import WindowSampler
 from vau.datamodules.video import FRAME_ORDERS, FrameCache, SizeFn, VideoError, read_clip, shuffle_frames
 from vau.tasks import Sample, get_task
-from vau.tasks.base import LOOK_CHAIN_KEY, look_turn
+from vau.tasks.base import LOOK_CHAIN_KEY, LOOK_CUE_KEY, look_chain, look_turn
 from vau.tasks.qa import TARGET_CHAIN_KEY, TARGET_LETTER_KEY
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
@@ -93,13 +93,17 @@ class VideoTaskDataset(Dataset):
             a model's answers depend on the order of what it sees.
         look_frames: frames decoded from the window of a sample's look chain (``Sample.extra[LOOK_CHAIN_KEY]``,
             SFT of looking again): such a sample trains on its two-turn conversation, both replies as targets.
+        look_chains: samples with a cue (``Sample.extra[LOOK_CUE_KEY]``, ``data.look_chains``) whose sampled frames
+            miss the anomaly get a look chain at their cue's window (:func:`vau.tasks.base.look_chain`); the others
+            keep their plain target.
     """
 
     def __init__(self, samples: list[Sample], encoder: SampleEncoder, sampler, train: bool, seed: int = 0,
                  with_target: bool = True, size_fn: SizeFn | None = None, size_key: str = "",
                  cache: FrameCache | None = None, num_threads: int = 1, decoder: str = "pyav",
                  shuffle_options: bool = False, random_target_letters: bool = False,
-                 target_chains: bool = False, frames_order: str = "ordered", look_frames: int = 8) -> None:
+                 target_chains: bool = False, frames_order: str = "ordered", look_frames: int = 8,
+                 look_chains: bool = False) -> None:
         if frames_order not in FRAME_ORDERS:
             raise ValueError(f"data.frames_order={frames_order!r}: choose one of {', '.join(FRAME_ORDERS)}")
         self.samples = samples
@@ -119,6 +123,7 @@ class VideoTaskDataset(Dataset):
         self.target_chains = bool(target_chains)
         self.frames_order = frames_order
         self.look_frames = int(look_frames)  # frames of the window a look chain's first reply names (SFT)
+        self.look_chains = bool(look_chains)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -141,18 +146,39 @@ class VideoTaskDataset(Dataset):
             sample = replace(sample, extra={**sample.extra, TARGET_LETTER_KEY: letters[pick],
                                             TARGET_CHAIN_KEY: self.target_chains})
         chain = sample.extra.get(LOOK_CHAIN_KEY) if self.with_target else None
+        clip = None
+        if chain is None and self.look_chains and self.with_target and LOOK_CUE_KEY in sample.extra:
+            try:
+                clip = self._clip(sample, epoch, index, frames_order)
+            except VideoError as err:
+                return self._bad(sample, err)
+            chain = self._look_chain(sample, clip, epoch, index)
         if chain is not None:  # SFT of a look chain: both replies of the two-turn conversation are targets
             window = (float(chain["window"][0]), float(chain["window"][1]))
-            item = self.look_item((epoch, index), sample, [(chain["first"], window, look_turn(window))],
-                                  self.look_frames, target=chain["final"], frames_order=frames_order)
-            return item
+            return self.look_item((epoch, index), sample, [(chain["first"], window, look_turn(window))],
+                                  self.look_frames, target=chain["final"], frames_order=frames_order, clip=clip)
         try:
-            clip = self._clip(sample, epoch, index, frames_order)
+            clip = clip if clip is not None else self._clip(sample, epoch, index, frames_order)
         except VideoError as err:
             return self._bad(sample, err)
         item = self.encoder(sample, clip, with_target=self.with_target)
         item["key"] = (epoch, index)  # where it came from: T-GRPO re-reads the same example with shuffled frames
         return item
+
+    def _look_chain(self, sample: Sample, clip, epoch: int, index: int) -> dict[str, Any] | None:
+        """The look chain of a clip whose sampled frames miss its anomaly (a normal clip has none to see): look at
+        the cue's window, first answering an option drawn at random (seeded by seed, epoch, index; the frames hold
+        no evidence, so no answer is better); None when a frame shows the anomaly (then the plain target)."""
+        times = np.asarray(clip.timestamps, dtype=float)
+        if sample.interval is not None and not sample.is_normal:
+            start, end = sample.interval
+            if ((times >= start) & (times < end)).any():
+                return None
+        task = get_task(sample.task)
+        choices = task.answer_categories(sample)
+        guess_rng = np.random.default_rng([self.seed, epoch, index, 4])
+        guess = choices[int(guess_rng.integers(len(choices)))] if choices else ""
+        return look_chain(task.target(sample), sample, tuple(sample.extra[LOOK_CUE_KEY]), guess)
 
     def _clip(self, sample: Sample, epoch: int, index: int, frames_order: str):
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
@@ -168,7 +194,8 @@ class VideoTaskDataset(Dataset):
                         "row": sample.row}}
 
     def look_item(self, key: tuple[int, int], sample: Sample, turns: list[tuple[str, tuple[float, float], str]],
-                  num_frames: int, target: str | None = None, frames_order: str | None = None) -> dict[str, Any]:
+                  num_frames: int, target: str | None = None, frames_order: str | None = None,
+                  clip=None) -> dict[str, Any]:
         """The prompt that continues example ``key`` (asked as ``sample``, as in its batch) after the model looked
         again: its own frames as :meth:`item` reads them, then per turn (reply, window in seconds, user text) the
         reply and ``num_frames`` frames of the window (:class:`vau.datamodules.samplers.WindowSampler`, true
@@ -177,7 +204,7 @@ class VideoTaskDataset(Dataset):
         replies of ``turns`` and ``target`` are the item's labels (:meth:`SampleEncoder.conversation`)."""
         epoch, index = int(key[0]), int(key[1])
         try:
-            clip = self._clip(sample, epoch, index, frames_order or self.frames_order)
+            clip = clip if clip is not None else self._clip(sample, epoch, index, frames_order or self.frames_order)
             looks = [read_clip(sample.video_path, WindowSampler(window, num_frames), None, size_fn=self.size_fn,
                                size_key=self.size_key, cache=self.cache, num_threads=self.num_threads,
                                decoder=self.decoder) for _, window, _ in turns]

@@ -40,6 +40,7 @@ from vau.datamodules.views import ViewOptions, build_samples, drop_counts, is_mi
 from vau.datatools.reflection import attach_chains
 from vau.qa_position import parse_shifts
 from vau.tasks import Sample, get_task
+from vau.tasks.base import LOOK_CUE_KEY
 from vau.tasks.qa import OPTION_CHECK_KEY, quotes_answer, shift_options
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,20 @@ def keep_pass_band(samples: list[Sample], node, path: str) -> list[Sample]:
     if not kept:
         raise ValueError(f"data.difficulty.keep={band}: no training row of {path} has its pass rate in that band")
     return kept
+
+
+def with_cues(samples: list[Sample], rows, path: str) -> list[Sample]:
+    """``samples`` with the seconds of their clip's cue (the ``Cue Start`` / ``Cue End`` columns of demo data written
+    with ``data.generate.cue_seconds``) under :data:`vau.tasks.base.LOOK_CUE_KEY`."""
+    cues = {}
+    for ann in rows:
+        start, end = ann.extra.get("Cue Start"), ann.extra.get("Cue End")
+        if start not in (None, "") and end not in (None, ""):
+            cues[ann.row] = (float(start), float(end))
+    if not cues:
+        raise ValueError(f"data.look_chains=true but {path} has no Cue Start / Cue End columns: generate the data with "
+                         f"data.generate.cue_seconds (docs/data.md)")
+    return [replace(s, extra={**s.extra, LOOK_CUE_KEY: cues[s.row]}) if s.row in cues else s for s in samples]
 
 
 class VAUBenchDataModule(L.LightningDataModule):
@@ -159,6 +174,8 @@ class VAUBenchDataModule(L.LightningDataModule):
             samples += kept
         if train and (self.cfg.get("difficulty") or {}).get("file"):
             samples = keep_pass_band(samples, self.cfg.difficulty, path)
+        if self.cfg.get("look_chains"):  # where each clip's cue shows: look chains for the clips whose frames miss it
+            samples = with_cues(samples, rows, path)
         if train and self.cfg.get("qa_option_check"):  # targets that check every option (vau.tasks.qa.option_check)
             samples = [replace(s, extra={**s.extra, OPTION_CHECK_KEY: True}) for s in samples]
         shifts = None if train else parse_shifts(self.cfg.get("qa_shifts"))
@@ -204,6 +221,7 @@ class VAUBenchDataModule(L.LightningDataModule):
             random_target_letters=train and self.target_letter in ("random", "random_chain"),
             target_chains=self.target_letter == "random_chain",
             frames_order=str(self.cfg.get("frames_order") or "ordered"), look_frames=self.look_frames,
+            look_chains=bool(self.cfg.get("look_chains")),
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:

@@ -75,6 +75,28 @@ LOOK_TURN = ("Frames from {start:g} to {end:g} seconds of the video, seen again.
 LOOK_CHAIN_KEY = "vau.look_chain"
 
 
+#: ``Sample.extra`` key of the seconds a clip's class-agnostic cue shows (``data.generate.cue_seconds``): where a
+#: model that missed the anomaly should look again.
+LOOK_CUE_KEY = "vau.look_cue"
+
+
+def look_chain(target: str, sample: Sample, window: tuple[float, float], guess: str) -> dict[str, Any]:
+    """A look chain (:data:`LOOK_CHAIN_KEY`) for a clip whose frames missed its anomaly: a first reply that says
+    so, answers ``guess`` and asks for ``window``; then a reflection on what the window shows and ``target``, the
+    task's own reply.
+
+    Example:
+        >>> s = Sample("qa", "v.mp4", description="A red square appears.")
+        >>> look_chain("<answer>B</answer>", s, (4.0, 12.5), "C")["first"]
+        '<think>A grey border shows from 4 to 12.5 seconds; the frames do not show what happens there.</think><answer>C</answer><look>[4, 12.5]</look>'
+    """
+    start, end = round(float(window[0]), 1), round(float(window[1]), 1)
+    first = (f"<think>A grey border shows from {start:g} to {end:g} seconds; the frames do not show what happens "
+             f"there.</think><answer>{guess}</answer><look>[{start:g}, {end:g}]</look>")
+    final = f"<reflect>The frames from {start:g} to {end:g} seconds show it: {sample.description.strip()}</reflect>{target}"
+    return {"window": [start, end], "first": first, "final": final}
+
+
 def look_turn(window: tuple[float, float]) -> str:
     """The user turn that shows the frames of ``window`` (seconds) again.
 
