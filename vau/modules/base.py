@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from vau.backbones.base import Backbone
@@ -19,7 +20,7 @@ from vau.datamodules.views import view_tasks
 from vau.modules.checkpointing import CheckpointState
 from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule
-from vau.modules.parallel import shard_model, synced_generation
+from vau.modules.parallel import is_sharded, shard_model, synced_generation
 from vau.parsing import cut_after
 from vau.registry import ROLLOUT_ENGINES
 from vau.rewards import build_rewards
@@ -148,6 +149,11 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         inputs = model_inputs(batch, prompt_only=True)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         if self.look_again:
+            if is_sharded(self.model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                # Sharded generate is a collective: every rank would have to run as many look turns as the rank with
+                # the most, which this loop does not arrange yet.
+                raise NotImplementedError("module.generation.look_again does not run under FSDP2 yet (a look is a "
+                                          "generate call only some ranks make); evaluate with DDP or one device")
             return self.engine.replies_with_looks(inputs, max_new_tokens, batch["durations"],
                                                   self._look_inputs(batch), self.look_settings)
         first = self.engine.replies(inputs, max_new_tokens)
