@@ -183,7 +183,7 @@ def test_test_stage_reports_initial_and_final_answers_and_the_look_rate(looking)
     truth_a = np.mean([s.answer == "A" for s in dataset.samples])
     truth_b = np.mean([s.answer == "B" for s in dataset.samples])
     assert metrics["test/look_rate"] == 1.0 and metrics["test/looked_frames"] == 4.0
-    assert metrics["test/look_refused"] == 0.0
+    assert metrics["test/look_refused"] == 0.0 and metrics["test/format_rate"] == 1.0  # a look reply is well formed
     assert metrics["test/qa_initial_accuracy"] == pytest.approx(truth_a)
     assert metrics["test/qa_accuracy"] == pytest.approx(truth_b)
 

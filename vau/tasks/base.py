@@ -24,7 +24,7 @@ from typing import Any
 
 from vau.data.annotations import ANOMALY_CLASSES, Annotation
 from vau.data.sample import DEFAULT_VIEWS, Sample, ViewOptions
-from vau.parsing import extract_tag, has_strict_format, reflect_body
+from vau.parsing import LOOK_END, cut_after, extract_tag, has_strict_format, reflect_body
 from vau.reflect_metrics import InitialScore, ReflectRate, RightToWrong, WrongToRight
 
 THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
@@ -268,11 +268,17 @@ class Task:
     def follows_format(self, reply: str) -> bool:
         """Whether ``reply`` is in this task's format (the ``format`` reward and the format rate): by default exactly
         :attr:`format_tags` in order, each once, with non-blank content; a two-pass reply (:func:`join_passes`)
-        when both of its replies are."""
+        when both of its replies are; a reply that looked again when its first turn is that format plus
+        ``<look>`` and what follows the look is ``<reflect>`` plus that format."""
         passes = split_passes(reply)
         if passes is not None:
             return all(has_strict_format(part, tuple(self.format_tags)) for part in passes)
-        return has_strict_format(reply, tuple(self.format_tags))
+        tags = tuple(self.format_tags)
+        if tags and isinstance(reply, str) and LOOK_END in reply:  # looked again: this format + <look>, then
+            first = cut_after(reply)                                 # <reflect> and this format after the look
+            rest = reply[len(first):].strip()
+            return has_strict_format(first, (*tags, "look")) and (not rest or has_strict_format(rest, ("reflect", *tags)))
+        return has_strict_format(reply, tags)
 
     def metrics(self, classes: tuple[str, ...] = ANOMALY_CLASSES) -> dict:
         """The torchmetrics reported for this task in validation/test and by ``score``, keyed by log name.
