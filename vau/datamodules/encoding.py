@@ -56,21 +56,24 @@ class SampleEncoder:
                               return_tensors="pt", do_sample_frames=False)
 
     def __call__(self, sample: Sample, clip: DecodedClip, with_target: bool = True) -> dict[str, Any]:
-        enc = self._render(self.messages(sample), [clip])
-        item: dict[str, Any] = {"sample": sample, "prompt_ids": enc["input_ids"][0]}
-        # per-token keys besides the ids (Backbone.text_aligned_keys), and the vision inputs
-        item["aligned"] = {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc}
-        item["vision"] = {k: v for k, v in enc.items() if k not in self.backbone.text_keys}
-        item["duration"] = clip.total_frames / clip.fps  # seconds; duration-aware rewards need it
-        item["frame_times"] = [round(float(t), 3) for t in clip.timestamps]  # what the model saw (predictions)
+        item = self._item(sample, self._render(self.messages(sample), [clip]), clip)
         if with_target:
-            target_text = self.spec_for(sample).target(sample)
-            target = self.processor.tokenizer(target_text, add_special_tokens=False)["input_ids"]
-            item["target_ids"] = torch.tensor([*target, self.eos_id], dtype=torch.long)
-        else:
-            item["target_ids"] = torch.zeros(0, dtype=torch.long)
+            item["target_ids"] = self._target_ids(self.spec_for(sample).target(sample))
         return item
 
+    def _item(self, sample: Sample, enc, clip: DecodedClip) -> dict[str, Any]:
+        """The encoded prompt ``enc`` of ``sample`` as an item without a target; ``clip`` is its first video."""
+        return {"sample": sample, "prompt_ids": enc["input_ids"][0],
+                # per-token keys besides the ids (Backbone.text_aligned_keys), and the vision inputs
+                "aligned": {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc},
+                "vision": {k: v for k, v in enc.items() if k not in self.backbone.text_keys},
+                "duration": clip.total_frames / clip.fps,  # seconds; duration-aware rewards need it
+                "frame_times": [round(float(t), 3) for t in clip.timestamps],  # what the model saw (predictions)
+                "target_ids": torch.zeros(0, dtype=torch.long)}
+
+    def _target_ids(self, text: str) -> torch.Tensor:
+        tokens = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor([*tokens, self.eos_id], dtype=torch.long)
 
     def conversation(self, sample: Sample, clip: DecodedClip, turns: list[tuple[str, DecodedClip, str]],
                      target: str | None = None) -> dict[str, Any]:
@@ -83,19 +86,10 @@ class SampleEncoder:
         messages = self.messages(sample)
         for reply, _, text in turns:
             messages = messages + self.backbone.look_messages(reply, text)
-        clips = [clip, *(look for _, look, _ in turns)]
-        enc = self._render(messages, clips)
-        ids = enc["input_ids"][0]
-        item = {"sample": sample, "prompt_ids": ids,
-                "aligned": {k: enc[k][0] for k in self.backbone.text_aligned_keys if k in enc},
-                "vision": {k: v for k, v in enc.items() if k not in self.backbone.text_keys},
-                "duration": clip.total_frames / clip.fps,
-                "frame_times": [round(float(t), 3) for t in clip.timestamps],
-                "target_ids": torch.zeros(0, dtype=torch.long)}
+        item = self._item(sample, self._render(messages, [clip, *(look for _, look, _ in turns)]), clip)
         if target is not None:
-            item["prompt_labels"] = self._reply_labels(ids, len(turns))
-            tokens = self.processor.tokenizer(target, add_special_tokens=False)["input_ids"]
-            item["target_ids"] = torch.tensor([*tokens, self.eos_id], dtype=torch.long)
+            item["prompt_labels"] = self._reply_labels(item["prompt_ids"], len(turns))
+            item["target_ids"] = self._target_ids(target)
         return item
 
     def _reply_labels(self, ids: torch.Tensor, replies: int) -> torch.Tensor:
@@ -108,10 +102,10 @@ class SampleEncoder:
         labels = torch.full_like(ids, IGNORE_INDEX)
         width, found, at = len(opener), 0, 0
         while found < replies and width:
-            starts = [i for i in range(at, len(ids) - width + 1) if ids[i:i + width].tolist() == opener]
-            if not starts:
+            found_at = next((i for i in range(at, len(ids) - width + 1) if ids[i:i + width].tolist() == opener), None)
+            if found_at is None:
                 break
-            start = starts[0] + width
+            start = found_at + width
             close = next((e for e in ends if e >= start), None)
             if close is None:  # the generation prompt at the end opens no reply yet
                 break
