@@ -9,6 +9,9 @@ first and final answers take every outcome (QA: right/wrong; TAG: a grid of IoUs
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -34,25 +37,72 @@ def interval(iou: float) -> str:
     return "[11.0, 14.0]" if iou == 0 else f"[0.0, {10 * iou:.1f}]"
 
 
+@functools.cache
+def composed(name: str):
+    """Experiment ``name`` composed once per test session (the lists below read every shipped experiment)."""
+    return compose(name)
+
+
 def reflect_experiments() -> list[str]:
-    return [name for name in choices("experiment") if compose(name).data.task.endswith("_reflect")]
+    return [name for name in choices("experiment") if composed(name).data.task.endswith("_reflect")]
 
 
 def shipped_reward_sets() -> list[tuple[str, str]]:
     """(experiment, task) for every shipped experiment of a reflect task that has a reward set."""
     out = []
     for name in reflect_experiments():
-        cfg = compose(name)
+        cfg = composed(name)
         if cfg.get("reward"):
             out.append((name, str(cfg.data.task)))
     return out
 
 
-def totals(experiment: str, texts: list[str], sample: Sample) -> list[float]:
+def totals(experiment: str, texts: list[str], sample: Sample, **ctx) -> list[float]:
     from omegaconf import OmegaConf
 
-    rewards = RewardSet(OmegaConf.to_container(compose(experiment).reward))
-    return rewards(texts, [sample] * len(texts), completion_lengths=[40] * len(texts), max_new_tokens=256).total.tolist()
+    rewards = RewardSet(OmegaConf.to_container(composed(experiment).reward))
+    return rewards(texts, [sample] * len(texts), completion_lengths=[40] * len(texts), max_new_tokens=256,
+                   **ctx).total.tolist()
+
+
+def look_reward_sets() -> list[str]:
+    """Every shipped GRPO experiment whose replies may look again (``module.generation.look_again``)."""
+    out = []
+    for name in choices("experiment"):
+        cfg = composed(name)
+        if cfg.module.get("name") == "grpo" and cfg.module.generation.get("look_again") and cfg.get("reward"):
+            out.append(name)
+    return out
+
+
+def look_reply(first: str, final: str | None) -> str:
+    """A reply that answers ``first``; with ``final`` it looks again and answers that after the look."""
+    head = f"<think>I look at the clip.</think><answer>{first}</answer>"
+    if final is None:
+        return head
+    return f"{head}<look>[1, 3]</look>\n<reflect>The window shows it.</reflect><think>I look again.</think>" \
+           f"<answer>{final}</answer>"
+
+
+def test_looking_again_is_covered():
+    assert "demo_grpo_look" in look_reward_sets()
+
+
+@pytest.mark.parametrize("experiment", look_reward_sets())
+def test_a_right_answer_without_a_look_never_pays_less_than_looking_and_correcting(experiment):
+    """Looking again may not be a way to sandbag: a right first answer pays most when it does not look; a look that
+    corrects pays more than none, one that spoils a right answer pays less than keeping it, and looking costs."""
+    qa = replace(QA, task="qa")
+    outcomes = {"right": look_reply("B", None), "wrong": look_reply("C", None),
+                "right_look_right": look_reply("B", "B"), "wrong_look_right": look_reply("C", "B"),
+                "right_look_wrong": look_reply("B", "C"), "wrong_look_wrong": look_reply("C", "D")}
+    frames = [0, 0, 8, 8, 8, 8]
+    pay = dict(zip(outcomes, totals(experiment, list(outcomes.values()), qa, looked_frames=frames)))
+    assert pay["right"] >= pay["wrong_look_right"], f"{experiment}: looking and correcting pays more: {pay}"
+    assert pay["right"] > pay["right_look_right"], f"{experiment}: a look that changes nothing is free: {pay}"
+    assert pay["right_look_right"] > pay["right_look_wrong"], f"{experiment}: spoiling a right answer pays: {pay}"
+    assert pay["wrong_look_right"] > pay["wrong"], f"{experiment}: a correcting look does not pay: {pay}"
+    assert pay["wrong"] >= pay["wrong_look_wrong"], f"{experiment}: a useless look pays: {pay}"
 
 
 def test_every_reflect_task_is_covered():

@@ -37,6 +37,7 @@ from vau.modules.grpo_loss import (
     policy_loss,
 )
 from vau.modules.grpo_prompts import PromptSelection
+from vau.modules.look_rollout import LookRollouts
 from vau.modules.shared_prompt import completion_logits
 from vau.modules.temporal_contrast import is_contrast_step
 from vau.registry import ALGORITHMS
@@ -79,6 +80,10 @@ class Rollout:
     ref_logps: torch.Tensor | None = None
     encoded_vision: dict | None = None  # the frozen vision tower's outputs, reused by every pass of this step
     repeated: dict[str, torch.Tensor] | None = None  # prompt inputs repeated G times (repeat path only)
+    # Replies that may look again (vau.modules.look_rollout): each reply's whole rendered conversation (B*G rows);
+    # completion_ids / mask then hold its tokens from the first one any reply wrote / the ones the policy wrote.
+    conversation: dict[str, torch.Tensor] | None = None
+    looks: list | None = None  # each reply's look requests (vau.rollout.look.LookTurns.looks)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ def initial_answer_stats(texts: list[str], samples: list) -> dict[str, float]:
 
 
 @ALGORITHMS.register("grpo")
-class GRPOModule(PromptSelection, VAUModule):
+class GRPOModule(LookRollouts, PromptSelection, VAUModule):
     """GRPO: G sampled replies per prompt, rewards, group-relative advantages, clipped policy-gradient loss.
 
     Args:
@@ -171,6 +176,11 @@ class GRPOModule(PromptSelection, VAUModule):
                              f"among the configured rewards {list(rewards.weights)}")
         if not 0.0 <= float(self.contrast.share) <= 1.0:
             raise ValueError(f"module.grpo.temporal_contrast.share={self.contrast.share}: give a share in [0, 1]")
+        if self.look_again and (self.turn_credit != "joint" or self.contrast.enabled):
+            # per turn would need the look turn's boundary in the conversation layout; a shuffled T-GRPO pass would
+            # have to re-read the looked-at window shuffled too. Neither is built yet.
+            raise ValueError("module.generation.look_again in GRPO: use module.grpo.turn_credit=joint and "
+                             "temporal_contrast.enabled=false (multi-turn look rollouts support neither yet)")
         self.beta = float(cfg.beta)
         self.num_iterations = int(cfg.num_iterations)
         self.max_grad_norm = max_grad_norm
@@ -228,6 +238,11 @@ class GRPOModule(PromptSelection, VAUModule):
 
     # -- 1. rollout -----------------------------------------------------------------------------------------------
     def rollout(self, batch: dict[str, Any]) -> Rollout:
+        if self.look_again:  # the prompt offers a second look: multi-turn replies (vau.modules.look_rollout)
+            fields = self.look_rollout_fields(batch, self.look_turns(batch))
+            return Rollout(model_inputs(batch, prompt_only=True), samples=[s for s in batch["samples"] for _ in
+                                                                           range(self.G)],
+                           durations=[d for d in batch["durations"] for _ in range(self.G)], **fields)
         prompt = model_inputs(batch, prompt_only=True)
         ids, encoded, repeated = self.sample_completions(prompt)
         # The ids generation stopped at: released checkpoints stop at end-of-turn or at end-of-text.
@@ -258,9 +273,10 @@ class GRPOModule(PromptSelection, VAUModule):
     # -- 2. rewards -----------------------------------------------------------------------------------------------
     def score(self, rollout: Rollout):
         lengths = rollout.mask.sum(dim=1).long().tolist()
+        extra = {} if rollout.looks is None else {"looked_frames": self.looked_frames(rollout.looks)}
         return self.rewards(rollout.texts, rollout.samples, completion_lengths=lengths,
                             max_new_tokens=int(self.cfg.max_new_tokens), durations=rollout.durations,
-                            nonfinite=self.nonfinite_rewards)
+                            nonfinite=self.nonfinite_rewards, **extra)
 
     # -- 3. advantages --------------------------------------------------------------------------------------------
     def advantages(self, rewards, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, Rollout]:
@@ -319,7 +335,9 @@ class GRPOModule(PromptSelection, VAUModule):
         it). Repeat path (``shared_prompt=false``, or a training pass under gradient checkpointing, which drops the
         cache): one forward over G copies of each prompt followed by its completion.
         """
-        if self.shared_prompt and not (torch.is_grad_enabled() and self._checkpointing()):
+        if rollout.conversation is not None:
+            logits = self.conversation_logits(model, rollout).float()
+        elif self.shared_prompt and not (torch.is_grad_enabled() and self._checkpointing()):
             logits = completion_logits(model, self.backbone, rollout.prompt, rollout.completion_ids,
                                        rollout.mask.long(), self.G, rollout.encoded_vision).float()
         else:
@@ -507,6 +525,8 @@ class GRPOModule(PromptSelection, VAUModule):
             values[f"train/reward_std/{name}"] = value
         values.update(initial_answer_stats(rollout.texts, rollout.samples))
         self.log_dict(values, batch_size=n)
+        if rollout.looks is not None:  # train/look_rate, look_refused, looked_frames
+            self._log_looks(rollout.looks, "train")
         self.log("train/reward", rewards.means()["total"], prog_bar=True, batch_size=n)
         self.log_lr(n)
         every = int(self.cfg.log_completions_every_n_steps or 0)

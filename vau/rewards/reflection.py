@@ -57,7 +57,8 @@ def self_correction(completions: list[str], samples: list[Sample], gain: float =
 
 
 @REWARDS.register("initial_accuracy")
-def initial_accuracy(completions: list[str], samples: list[Sample], **ctx) -> list[float | None]:
+def initial_accuracy(completions: list[str], samples: list[Sample], single_answer: bool = False,
+                     **ctx) -> list[float | None]:
     """Score of the initial answer, the one before the reflection (the task's accuracy: 1/0, TAG: IoU); range [0, 1].
 
     ``self_correction`` alone pays a policy for opening with a wrong answer and correcting it: on the CPU demo GRPO
@@ -65,11 +66,19 @@ def initial_accuracy(completions: list[str], samples: list[Sample], **ctx) -> li
     the self-correction gain, this term makes right -> right pay at least as much as wrong -> right, so the first
     answer is worth getting right (SCoRe, arXiv 2409.12917, rewards both attempts for the same reason). None for
     samples without a ground truth and for replies that do not reflect.
+
+    Args:
+        single_answer: score a reply that does not reflect by its only answer, which is its first one. Look-again
+            rewards need it: a reply may answer once or look and answer again, and without it a right reply that did
+            not look would earn no first-answer pay, so looking and correcting would pay more.
     """
     out: list[float | None] = []
     for text, sample in zip(completions, samples):
         task = _reflect_task(sample)
         score = task.initial_accuracy(text, sample) if task is not None else None
+        if score is None and single_answer is True and task is not None and task.truth(sample) is not None \
+                and task.initial_reply(text) is None:
+            score = task.accuracy(text, sample)
         out.append(None if score is None else min(1.0, max(0.0, float(score))))
     return out
 
@@ -121,3 +130,24 @@ def reflection_length(completions: list[str], samples: list[Sample], budget: int
         words = sum(len(text[start:end].split()) for _, start, end, _ in _tag_spans(text, "reflect"))
         out.append(-min(1.0, max(0.0, (words - budget) / ramp)))
     return out
+
+
+@REWARDS.register("look_cost")
+def look_cost(completions: list[str], samples: list[Sample], per_frame: float = 0.01, looked_frames=None,
+              **ctx) -> list[float | None]:
+    """Minus ``per_frame`` for every frame a reply was shown by looking again; range [-1, 0].
+
+    GRPO passes ``looked_frames`` (one count per reply) when the run looks again (``module.generation.look_again``);
+    None for every reply without it. A small cost makes a look worth its frames only where it changes the answer,
+    so a policy that is right from its first frames learns not to look.
+
+    Args:
+        per_frame: the cost of one looked-at frame, clipped to [0, 1].
+    """
+    per_frame = _unit(per_frame, 0.01)
+    counts = list(looked_frames) if looked_frames is not None else [None] * len(completions)
+    out: list[float | None] = []
+    for count in counts[: len(completions)]:
+        frames = finite_number(count)
+        out.append(None if frames is None else -min(1.0, per_frame * max(0.0, frames)))
+    return out + [None] * (len(completions) - len(out))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vau.rollout.look import LookSettings, NextInputs, replies_with_looks
+from vau.rollout.look import LookSettings, LookTurns, NextInputs, replies_with_looks, turns_with_looks
 
 
 class RolloutEngine:
@@ -61,3 +61,12 @@ class RolloutEngine:
         """Greedy replies that may look again at a window of the video (:func:`vau.rollout.look.replies_with_looks`):
         the engine stops each turn at ``</look>`` and asks ``next_inputs`` for the conversation that follows."""
         return replies_with_looks(self, inputs, max_new_tokens, durations, next_inputs, settings)
+
+    def sample_with_looks(self, prompt: dict[str, torch.Tensor], n: int, max_new_tokens: int, durations,
+                          next_inputs: NextInputs, settings: LookSettings, **sampling) -> LookTurns:
+        """GRPO's ``n`` sampled multi-turn replies of every prompt (``n`` consecutive rows each), each allowed to look
+        again (:func:`vau.rollout.look.turns_with_looks`); ``durations`` and the rows ``next_inputs`` is asked for
+        count those ``B * n`` rows. Every turn is generated from the prompt repeated ``n`` times (the conversations
+        part after their first turn, so the shared-prompt path does not apply)."""
+        repeated = self.module.backbone.repeat_vision(prompt, n)
+        return turns_with_looks(self, repeated, max_new_tokens, durations, next_inputs, settings, sampling=sampling)

@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from vau.parsing import LOOK_END, cut_after, extract_tag, look_request
-from vau.tasks.base import look_turn
+from vau.tasks.base import join_turns, look_turn
 
 #: Why a look was not shown besides :data:`vau.parsing.LOOK_REASONS`: the frame budget was spent, or the video could
 #: not be read again.
@@ -90,8 +90,32 @@ def replies_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: 
         the <look> block's window, "window": [start, end] shown or None, "reason": why (vau.parsing.LOOK_REASONS or
         LOOK_REFUSALS), "frame_times": the looked-at frames' times}``.
     """
+    turns = turns_with_looks(engine, inputs, max_new_tokens, durations, next_inputs, settings)
+    return [join_turns(replies) for replies in turns.replies], turns.looks
+
+
+@dataclass(frozen=True)
+class LookTurns:
+    """The turns of replies that may look again, per row: ``replies`` (each turn's text; a turn that looked ends with
+    its ``</look>``), ``looks`` (the requests, as :func:`replies_with_looks` returns them), ``shown`` (reply, window,
+    user text) of every look that was shown, i.e. the conversation before the last turn, and ``ended``: whether the
+    last turn ended with an end-of-sequence token the policy wrote (not stopped at ``</look>`` or at the length
+    limit)."""
+
+    replies: list[list[str]]
+    looks: list[list[dict[str, Any]]]
+    shown: list[list[tuple[str, tuple[float, float], str]]]
+    ended: list[bool]
+
+
+def turns_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations: Sequence[float],
+                     next_inputs: NextInputs, settings: LookSettings, sampling: dict[str, Any] | None = None
+                     ) -> LookTurns:
+    """Every prompt's reply, turn by turn, each allowed up to ``settings.max_looks`` looks (module doc): greedy, or
+    sampled with the ``generate`` keyword arguments ``sampling`` (GRPO's multi-turn rollouts)."""
     tokenizer = engine.module.backbone.processor.tokenizer
-    turns: list[list[str]] = [[text] for text in _decode(engine, inputs, max_new_tokens, tokenizer, stop=True)]
+    texts, ended = _decode(engine, inputs, max_new_tokens, tokenizer, stop=True, sampling=sampling)
+    turns: list[list[str]] = [[text] for text in texts]
     looks: list[list[dict[str, Any]]] = [[] for _ in turns]
     shown: list[list[tuple[str, tuple[float, float], str]]] = [[] for _ in turns]
     frames_used = [0] * len(turns)
@@ -102,6 +126,7 @@ def replies_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: 
             if len(replies) != turn + 1 or LOOK_END not in last:
                 continue
             replies[-1] = last = cut_after(last)
+            ended[row] = False  # stopped at its </look>: the policy wrote no end of turn
             window, reason = look_request(last, float(durations[row]), settings.min_seconds)
             request = {"requested": extract_tag(last, "look") or "", "window": None, "reason": reason, "frame_times": []}
             looks[row].append(request)
@@ -127,13 +152,21 @@ def replies_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: 
         if not kept:
             break
         more = turn + 1 < settings.max_looks
-        for row, text in zip(kept, _decode(engine, following, max_new_tokens, tokenizer, stop=more)):
+        texts, ends = _decode(engine, following, max_new_tokens, tokenizer, stop=more, sampling=sampling)
+        for row, text, end in zip(kept, texts, ends):
             turns[row].append(text)
-    return ["\n".join(part.strip() for part in replies) for replies in turns], looks
+            ended[row] = end
+    return LookTurns(turns, looks, shown, ended)
 
 
-def _decode(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, tokenizer, stop: bool) -> list[str]:
+def _decode(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, tokenizer, stop: bool,
+            sampling: dict[str, Any] | None = None) -> tuple[list[str], list[bool]]:
+    """Each row's next turn: its text and whether it ended with an end-of-sequence token."""
     extra = {"stopping_criteria": StoppingCriteriaList([StopAfterText(tokenizer, LOOK_END, inputs["input_ids"].shape[1])])
              } if stop else {}
-    ids = engine.replies(inputs, max_new_tokens, **extra)
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    if sampling is None:
+        ids = engine.replies(inputs, max_new_tokens, **extra)
+    else:
+        ids = engine.generate(inputs, max_new_tokens, **sampling, **extra)
+    eos = torch.tensor(list(engine.module.backbone.eos_token_ids), device=ids.device)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True), torch.isin(ids, eos).any(dim=1).tolist()

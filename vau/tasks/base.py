@@ -19,7 +19,7 @@ A new task is one file with a registered subclass::
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vau.data.annotations import ANOMALY_CLASSES, Annotation
@@ -34,6 +34,17 @@ THINK_INSTRUCTION = "First reason briefly inside <think> </think>, then give the
 SECOND_PASS_PROMPT = ("Check your answer against what the video shows. If it is wrong, correct it. "
                       "Answer again in the same format.")
 SECOND_PASS_NOTE = "second pass: asked to check the first answer against the video"
+
+
+def join_turns(turns: Sequence[str]) -> str:
+    """One reply from the turns of a reply that looked again (:mod:`vau.rollout.look`): its first ``<answer>`` is
+    the initial answer, its last the final one, as in a reflect reply.
+
+    Example:
+        >>> join_turns(["<answer>A</answer><look>[1, 2]</look> ", "<reflect>r</reflect><answer>B</answer>"])
+        '<answer>A</answer><look>[1, 2]</look>\\n<reflect>r</reflect><answer>B</answer>'
+    """
+    return "\n".join(part.strip() for part in turns)
 
 
 def join_passes(first: str, second: str) -> str:

@@ -1,0 +1,155 @@
+"""GRPO with multi-turn rollouts that look again (issue 20, item 3): each reply is trained on as the whole
+conversation the processor renders for it, in one forward, with only the tokens the policy wrote in the loss."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vau.backbones.base import build_backbone
+from vau.components import build_module
+from vau.config import compose
+from vau.datamodules.dataset import VideoTaskDataset
+from vau.datamodules.encoding import model_inputs
+from vau.datamodules.vau_bench import VAUBenchDataModule
+from vau.modules.grpo import Rollout
+from vau.modules.grpo_loss import policy_loss
+from vau.rollout.look import LookTurns
+from vau.tasks.base import LOOK_CHAIN_KEY, look_turn
+from vau.trainer import build_trainer
+
+FIRST = "<think>a look</think><answer>A</answer><look>[0.5, 1.5]</look>"
+FINAL = "<reflect>seen</reflect><think>again</think><answer>B</answer>"
+PLAIN = "<think>a square</think><answer>A</answer>"
+
+
+def look_config(overrides, tmp_path, *extra):
+    return compose("demo", [*overrides, "module=grpo", "reward=look_qa", f"run_dir={tmp_path}",
+                            "module.generation.look_again=true", "module.generation.look_frames=4",
+                            "sampler.num_frames=4", "data.qa_shifts=null", "module.grpo.num_generations=2",
+                            "module.grpo.max_new_tokens=48", "module.generation.max_new_tokens=48",
+                            "test_after_fit=false", "trainer.limit_val_batches=0", *extra])
+
+
+@pytest.fixture
+def parts(overrides, tmp_path):
+    cfg = look_config(overrides, tmp_path)
+    backbone = build_backbone(cfg.backbone)
+    module = build_module(cfg, backbone, tmp_path)
+    data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
+    data.setup("fit")
+    return cfg, module, data
+
+
+def hand_built(module, data):
+    """One prompt, G = 2: a reply that looked (first turn, window, final turn, ended) and one that did not and ran
+    into the length limit."""
+    dataset = data.datasets["train"]
+    batch = data.collate([dataset[(0, 0)]])
+    window = (0.5, 1.5)
+    turns = LookTurns(replies=[[FIRST, FINAL], [PLAIN]], looks=[[{"window": list(window), "frame_times": [0.6] * 4}],
+                                                                 []],
+                      shown=[[(FIRST, window, look_turn(window))], []], ended=[True, False])
+    module.train_dataset = lambda: dataset  # what self.trainer.datamodule gives during fit
+    fields = module.look_rollout_fields(batch, turns)
+    rollout = Rollout(model_inputs(batch, prompt_only=True), samples=[batch["samples"][0]] * 2,
+                      durations=[batch["durations"][0]] * 2, **fields)
+    return batch, turns, rollout
+
+
+def test_only_the_tokens_the_policy_wrote_are_in_the_loss(parts):
+    _, module, data = parts
+    _, _, rollout = hand_built(module, data)
+    tokenizer, end = module.backbone.processor.tokenizer, module.backbone.end_of_turn_id
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    written = [rollout.completion_ids[row][rollout.mask[row].bool()].tolist() for row in range(2)]
+    # both turns of the looking reply, the end of turn after </look> left out (the template wrote it, not the policy),
+    # the end it wrote after its final answer kept; the other reply without an end (it hit the length limit)
+    assert written[0] == [*ids(FIRST), *ids(FINAL), end]
+    assert written[1] == ids(PLAIN)
+    conversation = rollout.conversation
+    assert conversation["video_grid_thw"].shape[0] == 3  # two videos for the reply that looked, one for the other
+    video = tokenizer.convert_tokens_to_ids(module.backbone.processor.video_token)
+    assert not (rollout.completion_ids[rollout.mask.bool()] == video).any()
+    row0 = tokenizer.decode(conversation["input_ids"][0])
+    assert look_turn((0.5, 1.5)) in row0 and look_turn((0.5, 1.5)) not in tokenizer.decode(written[0])
+    assert rollout.truncated.tolist() == [False, True]
+
+
+def test_each_reply_scores_as_its_conversation_alone_and_gradients_follow_the_mask(parts):
+    """The log-probs of the batched, left-padded conversations equal those of each conversation run alone through a
+    plain forward (positions of both videos, the one-token shift and logits_to_keep all line up); the policy
+    gradient reaches the parameters and flips sign with the advantages."""
+    _, module, data = parts
+    _, turns, rollout = hand_built(module, data)
+    logps, _ = module.token_logps(module.model, rollout)
+    dataset = data.datasets["train"]
+    T = rollout.completion_ids.shape[1]
+    for row in range(2):
+        alone = module.look_rollout_fields(data.collate([dataset[(0, 0)]]), LookTurns(
+            [turns.replies[row]], [turns.looks[row]], [turns.shown[row]], [turns.ended[row]]))
+        logits = module.model(**alone["conversation"], use_cache=False).logits[0, :-1].float()
+        logits = logits / float(module.cfg.temperature)
+        targets = alone["conversation"]["input_ids"][0, 1:]
+        mine = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        kept = mine[-alone["completion_ids"].shape[1]:][alone["mask"][0].bool()]
+        batched = logps[row, -T:][rollout.mask[row].bool()]
+        torch.testing.assert_close(batched, kept, rtol=1e-4, atol=1e-4)
+
+    grads = []
+    for sign in (1.0, -1.0):
+        module.model.zero_grad()
+        logps, _ = module.token_logps(module.model, rollout)
+        loss, _ = policy_loss(logps, logps.detach(), torch.tensor([sign, -sign]), rollout.mask)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], -grads[1])
+
+
+def test_grpo_fit_with_looks_trains_on_the_looks_it_samples(overrides, tmp_path):
+    """A tiny model taught (teacher forcing) to answer, look at [0.5, 1.5] s and answer again: two GRPO steps sample
+    replies that look, are shown the window, and update the policy; the looks are logged."""
+    cfg = look_config(overrides, tmp_path, "trainer.max_steps=2", "module.grpo.temperature=0.3", "data.limit.train=2",
+                      "module.grpo.beta=0.1")
+    backbone = build_backbone(cfg.backbone)
+    module = build_module(cfg, backbone, tmp_path)
+    data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
+    data.setup("fit")
+    train = data.datasets["train"]
+    chains = [replace(s, extra={**s.extra, LOOK_CHAIN_KEY: {"window": [0.5, 1.5], "first": FIRST, "final": FINAL}})
+              for s in train.samples]
+    teach = VideoTaskDataset(chains, data.encoder, data.eval_sampler, train=False, with_target=True,
+                             size_fn=data.size_fn, size_key=data.size_key, look_frames=4)
+    batch = data.collate([teach[(0, i)] for i in range(len(teach))])
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = module.model(**model_inputs(batch), labels=batch["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    assert loss.item() < 0.02, "the tiny model did not learn the look targets"
+    trainer = build_trainer(cfg, tmp_path)
+    trainer.fit(module, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert float(metrics["train/look_rate"]) > 0.5 and float(metrics["train/looked_frames"]) > 0
+    assert float(metrics["train/reward/look_cost"]) < 0  # the looks were charged
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["train/kl"])
+    first = len(module.backbone.processor.tokenizer(FIRST, add_special_tokens=False)["input_ids"])
+    assert float(metrics["train/completion_length/mean"]) > first  # the turn after the look is in the loss too
+
+
+def test_look_rollouts_refuse_what_they_do_not_support(overrides, tmp_path):
+    for extra, key in (("module.grpo.turn_credit=per_turn", "turn_credit"),
+                       ("module.grpo.temporal_contrast.enabled=true", "temporal_contrast")):
+        cfg = look_config(overrides, tmp_path, extra, "module.grpo.temporal_contrast.reward=choice_accuracy")
+        with pytest.raises(ValueError, match=key):
+            build_module(cfg, build_backbone(cfg.backbone), tmp_path)
