@@ -61,26 +61,43 @@ def repeated_logits(model, backbone, prompt, ids, mask, times):
     return model(**full, logits_to_keep=ids.shape[1] + 1, use_cache=False).logits[:, :-1]
 
 
+@pytest.fixture(scope="module")
+def long_root(tmp_path_factory):
+    """Two 30-40 s clips: 4 frames a clip put ~15 s between temporal patches, so Qwen2.5-VL's time positions
+    (seconds x tokens_per_second) run far past the token count; the 2-3 s demo clips keep them close to it."""
+    from vau.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("long"), n_train=2, n_val=1, n_test=1, seed=0, min_seconds=30.0,
+                    max_seconds=40.0, event_seconds=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("clips", ["short", "long"])
 @pytest.mark.parametrize("name", TWINS)
-def test_shared_prefix_logits_and_greedy_generation_equal_the_repeated_ones(name, cache_dir, demo_root):
+def test_shared_prefix_logits_and_greedy_generation_equal_the_repeated_ones(name, clips, cache_dir, demo_root,
+                                                                           long_root):
     backbone = BACKBONES.get(name)({"cache_dir": str(cache_dir), "seed": 0, "min_pixels": 3136,
                                     "max_pixels": 16384 if "qwen3" in name else 3136})
     model = backbone.model.eval()
-    prompt = model_inputs(prompts(backbone, demo_root), prompt_only=True)
+    prompt = model_inputs(prompts(backbone, demo_root if clips == "short" else long_root), prompt_only=True)
     ids, mask = completions(2 * G)
     with torch.no_grad():
         expected = repeated_logits(model, backbone, prompt, ids, mask, G)
         shared = completion_logits(model, backbone, prompt, ids, mask, G)
         encoded = backbone.encode_vision(model, prompt)
         reused = completion_logits(model, backbone, prompt, ids, mask, G, encoded)
-        greedy = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": backbone.pad_id}
+        # the logits of every generated step, not only its tokens: a random tiny model picks the same argmax from
+        # logits computed at wrong positions (shared generation on long clips did, until positions were fixed)
+        greedy = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": backbone.pad_id, "output_logits": True,
+                  "return_dict_in_generate": True}
         rep = backbone.repeat_vision(prompt, G)
-        generated = model.generate(**rep, **greedy)[:, rep["input_ids"].shape[1]:]
+        generated = model.generate(**rep, **greedy)
         generated_shared = generate_shared(model, backbone, prompt, G, encoded, **greedy)
     kept = mask.bool()
     torch.testing.assert_close(shared[kept], expected[kept], rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(reused[kept], expected[kept], rtol=RTOL, atol=ATOL)
-    assert torch.equal(generated_shared, generated)
+    assert torch.equal(generated_shared.sequences, generated.sequences[:, rep["input_ids"].shape[1]:])
+    torch.testing.assert_close(torch.stack(generated_shared.logits, 1), torch.stack(generated.logits, 1),
+                               rtol=RTOL, atol=1e-5)
 
 
 CASES = {

@@ -147,12 +147,19 @@ class QwenVLBackbone(Backbone):
         return {"kwargs": {"mm_encoder_outputs": {"video": video}}, "replaces": ("pixel_values_videos",)}
 
     def prepare_cached_generation(self, model, prompt, times) -> None:
-        # generate() continues from the prefilled cache with the stored rope deltas, one per generated row.
+        # generate() continues from the prefilled cache at position (text position + stored delta), one delta per row.
+        # The delta must put the first new token right after the prompt's last position, as the model's own forward
+        # and a generate() without a cache do. get_rope_index's own deltas are (highest position + 1 - length): on a
+        # long clip the video's time positions (seconds x tokens_per_second) run past the text after it, and
+        # continuing from there put every generated token 20+ positions too far (transformers 5.25, 30 s clips).
         pixels = {m[2] for m in MODALITIES}
         full = self.repeat_vision({k: v for k, v in prompt.items() if k not in pixels}, times)
-        _, deltas = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
-                                                   attention_mask=full["attention_mask"])
-        self._vlm(model).rope_deltas = deltas
+        positions, _ = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
+                                                      attention_mask=full["attention_mask"])
+        # generate() counts a left-padded row's text positions from its first real token (attention mask cumsum);
+        # the last column is every row's last prompt token, whose three M-RoPE rows are equal (text)
+        real = full["attention_mask"].sum(dim=1, keepdim=True).to(positions.dtype)
+        self._vlm(model).rope_deltas = positions[0, :, -1:] + 1 - real
 
     # -- processor ----------------------------------------------------------------------------------------------
     def configure_processor(self, cfg) -> None:

@@ -195,19 +195,30 @@ class VideoTaskDataset(Dataset):
 
     def look_item(self, key: tuple[int, int], sample: Sample, turns: list[tuple[str, tuple[float, float], str]],
                   num_frames: int, target: str | None = None, frames_order: str | None = None,
-                  clip=None) -> dict[str, Any]:
+                  clip=None, memo: dict | None = None) -> dict[str, Any]:
         """The prompt that continues example ``key`` (asked as ``sample``, as in its batch) after the model looked
         again: its own frames as :meth:`item` reads them, then per turn (reply, window in seconds, user text) the
         reply and ``num_frames`` frames of the window (:class:`vau.datamodules.samplers.WindowSampler`, true
         timestamps) with the text; ``{"bad": ...}`` when the video cannot be read again.
         ``look_frame_times`` lists the looked-at frames' times per turn. With ``target`` (SFT of a look chain) the
-        replies of ``turns`` and ``target`` are the item's labels (:meth:`SampleEncoder.conversation`)."""
+        replies of ``turns`` and ``target`` are the item's labels (:meth:`SampleEncoder.conversation`). ``memo``: a dict
+        that keeps the clips decoded here for the next call with the same example or window (GRPO renders each of a
+        prompt's G conversations twice in one step; a clip is the same every time)."""
         epoch, index = int(key[0]), int(key[1])
+        order = frames_order or self.frames_order
+        memo = {} if memo is None else memo
         try:
-            clip = clip if clip is not None else self._clip(sample, epoch, index, frames_order or self.frames_order)
-            looks = [read_clip(sample.video_path, WindowSampler(window, num_frames), None, size_fn=self.size_fn,
-                               size_key=self.size_key, cache=self.cache, num_threads=self.num_threads,
-                               decoder=self.decoder) for _, window, _ in turns]
+            if clip is None:
+                first = ("clip", sample.video_path, epoch, index, order)
+                clip = memo[first] = memo[first] if first in memo else self._clip(sample, epoch, index, order)
+            looks = []
+            for _, window, _ in turns:
+                seen = ("window", sample.video_path, tuple(window), int(num_frames))
+                if seen not in memo:
+                    memo[seen] = read_clip(sample.video_path, WindowSampler(window, num_frames), None,
+                                           size_fn=self.size_fn, size_key=self.size_key, cache=self.cache,
+                                           num_threads=self.num_threads, decoder=self.decoder)
+                looks.append(memo[seen])
         except VideoError as err:
             return self._bad(sample, err)
         item = self.encoder.conversation(sample, clip, [(reply, look, text)

@@ -162,16 +162,17 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         second = self.engine.replies(self.second_pass(inputs, first), max_new_tokens)
         return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))], None
 
-    def _look_inputs(self, batch: dict[str, Any], dataset=None, group: int = 1):
+    def _look_inputs(self, batch: dict[str, Any], dataset=None, group: int = 1, memo: dict | None = None):
         """The environment of a look (:data:`vau.rollout.look.NextInputs`): the batch's examples re-read by
         ``dataset`` (default: the one being evaluated), continued after the looks, collated and moved like the batch.
-        ``group``: rows per example (GRPO's G replies of each prompt)."""
+        ``group``: rows per example (GRPO's G replies of each prompt); ``memo``: decoded clips kept across calls
+        (:meth:`vau.datamodules.dataset.VideoTaskDataset.look_item`)."""
         dataset = self._eval_dataset() if dataset is None else dataset
         frames = self.look_settings.frames
 
         def next_inputs(rows, turns):
-            items = [dataset.look_item(batch["keys"][row // group], batch["samples"][row // group], shown, frames)
-                     for row, shown in zip(rows, turns)]
+            items = [dataset.look_item(batch["keys"][row // group], batch["samples"][row // group], shown, frames,
+                                       memo=memo) for row, shown in zip(rows, turns)]
             good = [item for item in items if "bad" not in item]
             times = [None if "bad" in item else item["look_frame_times"] for item in items]
             if not good:

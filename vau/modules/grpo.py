@@ -239,7 +239,8 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
     # -- 1. rollout -----------------------------------------------------------------------------------------------
     def rollout(self, batch: dict[str, Any]) -> Rollout:
         if self.look_again:  # the prompt offers a second look: multi-turn replies (vau.modules.look_rollout)
-            fields = self.look_rollout_fields(batch, self.look_turns(batch))
+            memo: dict = {}  # each prompt's clip and looked-at windows decoded once for its G replies
+            fields = self.look_rollout_fields(batch, self.look_turns(batch, memo), memo)
             return Rollout(model_inputs(batch, prompt_only=True), samples=[s for s in batch["samples"] for _ in
                                                                            range(self.G)],
                            durations=[d for d in batch["durations"] for _ in range(self.G)], **fields)

@@ -30,22 +30,23 @@ from vau.tasks.base import join_turns
 class LookRollouts:
     """GRPO's rollouts with looks (mixed into :class:`vau.modules.grpo.GRPOModule`)."""
 
-    def look_turns(self, batch: dict[str, Any]):
+    def look_turns(self, batch: dict[str, Any], memo: dict | None = None):
         """G sampled multi-turn replies of every prompt of ``batch`` (B*G rows, G consecutive per prompt), as the
-        engine returns them (:class:`vau.rollout.look.LookTurns`)."""
+        engine returns them (:class:`vau.rollout.look.LookTurns`). ``memo`` keeps the clips decoded for the looks, for
+        :meth:`look_rollout_fields` to render the same conversations without decoding them again."""
         prompt = model_inputs(batch, prompt_only=True)
         G = self.G
         durations = [d for d in batch["durations"] for _ in range(G)]
         sampling = {"do_sample": True, "temperature": float(self.cfg.temperature), "top_p": float(self.cfg.top_p),
                     "top_k": int(self.cfg.top_k) or None}
-        environment = self._look_inputs(batch, self.train_dataset(), group=G)
+        environment = self._look_inputs(batch, self.train_dataset(), group=G, memo=memo)
         return self.engine.sample_with_looks(prompt, G, int(self.cfg.max_new_tokens), durations, environment,
                                              self.look_settings, **sampling)
 
     def train_dataset(self):
         return self.trainer.datamodule.datasets["train"]
 
-    def look_rollout_fields(self, batch: dict[str, Any], turns) -> dict[str, Any]:
+    def look_rollout_fields(self, batch: dict[str, Any], turns, memo: dict | None = None) -> dict[str, Any]:
         """The :class:`vau.modules.grpo.Rollout` fields of ``turns``: per reply its rendered conversation
         (``conversation``: teacher-forced model inputs), ``completion_ids`` its tokens from the first one any reply
         wrote, ``mask`` the tokens the policy wrote among them (module doc), the joined texts and the looks."""
@@ -55,7 +56,7 @@ class LookRollouts:
         items = []
         for row, replies in enumerate(turns.replies):
             key, sample = batch["keys"][row // G], batch["samples"][row // G]
-            item = dataset.look_item(key, sample, turns.shown[row], frames, target=replies[-1])
+            item = dataset.look_item(key, sample, turns.shown[row], frames, target=replies[-1], memo=memo)
             if "bad" in item:  # read a moment ago for the prompt: a video that vanishes mid-step is not skippable
                 raise RuntimeError(f"look rollout: {item['bad']['video']} could not be read again "
                                    f"({item['bad']['error']}) while rendering reply {row} of this step")

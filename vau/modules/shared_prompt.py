@@ -104,4 +104,7 @@ def generate_shared(model, backbone, prompt: dict[str, torch.Tensor], times: int
     backbone.prepare_cached_generation(model, prompt, times)
     text = {k: v.repeat_interleave(times, dim=0) for k, v in prompt.items() if k in backbone.text_keys}
     out = model.generate(**text, **{key: cache}, **generate_kwargs)
+    if hasattr(out, "sequences"):  # return_dict_in_generate=True: the output with the prompt cut from its sequences
+        out.sequences = out.sequences[:, length:]
+        return out
     return out[:, length:]
