@@ -56,6 +56,7 @@ def build_arm(name: str, root: Path, cache_dir: str, args):
 
 def teach(module, data, dataset, look: bool, count: int) -> float:
     """Teacher forcing until the arm's reply is learnt: the look chain, or the same text without the look."""
+    from vau.backbones.tiny import teach_replies
     from vau.datamodules.encoding import model_inputs
     from vau.tasks.base import look_turn
 
@@ -70,16 +71,7 @@ def teach(module, data, dataset, look: bool, count: int) -> float:
         else:
             items.append(dataset.look_item((0, i), sample, [], 16, target=f"{FIRST}\n{FINAL}"))
     batch = data.collate(items)
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = module.model(**model_inputs(batch), labels=batch["labels"]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.02:
-            break
-    return float(loss)
+    return teach_replies(module.model, model_inputs(batch), batch["labels"])
 
 
 def one_step(module, batch, optimizer) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from vau.backbones.tiny import teach_replies
 from vau.components import build_components
 from vau.config import compose
 from vau.data.annotations import read_annotations
@@ -137,16 +138,8 @@ def looking(cache_dir, demo_root, tmp_path_factory):
     teach = VideoTaskDataset(chains, data.encoder, data.eval_sampler, train=False, with_target=True,
                              size_fn=data.size_fn, size_key=data.size_key, look_frames=4)
     batch = data.collate([teach[(0, i)] for i in range(len(teach))])
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = module.model(**model_inputs(batch), labels=batch["labels"]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.02:
-            break
-    assert loss.item() < 0.02, "the tiny model did not learn the look targets"
+    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=150)
+    assert loss < 0.02, "the tiny model did not learn the look targets"
     return module, data, dataset
 
 
