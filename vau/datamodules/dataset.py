@@ -210,7 +210,9 @@ class VideoTaskDataset(Dataset):
         try:
             if clip is None:
                 first = ("clip", sample.video_path, epoch, index, order)
-                clip = memo[first] = memo[first] if first in memo else self._clip(sample, epoch, index, order)
+                if first not in memo:
+                    memo[first] = self._clip(sample, epoch, index, order)
+                clip = memo[first]
             looks = []
             for _, window, _ in turns:
                 seen = ("window", sample.video_path, tuple(window), int(num_frames))

@@ -258,12 +258,15 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         return Rollout(prompt, ids, mask, truncated, self.decode(ids), samples, durations, encoded_vision=encoded,
                        repeated=repeated)
 
+    def sampling(self) -> dict[str, Any]:
+        """The rollouts' ``generate`` keyword arguments: sampled at ``module.grpo``'s temperature, top_p, top_k."""
+        return {"do_sample": True, "temperature": float(self.cfg.temperature), "top_p": float(self.cfg.top_p),
+                "top_k": int(self.cfg.top_k) or None}
+
     def sample_completions(self, prompt: dict[str, torch.Tensor], **generate_kwargs):
         """G sampled completions of every prompt from the rollout engine: (ids (B*G, T), frozen vision outputs or
         None, the prompt repeated G times or None). ``generate_kwargs`` add to / override the configured sampling."""
-        sampling = {"do_sample": True, "temperature": float(self.cfg.temperature), "top_p": float(self.cfg.top_p),
-                    "top_k": int(self.cfg.top_k) or None, **generate_kwargs}
-        return self.engine.sample(prompt, self.G, int(self.cfg.max_new_tokens), **sampling)
+        return self.engine.sample(prompt, self.G, int(self.cfg.max_new_tokens), **{**self.sampling(), **generate_kwargs})
 
     def vision_frozen(self) -> bool:
         """No vision-tower parameter trains (LoRA/QLoRA without vision adapters): its outputs are fixed all step."""

@@ -37,11 +37,9 @@ class LookRollouts:
         prompt = model_inputs(batch, prompt_only=True)
         G = self.G
         durations = [d for d in batch["durations"] for _ in range(G)]
-        sampling = {"do_sample": True, "temperature": float(self.cfg.temperature), "top_p": float(self.cfg.top_p),
-                    "top_k": int(self.cfg.top_k) or None}
         environment = self._look_inputs(batch, self.train_dataset(), group=G, memo=memo)
         return self.engine.sample_with_looks(prompt, G, int(self.cfg.max_new_tokens), durations, environment,
-                                             self.look_settings, **sampling)
+                                             self.look_settings, **self.sampling())
 
     def train_dataset(self):
         return self.trainer.datamodule.datasets["train"]
