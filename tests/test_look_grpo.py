@@ -21,6 +21,8 @@ from vau.rollout.look import LookTurns
 from vau.tasks.base import LOOK_CHAIN_KEY, look_turn
 from vau.trainer import build_trainer
 
+from .test_resume import scalars
+
 FIRST = "<think>a look</think><answer>A</answer><look>[0.5, 1.5]</look>"
 FINAL = "<reflect>seen</reflect><think>again</think><answer>B</answer>"
 PLAIN = "<think>a square</think><answer>A</answer>"
@@ -113,11 +115,9 @@ def test_each_reply_scores_as_its_conversation_alone_and_gradients_follow_the_ma
     torch.testing.assert_close(grads[0], -grads[1])
 
 
-def test_grpo_fit_with_looks_trains_on_the_looks_it_samples(overrides, tmp_path):
-    """A tiny model taught (teacher forcing) to answer, look at [0.5, 1.5] s and answer again: two GRPO steps sample
-    replies that look, are shown the window, and update the policy; the looks are logged."""
-    cfg = look_config(overrides, tmp_path, "trainer.max_steps=2", "module.grpo.temperature=0.3", "data.limit.train=2",
-                      "module.grpo.beta=0.1")
+def taught_to_look(cfg, tmp_path):
+    """(module, datamodule) of a tiny model taught (teacher forcing) to answer, look at [0.5, 1.5] s and answer
+    again on every training clip."""
     backbone = build_backbone(cfg.backbone)
     module = build_module(cfg, backbone, tmp_path)
     data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
@@ -130,6 +130,15 @@ def test_grpo_fit_with_looks_trains_on_the_looks_it_samples(overrides, tmp_path)
     batch = data.collate([teach[(0, i)] for i in range(len(teach))])
     loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=150)
     assert loss < 0.02, "the tiny model did not learn the look targets"
+    return module, data
+
+
+def test_grpo_fit_with_looks_trains_on_the_looks_it_samples(overrides, tmp_path):
+    """Two GRPO steps of a model taught to look sample replies that look, are shown the window, and update the
+    policy; the looks are logged."""
+    cfg = look_config(overrides, tmp_path, "trainer.max_steps=2", "module.grpo.temperature=0.3", "data.limit.train=2",
+                      "module.grpo.beta=0.1")
+    module, data = taught_to_look(cfg, tmp_path)
     trainer = build_trainer(cfg, tmp_path)
     trainer.fit(module, datamodule=data)
     metrics = trainer.callback_metrics
@@ -138,6 +147,32 @@ def test_grpo_fit_with_looks_trains_on_the_looks_it_samples(overrides, tmp_path)
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["train/kl"])
     first = len(module.backbone.processor.tokenizer(FIRST, add_special_tokens=False)["input_ids"])
     assert float(metrics["train/completion_length/mean"]) > first  # the turn after the look is in the loss too
+
+
+def test_grpo_with_looks_resumes_exactly(overrides, tmp_path):
+    """Three GRPO steps with looks, checkpointed every step; a run resumed from step 1's checkpoint (a fresh,
+    untaught model: the weights come from the checkpoint) samples, looks and learns as the uninterrupted run did.
+    beta 0: a frozen reference is copied from the weights a run starts from, which a real resume gets from the same
+    ``init_from`` and this test's two runs would not share (the first starts taught)."""
+    common = ["trainer.max_steps=3", "trainer.max_epochs=-1", "module.grpo.temperature=1.0", "data.limit.train=4",
+              "data.batch_size=2", "module.grpo.beta=0", "checkpoint.every_n_train_steps=1",
+              "checkpoint.save_top_k=-1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
+    first = tmp_path / "first"
+    cfg = look_config(overrides, first, *common)
+    module, data = taught_to_look(cfg, first)
+    build_trainer(cfg, first).fit(module, datamodule=data)
+    second = tmp_path / "second"
+    cfg = look_config(overrides, second, *common)
+    backbone = build_backbone(cfg.backbone)
+    module = build_module(cfg, backbone, second)
+    data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
+    build_trainer(cfg, second).fit(module, datamodule=data, ckpt_path=first / "checkpoints" / "step1.ckpt")
+    for tag in ("train/loss", "train/reward", "train/look_rate", "train/looked_frames", "train/reward/look_cost"):
+        before, after = scalars(first, tag), scalars(second, tag)
+        assert len(before) == 3 and sorted(after) == sorted(before)[1:], (tag, before, after)  # steps 2 and 3
+        assert after == {s: v for s, v in before.items() if s in after}, tag
+    assert max(scalars(second, "train/look_rate").values()) > 0  # the steps compared looked
+    assert any(v != 0 for v in scalars(second, "train/loss").values())  # and had reward spread to learn from
 
 
 def test_look_rollouts_refuse_what_they_do_not_support(overrides, tmp_path):
