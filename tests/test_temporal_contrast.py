@@ -92,10 +92,11 @@ TG = ["module=grpo", "reward.format.weight=0", "reward.choice_accuracy.weight=0"
       "trainer.max_steps=3"]
 
 
-@pytest.mark.parametrize("mu, paid", [(0.8, True), (1.5, False)])
-def test_grpo_pays_the_bonus_where_ordered_accuracy_clears_the_margin(overrides, tmp_path, mu, paid):
+@pytest.mark.parametrize("mu, paid, scale", [(0.8, True, "group"), (1.5, False, "group"), (0.8, True, "none")])
+def test_grpo_pays_the_bonus_where_ordered_accuracy_clears_the_margin(overrides, tmp_path, mu, paid, scale):
     run_dir = tmp_path / "run"
-    run("fit", compose("demo", [*overrides, *TG, f"run_dir={run_dir}", f"module.grpo.temporal_contrast.mu={mu}"]))
+    run("fit", compose("demo", [*overrides, *TG, f"run_dir={run_dir}", f"module.grpo.temporal_contrast.mu={mu}",
+                                f"module.grpo.scale_rewards={scale}"]))
     ordered = scalars(run_dir, "train/temporal_contrast/ordered_accuracy")
     shuffled = scalars(run_dir, "train/temporal_contrast/shuffled_accuracy")
     helped = scalars(run_dir, "train/temporal_contrast/helped_groups")
@@ -104,6 +105,15 @@ def test_grpo_pays_the_bonus_where_ordered_accuracy_clears_the_margin(overrides,
     for step, accuracy in ordered.items():
         assert helped[step] == (1.0 if paid else 0.0)  # p >= 0.8 p~ in every group; p >= 1.5 p~ in none
         assert bonus[step] == pytest.approx(0.3 * accuracy if paid else 0.0)  # alpha x the right ordered replies
+    # The 0/1 accuracy is the only reward: a bonus on its right replies is an affine map of each group's rewards, which
+    # group-std advantages (Video-R1's scaling) undo exactly; centred-only advantages grow by 1 + alpha.
+    shift = scalars(run_dir, "train/temporal_contrast/advantage_shift")
+    assert len(shift) == 3
+    if paid and scale == "none":  # |+-0.3 / 2| on each reply of a group with spread (a 0/1 pair), 0 in the others
+        spread = {step: 1.0 - v for step, v in scalars(run_dir, "train/zero_std_fraction").items()}
+        assert any(spread.values()) and all(shift[s] == pytest.approx(0.15 * spread[s], abs=1e-6) for s in shift)
+    else:
+        assert all(v == pytest.approx(0.0, abs=1e-4) for v in shift.values())
     assert scalars(run_dir, "train/reward")  # the step went on to its loss
 
 

@@ -39,7 +39,7 @@ from vau.modules.grpo_loss import (
 from vau.modules.grpo_prompts import PromptSelection
 from vau.modules.look_rollout import LookRollouts
 from vau.modules.shared_prompt import completion_logits
-from vau.modules.temporal_contrast import is_contrast_step
+from vau.modules.temporal_contrast import advantage_shift, is_contrast_step
 from vau.registry import ALGORITHMS
 from vau.rewards import NONFINITE_POLICIES, build_rewards
 from vau.schema import GRPOConfig
@@ -176,6 +176,10 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
                              f"among the configured rewards {list(rewards.weights)}")
         if not 0.0 <= float(self.contrast.share) <= 1.0:
             raise ValueError(f"module.grpo.temporal_contrast.share={self.contrast.share}: give a share in [0, 1]")
+        if self.contrast.enabled and str(cfg.scale_rewards) == "group":
+            log.warning("module.grpo.temporal_contrast with scale_rewards=group: on a 0/1 accuracy the bonus moves no "
+                        "advantage in a group where nothing else varies (it only rescales the group's rewards); "
+                        "train/temporal_contrast/advantage_shift shows how much it moved")
         if self.look_again and (self.turn_credit != "joint" or self.contrast.enabled):
             # per turn would need the look turn's boundary in the conversation layout; a shuffled T-GRPO pass would
             # have to re-read the looked-at window shuffled too. Neither is built yet.
@@ -396,10 +400,15 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         """Rollout, rewards and advantages of one batch of prompts (``contrast``: with T-GRPO's bonus)."""
         rollout = self.rollout(batch)
         rewards = self.score(rollout)
-        stats = None
+        stats, plain = None, rewards
         if contrast:
             rewards, stats = self.temporal_contrast(batch, rewards)
-        advantages, zero_std, rollout = self.advantages(rewards, rollout)
+        advantages, zero_std, narrowed = self.advantages(rewards, rollout)
+        if stats is not None:
+            # How far the bonus moved the advantages: with group-std scaling and a 0/1 accuracy as the only spread
+            # it is an affine map of each group's rewards, and the advantages do not move at all.
+            stats["advantage_shift"] = advantage_shift(advantages, self.advantages(plain, rollout)[0], narrowed.mask)
+        rollout = narrowed
         if self.history is not None and all(k is not None for k in batch.get("keys") or [None]):
             self.history.observe([k[1] for k in batch["keys"]], group_spread(rewards, str(self.dynamic.metric), self.G))
         return Part(rollout, rewards, advantages, zero_std, contrast=stats)
@@ -521,7 +530,7 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         contrasted = [p.contrast for p in parts if p.contrast is not None]
         if contrasted:  # T-GRPO: the groups' accuracies on ordered and shuffled frames, the share where order helped
             for key, name in (("ordered", "ordered_accuracy"), ("shuffled", "shuffled_accuracy"),
-                              ("helped", "helped_groups")):
+                              ("helped", "helped_groups"), ("advantage_shift", "advantage_shift")):
                 values[f"train/temporal_contrast/{name}"] = torch.cat([c[key].float() for c in contrasted]).mean()
         for name, value in rewards.means().items():
             values[f"train/reward/{name}"] = value

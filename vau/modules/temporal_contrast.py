@@ -72,6 +72,27 @@ def temporal_bonus(ordered: torch.Tensor, shuffled: torch.Tensor, group_size: in
     return bonus, p, q, helped
 
 
+def advantage_shift(advantages: torch.Tensor, without: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) mean |change| of each reply's advantage that the bonus made (over its loss tokens when advantages are
+    per token, ``turn_credit: per_turn``).
+
+    The bonus adds ``alpha`` to the right replies of a helped group. When the accuracy is 0/1 and nothing else in the
+    group's rewards varies, that maps the group's rewards r to (1 + alpha) r + c, and group-std advantages
+    (``scale_rewards: group``, Video-R1's) are unchanged: the shift is 0 and T-GRPO trains exactly like GRPO. It moves
+    the advantages where other rewards spread too, for a graded accuracy, or under ``scale_rewards: none`` (helped
+    groups then weigh up to 1 + alpha times more).
+
+    Example:
+        >>> adv = torch.tensor([1.0, -1.0]); advantage_shift(adv, adv, torch.ones(2, 3)).tolist()
+        [0.0, 0.0]
+    """
+    diff = (advantages - without).abs()
+    if diff.dim() == 2:
+        mask = mask.to(diff.device, diff.dtype)
+        diff = (diff * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return diff
+
+
 def with_bonus(rewards: RewardResult, bonus: torch.Tensor) -> RewardResult:
     """``rewards`` with the bonus added to every total (weight 1, a final-turn reward) and listed as
     :data:`BONUS`; completions left out for a non-finite reward get none."""
