@@ -279,7 +279,7 @@ def test_the_cue_shows_where_a_brief_anomaly_is_without_showing_what_it_is(tmp_p
 def test_look_chains_teach_a_look_exactly_where_the_sampled_frames_missed_the_anomaly(tmp_path, cache_dir):
     """``data.look_chains``: on cue data, a training clip whose sampled frames miss its anomaly (and every normal
     clip) trains on a look at its cue's window; a clip whose frames show the anomaly keeps its plain target."""
-    root = generate(tmp_path / "cue", n_train=12, n_val=1, n_test=1, seed=0, min_seconds=30.0, max_seconds=40.0,
+    root = generate(tmp_path / "cue", n_train=12, n_val=4, n_test=4, seed=0, min_seconds=30.0, max_seconds=40.0,
                     event_seconds=[1, 2], cue_seconds=4.0)
     cfg = compose("demo", [f"paths.cache_dir={cache_dir}", f"data.root={root}", "data.generate=null",
                            f"paths.output_dir={tmp_path / 'out'}", "data.look_chains=true",
@@ -307,3 +307,16 @@ def test_look_chains_teach_a_look_exactly_where_the_sampled_frames_missed_the_an
             plain += 1
             assert "prompt_labels" not in item and "<look>" not in labelled
     assert looked and plain, (looked, plain)
+    # Evaluation asks the question once and lets the model decide whether to look: a validation or test prompt that
+    # held a look chain would show the annotated window's frames to a model that never asked for them.
+    for split in ("val", "test"):
+        dataset = data.datasets[split]
+        missed = 0
+        for index, sample in enumerate(dataset.samples):
+            item = dataset[(0, index)]
+            assert "prompt_labels" not in item and item["vision"]["video_grid_thw"].shape[0] == 1, (split, index)
+            prompt = tokenizer.decode(item["prompt_ids"])
+            assert prompt.count("assistant") == 1 and prompt.endswith("assistant\n"), (split, index, prompt[-300:])
+            assert "<look>" not in tokenizer.decode(item["target_ids"])
+            missed += sample.is_normal
+        assert missed, f"no {split} clip would have had a chain to leak"

@@ -221,7 +221,9 @@ class VAUBenchDataModule(L.LightningDataModule):
             random_target_letters=train and self.target_letter in ("random", "random_chain"),
             target_chains=self.target_letter == "random_chain",
             frames_order=str(self.cfg.get("frames_order") or "ordered"), look_frames=self.look_frames,
-            look_chains=bool(self.cfg.get("look_chains")),
+            # training only: an evaluation prompt that held a chain would show the annotated window's frames to a
+            # model that never asked for them (generation continues after the prompt's look)
+            look_chains=train and bool(self.cfg.get("look_chains")),
         )
 
     def eval_loader(self, dataset: VideoTaskDataset, batch_size: int) -> DataLoader:
