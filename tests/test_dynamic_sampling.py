@@ -13,7 +13,7 @@ from vau.modules.grpo_loss import LOSS_TYPES, policy_loss
 from vau.rewards import RewardResult
 from vau.run import run
 
-from .test_distributed import EVEN_SPREAD
+from .test_distributed import EVEN_SPREAD, _fit
 from .test_resume import checkpoint, fit, scalars
 
 # 0/1 within the group of an even-numbered clip, 0.5 for an odd one (no spread); registered by test_distributed
@@ -94,6 +94,51 @@ def test_refill_keeps_a_full_step_of_groups_with_spread(overrides, tmp_path):
     # the rewards of the kept groups have spread: the mean of a kept group is 0.5 as of the dropped ones, so the
     # logged reward mean over everything rolled out stays 0.5
     assert all(v == pytest.approx(0.5) for v in scalars(run_dir, "train/reward").values())
+
+
+def _watch_parts(module, parts: list) -> None:
+    """Record (optimiser step, prompts, groups with spread) of every part (rollout + rewards) of a GRPO step."""
+    original = module.part
+
+    def part(batch, contrast=False):
+        out = original(batch, contrast)
+        parts.append((int(module.global_step), int(batch["size"]), int(group_spread(out.rewards, "total", 2).sum())))
+        return out
+
+    module.part = part
+
+
+@pytest.mark.parametrize("mode", ["batch", "missing"])
+def test_refills_roll_out_a_batch_or_only_the_missing_groups(tmp_path, cache_dir, demo_root, mode):
+    """``refill: batch`` rolls out data.batch_size (2) more prompts while a step is short of groups with spread;
+    ``refill: missing`` only as many as are missing, within the same budget of 3 x 2 prompts. Either way a step ends
+    full or with its budget spent, and the logs count every prompt rolled out."""
+    overrides = [f"paths.cache_dir={cache_dir}", f"data.root={demo_root}", "data.generate=null",
+                 f"paths.output_dir={tmp_path / 'outputs'}", "trainer.enable_progress_bar=false",
+                 "trainer.log_every_n_steps=1", "data.batch_size=2", *DS, "trainer.max_steps=4",
+                 f"module.grpo.dynamic_sampling.refill={mode}"]
+    parts: list = []
+    _fit(overrides, tmp_path / "run", patch=lambda m: _watch_parts(m, parts))
+    logged = scalars(tmp_path / "run", "train/dynamic_sampling/extra_prompts")
+    assert sorted(logged) == [0, 1, 2, 3]
+    shorts = 0
+    for step in range(4):
+        sizes = [(size, spread) for s, size, spread in parts if s == step]
+        assert sizes[0][0] == 2
+        kept, spent = min(sizes[0][1], 2), 0
+        for size, spread in sizes[1:]:
+            shorts += kept == 1
+            assert size == (2 if mode == "batch" else min(2 - kept, 6 - spent)), (step, sizes)
+            kept, spent = kept + min(spread, 2 - kept), spent + size
+        assert kept == 2 or spent == 6, (step, sizes)
+        assert logged[step] == spent
+    assert shorts, "no step was one group short: nothing told the two modes apart"
+
+
+def test_an_unknown_refill_is_refused(overrides, tmp_path):
+    cfg = compose("demo", [*overrides, *DS, f"run_dir={tmp_path}", "module.grpo.dynamic_sampling.refill=some"])
+    with pytest.raises(ValueError, match="dynamic_sampling.refill='some'"):
+        run("fit", cfg)
 
 
 def test_metric_must_be_a_configured_reward(overrides, tmp_path):

@@ -40,6 +40,10 @@ class DynamicSamplingConfig:
     enabled: bool = False
     metric: str = "total"  # the reward whose spread within a group counts: "total" or a reward's name
     max_extra_batches: int = 2  # at most this many extra rollouts of data.batch_size prompts per optimiser step
+    # batch: every extra rollout is data.batch_size prompts (DAPO, verl); missing: only as many prompts as groups are
+    # still missing (the same budget in prompts, max_extra_batches x data.batch_size), so a step one group short rolls
+    # out one prompt, not a batch
+    refill: str = "batch"
     # Skip a row before its rollout when its latest groups had no spread (probability 1 - revisit^runs; GRESO,
     # arXiv 2506.02177), replacing it by another row: fewer rollouts spent on groups that would be dropped.
     skip_settled: bool = False

@@ -47,6 +47,7 @@ from vau.tasks import get_task, task_of
 
 log = logging.getLogger(__name__)
 TURN_CREDITS = ("joint", "per_turn")
+REFILLS = ("batch", "missing")  # module.grpo.dynamic_sampling.refill
 FIRST_TURN_END = "</answer>"
 
 
@@ -164,12 +165,15 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         if int(self.dynamic.max_extra_batches) < 0:
             raise ValueError(f"module.grpo.dynamic_sampling.max_extra_batches={self.dynamic.max_extra_batches}: "
                              f"give 0 or more extra rollouts per step")
+        if self.dynamic.refill not in REFILLS:
+            raise ValueError(f"module.grpo.dynamic_sampling.refill={self.dynamic.refill!r}: use one of {REFILLS}")
         if self.dynamic.enabled and self.dynamic.metric != "total" and self.dynamic.metric not in rewards.weights:
             raise ValueError(f"module.grpo.dynamic_sampling.metric={self.dynamic.metric!r}: use 'total' or one of "
                              f"the configured rewards {list(rewards.weights)}")
         self.history = SpreadHistory(self.dynamic.revisit) if self.dynamic.enabled and self.dynamic.skip_settled \
             else None
         self.skipped_prompts = 0  # rows skipped before their rollout in this step (dynamic_sampling.skip_settled)
+        self.extra_prompts = 0  # prompts rolled out in this step's refills (dynamic_sampling)
         self.contrast = cfg.temporal_contrast
         if self.contrast.enabled and self.contrast.reward not in rewards.weights:
             raise ValueError(f"module.grpo.temporal_contrast.reward={self.contrast.reward!r}: name the accuracy reward "
@@ -415,14 +419,20 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
 
     def refill(self, batch: dict[str, Any], first: Part, contrast: bool = False) -> list[Part]:
         """The step's parts under dynamic sampling: ``first`` and extra batches until ``data.batch_size`` groups with
-        reward spread are kept (or the extra budget is spent); every part's loss mask narrowed to its kept groups."""
+        reward spread are kept (or the extra budget of ``max_extra_batches`` x ``data.batch_size`` prompts is spent);
+        an extra batch is ``data.batch_size`` prompts (``refill: batch``) or as many as groups are missing
+        (``refill: missing``); every part's loss mask narrowed to its kept groups."""
         want = int(batch["size"])
         metric = str(self.dynamic.metric)
         parts = [replace(first, kept=take_groups(group_spread(first.rewards, metric, self.G), want))]
-        kept, spent = int(parts[0].kept.sum()), 0
-        while spent < int(self.dynamic.max_extra_batches) and self._any_rank(kept < want):
-            extra = self.extra_batch(want, spent)
-            spent += 1
+        kept, number, spent, budget = int(parts[0].kept.sum()), 0, 0, int(self.dynamic.max_extra_batches) * want
+        self.extra_prompts = 0
+        while spent < budget and self._any_rank(kept < want):
+            # every rank draws as many prompts as the rank that misses the most (collectives must match)
+            size = want if self.dynamic.refill == "batch" else min(self._max_rank(want - kept), budget - spent)
+            extra = self.extra_batch(size, number)
+            number, spent = number + 1, spent + size
+            self.extra_prompts += int(extra["size"])
             if not extra["size"]:
                 continue  # every drawn video was unusable (counted by the dataset): the attempt is spent all the same
             part = self.part(extra, contrast)
@@ -525,6 +535,7 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
             values["train/dynamic_sampling/kept_fraction"] = float(sum(int(p.kept.sum()) for p in parts)) / n
             values["train/dynamic_sampling/dropped_groups"] = float(sum(int((~p.kept).sum()) for p in parts))
             values["train/dynamic_sampling/extra_batches"] = float(len(parts) - 1)
+            values["train/dynamic_sampling/extra_prompts"] = float(self.extra_prompts)
             if self.history is not None:  # rows skipped before their rollout (and replaced) in this step
                 values["train/dynamic_sampling/skipped_prompts"] = float(self.skipped_prompts)
         contrasted = [p.contrast for p in parts if p.contrast is not None]

@@ -97,6 +97,15 @@ class PromptSelection:
         return move_data_to_device(datamodule.collate(items), self.device)
 
     @staticmethod
+    def _max_rank(value: int) -> int:
+        """The largest ``value`` over the processes."""
+        if dist.is_available() and dist.is_initialized():
+            out = torch.tensor([float(value)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(out, op=dist.ReduceOp.MAX)
+            return int(out.item())
+        return int(value)
+
+    @staticmethod
     def _any_rank(flag: bool) -> bool:
         """True when ``flag`` holds on any process (all ranks roll out the same number of extra batches)."""
         if dist.is_available() and dist.is_initialized():
