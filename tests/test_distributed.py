@@ -310,7 +310,7 @@ def test_grpo_ddp_shared_prompt_path_matches_the_repeated_prompt_path(two_proces
     assert scale > 1e-4 and diff <= tolerance
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "fsdp2_missing"])
 def test_dynamic_sampling_rolls_out_alike_on_every_rank(two_process_runs, strategy):
     """Only rank 1's prompt lacks reward spread; both ranks roll out its extra batches (else the collectives of the
     step would not match and the run would hang), and both finish their steps."""
@@ -447,12 +447,15 @@ def worker(out: Path, cache_dir: str, demo_root: str) -> None:
 
     # Dynamic sampling: rank 0's prompt (clip 0) has reward spread, rank 1's (clip 1) none, so only rank 1 needs
     # extra rollouts; both must roll out as many (collectives match) and finish.
-    for name, strategy in (("dynamic_ddp", ddp), ("dynamic_fsdp2", fsdp2)):
+    # refill=missing: each rank draws as many prompts as the rank that misses the most (one more all-reduce).
+    for name, strategy, refill in (("dynamic_ddp", ddp, "batch"), ("dynamic_fsdp2", fsdp2, "batch"),
+                                   ("dynamic_fsdp2_missing", fsdp2, "missing")):
         rollouts: list = []
         module, trainer, _ = _fit([*common, *strategy, *GRPO_DIFF, "reward.format.weight=0",
                                    "reward.choice_accuracy.weight=0", f"reward.{REWARD}.weight=0",
                                    f"+reward.{EVEN_SPREAD}={{weight:1.0}}", "module.grpo.dynamic_sampling.enabled=true",
-                                   "module.grpo.dynamic_sampling.max_extra_batches=2", "data.shuffle=false"],
+                                   "module.grpo.dynamic_sampling.max_extra_batches=2", "data.shuffle=false",
+                                   f"module.grpo.dynamic_sampling.refill={refill}"],
                                   out / name, patch=lambda m, rollouts=rollouts: _watch_prompts(m, rollouts))
         _record(out, name, rollouts=rollouts, steps=int(trainer.global_step))
 

@@ -105,11 +105,7 @@ class PromptSelection:
             return int(out.item())
         return int(value)
 
-    @staticmethod
-    def _any_rank(flag: bool) -> bool:
+    @classmethod
+    def _any_rank(cls, flag: bool) -> bool:
         """True when ``flag`` holds on any process (all ranks roll out the same number of extra batches)."""
-        if dist.is_available() and dist.is_initialized():
-            value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
-            return bool(value.item())
-        return bool(flag)
+        return cls._max_rank(int(bool(flag))) > 0
