@@ -173,7 +173,6 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         self.history = SpreadHistory(self.dynamic.revisit) if self.dynamic.enabled and self.dynamic.skip_settled \
             else None
         self.skipped_prompts = 0  # rows skipped before their rollout in this step (dynamic_sampling.skip_settled)
-        self.extra_prompts = 0  # prompts rolled out in this step's refills (dynamic_sampling)
         self.contrast = cfg.temporal_contrast
         if self.contrast.enabled and self.contrast.reward not in rewards.weights:
             raise ValueError(f"module.grpo.temporal_contrast.reward={self.contrast.reward!r}: name the accuracy reward "
@@ -426,13 +425,11 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
         metric = str(self.dynamic.metric)
         parts = [replace(first, kept=take_groups(group_spread(first.rewards, metric, self.G), want))]
         kept, number, spent, budget = int(parts[0].kept.sum()), 0, 0, int(self.dynamic.max_extra_batches) * want
-        self.extra_prompts = 0
         while spent < budget and self._any_rank(kept < want):
             # every rank draws as many prompts as the rank that misses the most (collectives must match)
             size = want if self.dynamic.refill == "batch" else min(self._max_rank(want - kept), budget - spent)
             extra = self.extra_batch(size, number)
             number, spent = number + 1, spent + size
-            self.extra_prompts += int(extra["size"])
             if not extra["size"]:
                 continue  # every drawn video was unusable (counted by the dataset): the attempt is spent all the same
             part = self.part(extra, contrast)
@@ -535,7 +532,9 @@ class GRPOModule(LookRollouts, PromptSelection, VAUModule):
             values["train/dynamic_sampling/kept_fraction"] = float(sum(int(p.kept.sum()) for p in parts)) / n
             values["train/dynamic_sampling/dropped_groups"] = float(sum(int((~p.kept).sum()) for p in parts))
             values["train/dynamic_sampling/extra_batches"] = float(len(parts) - 1)
-            values["train/dynamic_sampling/extra_prompts"] = float(self.extra_prompts)
+            # prompts rolled out in refills: each extra part holds G rows per prompt
+            values["train/dynamic_sampling/extra_prompts"] = float(sum(p.rollout.mask.shape[0] for p in parts[1:])
+                                                                    / self.G)
             if self.history is not None:  # rows skipped before their rollout (and replaced) in this step
                 values["train/dynamic_sampling/skipped_prompts"] = float(self.skipped_prompts)
         contrasted = [p.contrast for p in parts if p.contrast is not None]
