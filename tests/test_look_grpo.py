@@ -154,8 +154,10 @@ def test_grpo_with_looks_resumes_exactly(overrides, tmp_path):
     untaught model: the weights come from the checkpoint) samples, looks and learns as the uninterrupted run did.
     beta 0: a frozen reference is copied from the weights a run starts from, which a real resume gets from the same
     ``init_from`` and this test's two runs would not share (the first starts taught)."""
-    common = ["trainer.max_steps=3", "trainer.max_epochs=-1", "module.grpo.temperature=1.0", "data.limit.train=4",
-              "data.batch_size=2", "module.grpo.beta=0", "checkpoint.every_n_train_steps=1",
+    # T 0.7 and lr 1e-4 keep the taught model looking through the three steps (at T 1.0 and the demo's lr 2e-3 one
+    # update can end the looks, and on some machines did, leaving steps 2-3 nothing to compare)
+    common = ["trainer.max_steps=3", "trainer.max_epochs=-1", "module.grpo.temperature=0.7", "data.limit.train=4",
+              "data.batch_size=2", "module.grpo.beta=0", "module.optim.lr=1e-4", "checkpoint.every_n_train_steps=1",
               "checkpoint.save_top_k=-1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
     first = tmp_path / "first"
     cfg = look_config(overrides, first, *common)
@@ -167,12 +169,13 @@ def test_grpo_with_looks_resumes_exactly(overrides, tmp_path):
     module = build_module(cfg, backbone, second)
     data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
     build_trainer(cfg, second).fit(module, datamodule=data, ckpt_path=first / "checkpoints" / "step1.ckpt")
-    for tag in ("train/loss", "train/reward", "train/look_rate", "train/looked_frames", "train/reward/look_cost"):
+    for tag in ("train/loss", "train/reward", "train/look_rate", "train/looked_frames", "train/reward/look_cost",
+                "train/zero_std_fraction"):
         before, after = scalars(first, tag), scalars(second, tag)
         assert len(before) == 3 and sorted(after) == sorted(before)[1:], (tag, before, after)  # steps 2 and 3
         assert after == {s: v for s, v in before.items() if s in after}, tag
-    assert max(scalars(second, "train/look_rate").values()) > 0  # the steps compared looked
-    assert any(v != 0 for v in scalars(second, "train/loss").values())  # and had reward spread to learn from
+    assert min(scalars(second, "train/look_rate").values()) > 0  # both steps compared looked
+    assert min(scalars(second, "train/zero_std_fraction").values()) < 1  # and had reward spread to learn from
 
 
 def test_look_rollouts_refuse_what_they_do_not_support(overrides, tmp_path):
