@@ -138,8 +138,10 @@ def looking(cache_dir, demo_root, tmp_path_factory):
     teach = VideoTaskDataset(chains, data.encoder, data.eval_sampler, train=False, with_target=True,
                              size_fn=data.size_fn, size_key=data.size_key, look_frames=4)
     batch = data.collate([teach[(0, i)] for i in range(len(teach))])
-    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=150)
-    assert loss < 0.02, "the tiny model did not learn the look targets"
+    # until 0.002: at a mean token loss of 0.02 one token in a few hundred can still lose the greedy argmax (one
+    # machine's model wrote "</lok>" for one clip)
+    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=400, until=0.002)
+    assert loss < 0.002, "the tiny model did not learn the look targets"
     return module, data, dataset
 
 
