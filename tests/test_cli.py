@@ -55,6 +55,17 @@ def test_unknown_key_names_neighbouring_keys():
     assert "trainer.max_stpes" in out.stderr and "Did you mean trainer.max_steps" in out.stderr
 
 
+def test_a_dict_value_with_new_keys_names_the_key_to_add():
+    """An open node (the tiny twin's sizes, ``{}`` by default) given a whole dict: Hydra refuses the new keys; the
+    message names the first one and how to add it, not the node that does exist."""
+    from vau.config import ConfigError, compose
+
+    with pytest.raises(ConfigError) as err:
+        compose("demo", ["backbone.sizes={vocab_size:1024}"])
+    assert "backbone.sizes.vocab_size" in str(err.value) and "+backbone.sizes.vocab_size=VALUE" in str(err.value)
+    assert compose("demo", ["+backbone.sizes.vocab_size=1024"]).backbone.sizes.vocab_size == 1024  # as it says
+
+
 def test_unknown_group_choice_lists_choices():
     out = vau("fit", "backbone=qwen9")
     assert out.returncode == 2

@@ -302,7 +302,9 @@ def _explain(err: Exception, overrides: list[str]) -> str:
     typed = _wrong_type(f"{text}\n{cause or ''}")
     if typed:
         return typed
-    match = (re.search(r"Could not override '([^']+)'", text)
+    # A dict value for an existing node names the new key it brings only in the cause (backbone.sizes={a: 1}).
+    match = (re.search(r"is not in struct\s+full_key: (\S+)", str(cause or ""))
+             or re.search(r"Could not override '([^']+)'", text)
              or re.search(r"not in '\w+'\s+full_key: (\S+)", text)  # a typed node (vau.schema) names the full key
              or re.search(r"Key '([^']+)'", text))
     if match:
