@@ -3,19 +3,25 @@
 Two arms on the long-clip look demo data (30-40 s clips, written to a temp folder), the tiny Qwen2.5-VL, G replies
 per prompt, timed interleaved, step by step, in one process:
 
-  look    8 uniform frames; every reply answers, writes <look>[start, end]</look> around the clip's anomaly, is shown 8 frames of that
-          window as a second video and answers again (conf=demo_grpo_look: multi-turn rollouts, the loss over each
-          whole conversation in one forward)
+  look        8 uniform frames; every reply answers, writes <look>[start, end]</look> around the clip's anomaly, is
+              shown 8 frames of that window as a second video and answers again (conf=demo_grpo_look: multi-turn
+              rollouts; the loss passes run each prompt's first video and text once for its G conversations)
+  look_whole  the same with module.grpo.shared_prompt=false: the loss passes run every whole conversation
   single  16 uniform frames; every reply writes the same text without the look tag (conf=demo_grpo_look with
           module.generation.look_again=false sampler.num_frames=16: the shared-prompt rollout and loss)
+
+Settings (``--setting``): S the demo's tiny twin at 56 x 56 per frame (4 video tokens per two frames); R the
+realistic vision share of benchmarks/grpo_step.py (224 x 224 per frame: 64 video tokens per two frames, its small
+model whose vision tower costs about as much per token as its language model).
 
 Each arm's model is first taught its reply by teacher forcing (a random model would not look), so both arms sample
 replies of the same length; time does not depend on what the weights are beyond that. A step is rollout -> rewards
 -> reference log-probs -> loss -> backward -> optimiser step, as ``GRPOModule.training_step``.
 
 Usage:
-    python benchmarks/look_step.py                      # G = 4, 1 prompt, 6 timed steps per arm
+    python benchmarks/look_step.py                      # G = 4, 1 prompt, 6 timed steps per arm, three arms
     python benchmarks/look_step.py --groups 8 --prompts 2 --steps 10
+    python benchmarks/look_step.py --setting R --groups 8
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +46,17 @@ def build_arm(name: str, root: Path, cache_dir: str, args):
     from vau.config import compose
     from vau.datamodules.vau_bench import VAUBenchDataModule
 
-    extra = [] if name == "look" else ["module.generation.look_again=false", "sampler.num_frames=16"]
+    if args.setting == "R":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from grpo_step import R_SIZES
+
+        side = 224 * 224
+        extra = [f"backbone.min_pixels={side}", f"backbone.max_pixels={side}",
+                 *(f"+backbone.sizes.{k}={v}" for k, v in R_SIZES.items())]
+    else:
+        extra = []
+    extra += {"look": [], "look_whole": ["module.grpo.shared_prompt=false"],
+              "single": ["module.generation.look_again=false", "sampler.num_frames=16"]}[name]
     cfg = compose("demo_grpo_look", [f"paths.cache_dir={cache_dir}", f"data.root={root}", "data.generate=null",
                                      f"module.grpo.num_generations={args.groups}", f"data.batch_size={args.prompts}",
                                      "module.grpo.temperature=0.3", "module.grpo.max_new_tokens=96", "init_from=null",
@@ -54,7 +71,7 @@ def build_arm(name: str, root: Path, cache_dir: str, args):
     return module, data, dataset
 
 
-def teach(module, data, dataset, look: bool, count: int) -> float:
+def teach(module, data, dataset, look: bool, count: int, steps: int) -> float:
     """Teacher forcing until the arm's reply is learnt: the look chain, or the same text without the look."""
     from vau.backbones.tiny import teach_replies
     from vau.datamodules.encoding import model_inputs
@@ -71,7 +88,7 @@ def teach(module, data, dataset, look: bool, count: int) -> float:
         else:
             items.append(dataset.look_item((0, i), sample, [], 16, target=f"{FIRST}\n{FINAL}"))
     batch = data.collate(items)
-    return teach_replies(module.model, model_inputs(batch), batch["labels"])
+    return teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=steps, until=0.005)
 
 
 def one_step(module, batch, optimizer) -> dict:
@@ -95,10 +112,12 @@ def one_step(module, batch, optimizer) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", choices=("S", "R"), default="S")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=1)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--teach-steps", type=int, default=400, help="teacher-forcing steps at most per arm")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "vau-bench-cache"))
     args = parser.parse_args(argv)
     from vau.data.synthetic import generate
@@ -107,10 +126,15 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vau-look-step-"))
     generate(root / "data", n_train=max(4, args.prompts), n_val=1, n_test=1, seed=0, min_seconds=30.0,
              max_seconds=40.0, event_seconds=[1.0, 2.0], cue_seconds=4.0)
-    arms, batches, optimizers, times, stats = {}, {}, {}, {}, {}
-    for name in ("look", "single"):
+    arms, batches, optimizers, times, stats, taught = {}, {}, {}, {}, {}, {}
+    for name in ("look", "look_whole", "single"):
         module, data, dataset = build_arm(name, root / "data", args.cache_dir, args)
-        left = teach(module, data, dataset, name == "look", max(4, args.prompts))
+        if name == "look_whole":  # the look arm's taught weights: the two look arms differ only in the loss's path
+            module.model.load_state_dict(arms["look"].model.state_dict())
+            left = taught["look"]
+        else:
+            left = teach(module, data, dataset, name != "single", max(4, args.prompts), args.teach_steps)
+        taught[name] = left
         print(f"{name}: taught to loss {left:.4f}", flush=True)
         arms[name] = module
         batches[name] = data.collate([dataset[(0, i)] for i in range(args.prompts)])
@@ -123,19 +147,21 @@ def main(argv=None) -> int:
             if step >= args.warmup:
                 times[name].append(time.perf_counter() - start)
                 stats[name].append(out)
-    lines = [f"GRPO step with a look (8 + 8 frames) vs single pass (16 frames): tiny Qwen2.5-VL, {args.prompts} "
+    lines = [f"GRPO step with a look (8 + 8 frames) vs single pass (16 frames): setting {args.setting}, {args.prompts} "
              f"prompt(s) x G = {args.groups}, torch threads 1; median of {args.steps} interleaved steps after "
              f"{args.warmup} warm-up", "",
              "| arm | s/step | replies that looked | looked-at frames per reply | frames per reply | loss tokens per "
              "reply | forward length (tokens) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in arms:
         s = stats[name]
-        frames = 8 + statistics.mean(x["looked_frames"] for x in s) if name == "look" else 16
+        frames = 8 + statistics.mean(x["looked_frames"] for x in s) if name != "single" else 16
         lines.append(f"| {name} | {statistics.median(times[name]):.3f} | {statistics.mean(x['looked'] for x in s):.2f} | "
                      f"{statistics.mean(x['looked_frames'] for x in s):.1f} | {frames:.1f} | "
                      f"{statistics.mean(x['tokens'] for x in s):.0f} | {max(x['forward_len'] for x in s)} |")
-    ratio = statistics.median(times["look"]) / statistics.median(times["single"])
-    lines += ["", f"look / single step time: {ratio:.2f}x"]
+    median = {name: statistics.median(times[name]) for name in arms}
+    lines += ["", f"look / single step time: {median['look'] / median['single']:.2f}x; look_whole / single: "
+                  f"{median['look_whole'] / median['single']:.2f}x; look / look_whole: "
+                  f"{median['look'] / median['look_whole']:.2f}x"]
     print("\n".join(lines))
     return 0
 

@@ -46,19 +46,20 @@ def parts(overrides, tmp_path):
     return cfg, module, data
 
 
-def hand_built(module, data):
-    """One prompt, G = 2: a reply that looked (first turn, window, final turn, ended) and one that did not and ran
-    into the length limit."""
+def hand_built(module, data, rows=(0,)):
+    """The training examples ``rows`` as prompts, G = 2 each: a reply that looked (first turn, window, final turn, ended) and one that did
+    not and ran into the length limit."""
     dataset = data.datasets["train"]
-    batch = data.collate([dataset[(0, 0)]])
+    batch = data.collate([dataset[(0, i)] for i in rows])
+    prompts = len(rows)
     window = (0.5, 1.5)
-    turns = LookTurns(replies=[[FIRST, FINAL], [PLAIN]], looks=[[{"window": list(window), "frame_times": [0.6] * 4}],
-                                                                 []],
-                      shown=[[(FIRST, window, look_turn(window))], []], ended=[True, False])
+    turns = LookTurns(replies=[[FIRST, FINAL], [PLAIN]] * prompts,
+                      looks=[[{"window": list(window), "frame_times": [0.6] * 4}], []] * prompts,
+                      shown=[[(FIRST, window, look_turn(window))], []] * prompts, ended=[True, False] * prompts)
     module.train_dataset = lambda: dataset  # what self.trainer.datamodule gives during fit
     fields = module.look_rollout_fields(batch, turns)
-    rollout = Rollout(model_inputs(batch, prompt_only=True), samples=[batch["samples"][0]] * 2,
-                      durations=[batch["durations"][0]] * 2, **fields)
+    rollout = Rollout(model_inputs(batch, prompt_only=True), samples=[s for s in batch["samples"] for _ in range(2)],
+                      durations=[d for d in batch["durations"] for _ in range(2)], **fields)
     return batch, turns, rollout
 
 
@@ -84,31 +85,52 @@ def test_only_the_tokens_the_policy_wrote_are_in_the_loss(parts):
     assert rollout.truncated.tolist() == [False, True]
 
 
-def test_each_reply_scores_as_its_conversation_alone_and_gradients_follow_the_mask(parts):
-    """The log-probs of the batched, left-padded conversations equal those of each conversation run alone through a
-    plain forward (positions of both videos, the one-token shift and logits_to_keep all line up); the policy
-    gradient reaches the parameters and flips sign with the advantages."""
-    _, module, data = parts
-    _, turns, rollout = hand_built(module, data)
-    logps, _ = module.token_logps(module.model, rollout)
-    dataset = data.datasets["train"]
-    T = rollout.completion_ids.shape[1]
-    for row in range(2):
-        alone = module.look_rollout_fields(data.collate([dataset[(0, 0)]]), LookTurns(
-            [turns.replies[row]], [turns.looks[row]], [turns.shown[row]], [turns.ended[row]]))
-        logits = module.model(**alone["conversation"], use_cache=False).logits[0, :-1].float()
+TWINS = ["tiny_qwen2_vl", "tiny_qwen2_5_vl", "tiny_qwen3_vl"]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_prompt", "whole_conversations"])
+@pytest.mark.parametrize("twin", TWINS)
+def test_each_reply_scores_as_its_conversation_alone_and_gradients_follow_the_mask(overrides, tmp_path, twin, shared):
+    """The log-probs of the batched conversations (first prompt left-padded, the rest right-padded; with the shared
+    prompt, the first prompt once per group and the looked-at frames fed with the rest) equal those of each
+    conversation as the processor renders it, run alone through a plain forward (positions of both videos, Qwen3-VL's
+    timestamp text, the one-token shift all line up); the policy gradient reaches the parameters and flips sign with
+    the advantages."""
+    cfg = look_config(overrides, tmp_path, f"backbone={twin}", f"module.grpo.shared_prompt={shared}")
+    backbone = build_backbone(cfg.backbone)
+    module = build_module(cfg, backbone, tmp_path)
+    data = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, with_target=False)
+    data.setup("fit")
+    train = data.datasets["train"]
+    length = [len(train[(0, i)]["prompt_ids"]) for i in range(len(train))]
+    other = next(i for i in range(len(train)) if length[i] != length[0])  # a shorter or longer prompt: left padding
+    batch, turns, rollout = hand_built(module, data, rows=(0, other))
+    lengths = batch["prompt_attention_mask"].sum(dim=1).tolist()
+    assert (rollout.looked_vision is not None) and rollout.looked_vision["video_grid_thw"].shape[0] == 2
+    with torch.no_grad():
+        logps, _ = module.token_logps(module.model, rollout)
+    dataset, width = data.datasets["train"], rollout.prompt["input_ids"].shape[1]
+    for row in range(4):
+        first = int(lengths[row // 2])
+        item = dataset.look_item(batch["keys"][row // 2], batch["samples"][row // 2], turns.shown[row], 4,
+                                 target=turns.replies[row][-1])
+        alone = data.collate([item])
+        with torch.no_grad():
+            logits = module.model(**model_inputs(alone), use_cache=False).logits[0, :-1].float()
         logits = logits / float(module.cfg.temperature)
-        targets = alone["conversation"]["input_ids"][0, 1:]
-        mine = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        kept = mine[-alone["completion_ids"].shape[1]:][alone["mask"][0].bool()]
-        batched = logps[row, -T:][rollout.mask[row].bool()]
-        torch.testing.assert_close(batched, kept, rtol=1e-4, atol=1e-4)
+        mine = torch.log_softmax(logits, -1).gather(-1, alone["input_ids"][0, 1:].unsqueeze(-1)).squeeze(-1)
+        rest = int(rollout.conversation["attention_mask"][row, width:].sum())
+        assert torch.equal(alone["input_ids"][0, first:first + rest], rollout.completion_ids[row, :rest])
+        counted = rollout.mask[row, :rest].bool()
+        assert counted.sum() > 0 and not rollout.mask[row, rest:].any()
+        torch.testing.assert_close(logps[row, :rest][counted], mine[first - 1:first - 1 + rest][counted],
+                                   rtol=1e-4, atol=1e-4)
 
     grads = []
     for sign in (1.0, -1.0):
         module.model.zero_grad()
         logps, _ = module.token_logps(module.model, rollout)
-        loss, _ = policy_loss(logps, logps.detach(), torch.tensor([sign, -sign]), rollout.mask)
+        loss, _ = policy_loss(logps, logps.detach(), torch.tensor([sign, -sign] * 2), rollout.mask)
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0

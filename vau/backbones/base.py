@@ -198,9 +198,21 @@ class Backbone(ABC):
         length = prompt["input_ids"].shape[1] + (0 if completion_ids is None else completion_ids.shape[1])
         return torch.arange(length, device=prompt["input_ids"].device).expand(rows, length)
 
+    def positions_of(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Position ids of whole model inputs (ids, attention mask, vision inputs), as the model's own forward computes
+        them without explicit ids; indexed by :meth:`rows_of_positions`. The default: 0..length-1 on every row."""
+        rows, length = inputs["input_ids"].shape
+        return torch.arange(length, device=inputs["input_ids"].device).expand(rows, length)
+
     def rows_of_positions(self, positions: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
         """The position ids of some rows and columns (a backbone's ids may carry a leading axis, e.g. M-RoPE)."""
         return positions[rows, columns]
+
+    def later_videos(self, vision: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The vision inputs of one example's videos after its first (a look conversation's looked-at windows; ``{}``
+        when it has one video), in the layout the model takes for them alone; None when this backbone cannot split
+        them (GRPO with looks then runs each conversation whole instead of sharing its first prompt)."""
+        return None
 
     def encode_vision(self, model, prompt: dict[str, torch.Tensor]) -> dict[str, Any] | None:
         """The vision tower's outputs for ``prompt``, as ``{"kwargs": forward kwargs, "replaces": pixel keys}``, to

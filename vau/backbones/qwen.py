@@ -124,20 +124,32 @@ class QwenVLBackbone(Backbone):
         return base.model
 
     def position_ids(self, model, prompt, times=1, completion_ids=None, completion_mask=None) -> torch.Tensor:
-        pixels = {m[2] for m in MODALITIES}
-        full = self.repeat_vision({k: v for k, v in prompt.items() if k not in pixels}, times)
+        full = self.repeat_vision({k: v for k, v in prompt.items() if k not in {m[2] for m in MODALITIES}}, times)
         if completion_ids is not None:
-            full["input_ids"] = torch.cat([full["input_ids"], completion_ids], dim=1)
-            full["attention_mask"] = torch.cat([full["attention_mask"],
-                                                completion_mask.to(full["attention_mask"].dtype)], dim=1)
-            full["mm_token_type_ids"] = torch.cat([full["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
-        # Multimodal RoPE: 3 position rows (time, height, width) over the video tokens, text after them.
-        positions, _ = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
-                                                      attention_mask=full["attention_mask"])
+            full = self.append_text(full, completion_ids, completion_mask)
+        return self.positions_of(model, full)
+
+    def positions_of(self, model, inputs) -> torch.Tensor:
+        # Multimodal RoPE: 3 position rows (time, height, width) over the vision tokens, text after them; pixels
+        # are not needed, only the grids.
+        pixels = {m[2] for m in MODALITIES}
+        kept = {k: v for k, v in inputs.items() if k not in pixels and k != "attention_mask"}
+        positions, _ = self._vlm(model).get_rope_index(**kept, attention_mask=inputs["attention_mask"])
         return positions
 
     def rows_of_positions(self, positions: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
         return positions[:, rows, columns]
+
+    def later_videos(self, vision) -> dict[str, torch.Tensor]:
+        grid = vision.get("video_grid_thw")
+        if grid is None or grid.shape[0] <= 1:
+            return {}
+        start = int(grid[0].prod())  # the first video's patch rows come first (the processor's layout)
+        out = {"pixel_values_videos": vision["pixel_values_videos"][start:], "video_grid_thw": grid[1:]}
+        for key in MODALITIES[0][4]:
+            if key in vision:
+                out[key] = vision[key][1:]
+        return out
 
     def encode_vision(self, model, prompt) -> dict | None:
         vlm = self._vlm(model)
@@ -154,8 +166,7 @@ class QwenVLBackbone(Backbone):
         # continuing from there put every generated token 20+ positions too far (transformers 5.25, 30 s clips).
         pixels = {m[2] for m in MODALITIES}
         full = self.repeat_vision({k: v for k, v in prompt.items() if k not in pixels}, times)
-        positions, _ = self._vlm(model).get_rope_index(**{k: v for k, v in full.items() if k != "attention_mask"},
-                                                      attention_mask=full["attention_mask"])
+        positions = self.positions_of(model, full)
         # generate() counts a left-padded row's text positions from its first real token (attention mask cumsum);
         # the last column is every row's last prompt token, whose three M-RoPE rows are equal (text)
         real = full["attention_mask"].sum(dim=1, keepdim=True).to(positions.dtype)

@@ -139,6 +139,11 @@ class SampleList:
         return f"SampleList({len(self.items)} samples)"
 
 
+def right_pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+    """``seqs`` as one (n, longest) tensor, each padded with ``value`` after its end."""
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+
+
 def _left_pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
     width = max((len(s) for s in seqs), default=0)
     out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype if seqs else torch.long)

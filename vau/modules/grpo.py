@@ -81,9 +81,10 @@ class Rollout:
     ref_logps: torch.Tensor | None = None
     encoded_vision: dict | None = None  # the frozen vision tower's outputs, reused by every pass of this step
     repeated: dict[str, torch.Tensor] | None = None  # prompt inputs repeated G times (repeat path only)
-    # Replies that may look again (vau.modules.look_rollout): each reply's whole rendered conversation (B*G rows);
-    # completion_ids / mask then hold its tokens from the first one any reply wrote / the ones the policy wrote.
+    # Replies that may look again (vau.modules.look_rollout): each reply's rendered conversation (B*G rows), laid out
+    # as the first prompt then the rest; completion_ids / mask then hold the rest / the tokens the policy wrote in it.
     conversation: dict[str, torch.Tensor] | None = None
+    looked_vision: dict[str, torch.Tensor] | None = None  # the looked-at windows' vision inputs alone (shared prompt)
     looks: list | None = None  # each reply's look requests (vau.rollout.look.LookTurns.looks)
 
 

@@ -49,8 +49,9 @@ def _with_vision(prompt: dict[str, Any], encoded: dict[str, Any] | None) -> dict
 
 
 def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                      completion_mask: torch.Tensor, times: int, encoded: dict[str, Any] | None = None
-                      ) -> torch.Tensor:
+                      completion_mask: torch.Tensor, times: int, encoded: dict[str, Any] | None = None,
+                      completion_vision: dict[str, torch.Tensor] | None = None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits predicting each completion token: the prompt once, its cache shared by its ``times`` completions.
 
     Args:
@@ -61,13 +62,18 @@ def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completi
         completion_mask: (B * times, T) 1 up to and including each completion's end, 0 after.
         times: completions per prompt (G).
         encoded: precomputed vision outputs (``backbone.encode_vision``, frozen vision tower), or None.
+        completion_vision: vision inputs of videos inside the completions (a look conversation's looked-at windows,
+            in row order), or None for text completions.
+        positions: position ids of the whole (prompt repeated ``times`` times + completion) layout
+            (``backbone.positions_of``); computed here for text completions when None.
 
     Returns:
         (B * times, T, vocab) logits; row r, column t predicts ``completion_ids[r, t]`` (the repeated forward's
         ``logits[:, L - 1 : L + T - 1]``).
     """
     length, steps = prompt["input_ids"].shape[1], completion_ids.shape[1]
-    positions = backbone.position_ids(model, prompt, times, completion_ids, completion_mask)
+    if positions is None:
+        positions = backbone.position_ids(model, prompt, times, completion_ids, completion_mask)
     cache, key = _cache(), _cache_key(model)
     head = model(**_with_vision(prompt, encoded), **{key: cache}, use_cache=True, logits_to_keep=1,
                  position_ids=backbone.rows_of_positions(positions, slice(None, None, times), slice(0, length)))
@@ -81,7 +87,8 @@ def completion_logits(model, backbone, prompt: dict[str, torch.Tensor], completi
     mask = torch.cat([prompt["attention_mask"].repeat_interleave(times, dim=0),
                       completion_mask[:, :-1].to(prompt["attention_mask"].dtype)], dim=1)
     # The last completion token predicts nothing that is scored, so it is not fed.
-    tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **{key: cache}, use_cache=True,
+    tail = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **(completion_vision or {}), **{key: cache},
+                 use_cache=True,
                  position_ids=backbone.rows_of_positions(positions, slice(None), slice(length, length + steps - 1)))
     return torch.cat([first, tail.logits], dim=1)
 

@@ -66,7 +66,11 @@ class RolloutEngine:
                           next_inputs: NextInputs, settings: LookSettings, **sampling) -> LookTurns:
         """GRPO's ``n`` sampled multi-turn replies of every prompt (``n`` consecutive rows each), each allowed to look
         again (:func:`vau.rollout.look.turns_with_looks`); ``durations`` and the rows ``next_inputs`` is asked for
-        count those ``B * n`` rows. Every turn is generated from the prompt repeated ``n`` times (the conversations
-        part after their first turn, so the shared-prompt path does not apply)."""
+        count those ``B * n`` rows. The first turn continues each prompt ``n`` times (``generate(times=n)``: one
+        prefill per prompt under the shared-prompt path); the conversations part after it, so each later turn is
+        generated from its own rendered conversation."""
+        if getattr(self.module, "shared_prompt", True):
+            return turns_with_looks(self, prompt, max_new_tokens, durations, next_inputs, settings, sampling=sampling,
+                                    times=n)
         repeated = self.module.backbone.repeat_vision(prompt, n)
         return turns_with_looks(self, repeated, max_new_tokens, durations, next_inputs, settings, sampling=sampling)

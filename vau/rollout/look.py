@@ -109,12 +109,14 @@ class LookTurns:
 
 
 def turns_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations: Sequence[float],
-                     next_inputs: NextInputs, settings: LookSettings, sampling: dict[str, Any] | None = None
-                     ) -> LookTurns:
+                     next_inputs: NextInputs, settings: LookSettings, sampling: dict[str, Any] | None = None,
+                     times: int = 1) -> LookTurns:
     """Every prompt's reply, turn by turn, each allowed up to ``settings.max_looks`` looks (module doc): greedy, or
-    sampled with the ``generate`` keyword arguments ``sampling`` (GRPO's multi-turn rollouts)."""
+    sampled with the ``generate`` keyword arguments ``sampling`` (GRPO's multi-turn rollouts). ``times`` > 1: each
+    prompt's first turn is continued that many times in consecutive rows (``engine.generate(times=...)``, which the
+    hf engine serves from one prefill per prompt); ``durations`` and the rows below count those rows."""
     tokenizer = engine.module.backbone.processor.tokenizer
-    texts, ended = _decode(engine, inputs, max_new_tokens, tokenizer, stop=True, sampling=sampling)
+    texts, ended = _decode(engine, inputs, max_new_tokens, tokenizer, stop=True, sampling=sampling, times=times)
     turns: list[list[str]] = [[text] for text in texts]
     looks: list[list[dict[str, Any]]] = [[] for _ in turns]
     shown: list[list[tuple[str, tuple[float, float], str]]] = [[] for _ in turns]
@@ -160,13 +162,16 @@ def turns_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: in
 
 
 def _decode(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, tokenizer, stop: bool,
-            sampling: dict[str, Any] | None = None) -> tuple[list[str], list[bool]]:
-    """Each row's next turn: its text and whether it ended with an end-of-sequence token."""
+            sampling: dict[str, Any] | None = None, times: int = 1) -> tuple[list[str], list[bool]]:
+    """Each row's next turn (``times`` rows per row of ``inputs``): its text and whether it ended with an
+    end-of-sequence token."""
     extra = {"stopping_criteria": StoppingCriteriaList([StopAfterText(tokenizer, LOOK_END, inputs["input_ids"].shape[1])])
              } if stop else {}
     if sampling is None:
+        if times != 1:
+            raise ValueError("greedy replies with looks are one per prompt")
         ids = engine.replies(inputs, max_new_tokens, **extra)
     else:
-        ids = engine.generate(inputs, max_new_tokens, **sampling, **extra)
+        ids = engine.generate(inputs, max_new_tokens, times=times, **sampling, **extra)
     eos = torch.tensor(list(engine.module.backbone.eos_token_ids), device=ids.device)
     return tokenizer.batch_decode(ids, skip_special_tokens=True), torch.isin(ids, eos).any(dim=1).tolist()
