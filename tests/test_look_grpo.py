@@ -137,7 +137,7 @@ def test_each_reply_scores_as_its_conversation_alone_and_gradients_follow_the_ma
     torch.testing.assert_close(grads[0], -grads[1])
 
 
-def taught_to_look(cfg, tmp_path):
+def taught_to_look(cfg, tmp_path, until=0.002):
     """(module, datamodule) of a tiny model taught (teacher forcing) to answer, look at [0.5, 1.5] s and answer
     again on every training clip."""
     backbone = build_backbone(cfg.backbone)
@@ -150,8 +150,9 @@ def taught_to_look(cfg, tmp_path):
     teach = VideoTaskDataset(chains, data.encoder, data.eval_sampler, train=False, with_target=True,
                              size_fn=data.size_fn, size_key=data.size_key, look_frames=4)
     batch = data.collate([teach[(0, i)] for i in range(len(teach))])
-    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=150)
-    assert loss < 0.02, "the tiny model did not learn the look targets"
+    # until 0.002, as tests/test_look.py: at 0.02 a greedy token can still be wrong on some machines
+    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=400, until=until)
+    assert loss < until, "the tiny model did not learn the look targets"
     return module, data
 
 
@@ -183,7 +184,7 @@ def test_grpo_with_looks_resumes_exactly(overrides, tmp_path):
               "checkpoint.save_top_k=-1", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
     first = tmp_path / "first"
     cfg = look_config(overrides, first, *common)
-    module, data = taught_to_look(cfg, first)
+    module, data = taught_to_look(cfg, first, until=0.02)  # taught less firmly: its sampled replies keep a spread
     build_trainer(cfg, first).fit(module, datamodule=data)
     second = tmp_path / "second"
     cfg = look_config(overrides, second, *common)
