@@ -224,7 +224,7 @@ def two_process_runs(cache_dir, demo_root, tmp_path_factory):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
            str(Path(__file__).resolve()), "worker", str(out), str(cache_dir), str(demo_root)]
-    check(run_group(cmd, worker_env(free_port()), timeout=300), "torchrun worker")
+    check(run_group(cmd, worker_env(free_port()), timeout=420), "torchrun worker")
     return out
 
 
@@ -329,6 +329,15 @@ def test_fsdp2_generation_with_different_lengths_per_rank_finishes(two_process_r
     assert lengths == [[2, 2], [10, 10]]
 
 
+def test_fsdp2_grpo_with_looks_on_one_rank_only_finishes(two_process_runs):
+    """Rank 0's replies look again and rank 1's do not: under FSDP2 every generate is a collective, so rank 1 takes
+    part in rank 0's second turn with a stand-in; both finish the GRPO step and a look-again test."""
+    runs = [json.loads((two_process_runs / f"result_rank{r}.json").read_text())["looks_fsdp2"] for r in (0, 1)]
+    assert [r["steps"] for r in runs] == [1, 1]
+    assert runs[0]["looked"][0] > 0 and runs[1]["looked"][0] == 0, runs  # the ranks differed in their turns
+    assert all(r["test_look_rate"] >= 0 for r in runs)  # the test stage ran and reported its looks
+
+
 def test_fsdp2_lora_resume_from_a_mid_epoch_checkpoint_repeats_the_losses(two_process_runs):
     from tests.test_resume import scalars
 
@@ -362,8 +371,9 @@ def _record(out: Path, phase: str, **values) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = None):
-    """``vau.run.run("fit")`` broken into its parts so a phase can adjust the module; returns (module, trainer)."""
+def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = None, prepare=None):
+    """``vau.run.run("fit")`` broken into its parts so a phase can adjust the module (``patch(module)``) or its
+    weights before sharding (``prepare(module, datamodule)``); returns (module, trainer, datamodule)."""
     import lightning as L
 
     from vau.backbones.base import build_backbone
@@ -380,6 +390,8 @@ def _fit(overrides: list[str], run_dir: Path, patch=None, ckpt: Path | None = No
     datamodule = VAUBenchDataModule(cfg.data, cfg.sampler, backbone, backbone.pad_id, seed=int(cfg.seed),
                                     with_target=ALGORITHMS.get(cfg.module.name).needs_targets)
     module = build_module(cfg, backbone, run_dir)
+    if prepare is not None:
+        prepare(module, datamodule)
     if patch is not None:
         patch(module)
     trainer = build_trainer(cfg, run_dir)
@@ -394,6 +406,44 @@ def _watch_prompts(module, seen: list) -> None:
     def rollout(batch):
         seen.append([s.video for s in batch["samples"]])
         return original(batch)
+
+    module.rollout = rollout
+
+
+LOOK, FINAL, PLAIN = ("<think>a look</think><answer>A</answer><look>[0.5, 1.5]</look>",
+                      "<reflect>seen</reflect><think>again</think><answer>B</answer>", "<think>a square</think><answer>A</answer>")
+LOOKS = ["module.generation.look_again=true", "module.generation.look_frames=4", "sampler.num_frames=4",
+         "module.grpo.max_new_tokens=48", "module.generation.max_new_tokens=48", "module.grpo.temperature=0.3",
+         "data.qa_shifts=null", "data.shuffle=false", "trainer.max_steps=1", "trainer.limit_test_batches=2",
+         "lora.enabled=false", "module.grpo.beta=0"]  # full weights: the replies are taught to the whole model
+
+
+def _teach_looks(module, datamodule) -> None:
+    """Teacher forcing (before sharding; every rank the same): clip 0 answers, looks at [0.5, 1.5] s and answers
+    again; clip 1 answers once. Rank 0's prompt is clip 0 and rank 1's clip 1 (no shuffling), so only rank 0 has a
+    second turn to generate."""
+    from vau.backbones.tiny import teach_replies
+    from vau.datamodules.encoding import model_inputs
+    from vau.tasks.base import look_turn
+
+    datamodule.setup("fit")
+    train = datamodule.datasets["train"]
+    window = (0.5, 1.5)
+    items = [train.look_item((0, 0), train[(0, 0)]["sample"], [(LOOK, window, look_turn(window))], 4, target=FINAL),
+             train.look_item((0, 1), train[(0, 1)]["sample"], [], 4, target=PLAIN)]
+    batch = datamodule.collate(items)
+    loss = teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=300, until=0.002)
+    assert loss < 0.01, f"the tiny model did not learn the replies ({loss})"
+
+
+def _watch_looks(module, looked: list) -> None:
+    """Record per GRPO rollout how many of this rank's replies looked."""
+    original = module.rollout
+
+    def rollout(batch):
+        result = original(batch)
+        looked.append(sum(bool(row) for row in (result.looks or [])))
+        return result
 
     module.rollout = rollout
 
@@ -458,6 +508,15 @@ def worker(out: Path, cache_dir: str, demo_root: str) -> None:
                                    f"module.grpo.dynamic_sampling.refill={refill}"],
                                   out / name, patch=lambda m, rollouts=rollouts: _watch_prompts(m, rollouts))
         _record(out, name, rollouts=rollouts, steps=int(trainer.global_step))
+
+    # Looks under FSDP2: rank 0's replies look, rank 1's do not; both make as many generate calls (a stand-in turn on
+    # rank 1) and finish, in GRPO's sampled rollouts and in greedy evaluation.
+    looked: list = []
+    module, trainer, datamodule = _fit([*common, *fsdp2, *GRPO_DIFF, *LOOKS], out / "looks_fsdp2",
+                                       prepare=_teach_looks, patch=lambda m: _watch_looks(m, looked))
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    _record(out, "looks_fsdp2", looked=looked, steps=int(trainer.global_step),
+            test_look_rate=float(trainer.callback_metrics.get("test/look_rate", -1.0)))
 
     # Full fine-tuning with KL: also shards the frozen reference copy.
     lengths: list = []

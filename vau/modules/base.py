@@ -20,7 +20,7 @@ from vau.datamodules.views import view_tasks
 from vau.modules.checkpointing import CheckpointState
 from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule
-from vau.modules.parallel import is_sharded, shard_model, synced_generation
+from vau.modules.parallel import is_sharded, max_over_ranks, shard_model, synced_generation
 from vau.parsing import cut_after
 from vau.registry import ROLLOUT_ENGINES
 from vau.rewards import build_rewards
@@ -149,18 +149,22 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         inputs = model_inputs(batch, prompt_only=True)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         if self.look_again:
-            if is_sharded(self.model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                # Sharded generate is a collective: every rank would have to run as many look turns as the rank with
-                # the most, which this loop does not arrange yet.
-                raise NotImplementedError("module.generation.look_again does not run under FSDP2 yet (a look is a "
-                                          "generate call only some ranks make); evaluate with DDP or one device")
             return self.engine.replies_with_looks(inputs, max_new_tokens, batch["durations"],
-                                                  self._look_inputs(batch), self.look_settings)
+                                                  self._look_inputs(batch), self.look_settings,
+                                                  agree=self.look_turns_agree())
         first = self.engine.replies(inputs, max_new_tokens)
         if not self.self_correct:
             return self.decode(first), None
         second = self.engine.replies(self.second_pass(inputs, first), max_new_tokens)
         return [join_passes(a, b) for a, b in zip(self.decode(first), self.decode(second))], None
+
+    def look_turns_agree(self):
+        """Under FSDP2 on several processes every ``generate`` is a collective, so every rank takes as many look turns
+        as the rank that takes the most (:func:`vau.rollout.look.turns_with_looks`): returns the test "does any rank
+        go on" for that; None elsewhere (each rank decides alone)."""
+        if is_sharded(self.model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return lambda flag: max_over_ranks(int(bool(flag))) > 0
+        return None
 
     def _look_inputs(self, batch: dict[str, Any], dataset=None, group: int = 1, memo: dict | None = None):
         """The environment of a look (:data:`vau.rollout.look.NextInputs`): the batch's examples re-read by

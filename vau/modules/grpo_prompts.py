@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from vau.modules.parallel import max_over_ranks
 from vau.modules.temporal_contrast import right_replies, temporal_bonus, with_bonus
 
 
@@ -99,11 +100,7 @@ class PromptSelection:
     @staticmethod
     def _max_rank(value: int) -> int:
         """The largest ``value`` over the processes."""
-        if dist.is_available() and dist.is_initialized():
-            out = torch.tensor([float(value)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(out, op=dist.ReduceOp.MAX)
-            return int(out.item())
-        return int(value)
+        return max_over_ranks(value)
 
     @classmethod
     def _any_rank(cls, flag: bool) -> bool:

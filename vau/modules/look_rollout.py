@@ -42,7 +42,7 @@ class LookRollouts:
         durations = [d for d in batch["durations"] for _ in range(G)]
         environment = self._look_inputs(batch, self.train_dataset(), group=G, memo=memo)
         return self.engine.sample_with_looks(prompt, G, int(self.cfg.max_new_tokens), durations, environment,
-                                             self.look_settings, **self.sampling())
+                                             self.look_settings, agree=self.look_turns_agree(), **self.sampling())
 
     def train_dataset(self):
         return self.trainer.datamodule.datasets["train"]
@@ -114,7 +114,9 @@ class LookRollouts:
         (:func:`vau.modules.shared_prompt.completion_logits` with the looked-at frames as the completions' vision);
         otherwise one forward over every whole conversation (the last T + 1 positions kept)."""
         conversation, T = rollout.conversation, rollout.completion_ids.shape[1]
-        if (self.shared_prompt and rollout.looked_vision is not None
+        # Under FSDP2 on several processes a forward is a collective, and only ranks with looks would run the vision
+        # tower on the rest of the conversation: there every whole conversation runs (every rank runs the tower once).
+        if (self.shared_prompt and rollout.looked_vision is not None and self.look_turns_agree() is None
                 and not (torch.is_grad_enabled() and self._checkpointing())):
             length = rollout.prompt["input_ids"].shape[1]
             return completion_logits(model, self.backbone, rollout.prompt, rollout.completion_ids,

@@ -103,6 +103,15 @@ def shard_model(model: torch.nn.Module, mesh, mp_policy=None, reshard_after_forw
     return len(blocks)
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over the processes of the default group (``value`` itself outside one)."""
+    if dist.is_available() and dist.is_initialized():
+        out = torch.tensor([float(value)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return int(out.item())
+    return int(value)
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """True when ``model`` (or the HF model under its PEFT wrapper) is an FSDP2 module."""
     return isinstance(base_model(model), _fsdp_module_class())

@@ -57,13 +57,15 @@ class RolloutEngine:
         return LookSettings.from_cfg(generation)
 
     def replies_with_looks(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations,
-                           next_inputs: NextInputs, settings: LookSettings) -> tuple[list[str], list[list[dict]]]:
+                           next_inputs: NextInputs, settings: LookSettings, agree=None
+                           ) -> tuple[list[str], list[list[dict]]]:
         """Greedy replies that may look again at a window of the video (:func:`vau.rollout.look.replies_with_looks`):
-        the engine stops each turn at ``</look>`` and asks ``next_inputs`` for the conversation that follows."""
-        return replies_with_looks(self, inputs, max_new_tokens, durations, next_inputs, settings)
+        the engine stops each turn at ``</look>`` and asks ``next_inputs`` for the conversation that follows.
+        ``agree``: whether any process goes on to another turn (sharded generation; None: this process alone)."""
+        return replies_with_looks(self, inputs, max_new_tokens, durations, next_inputs, settings, agree=agree)
 
     def sample_with_looks(self, prompt: dict[str, torch.Tensor], n: int, max_new_tokens: int, durations,
-                          next_inputs: NextInputs, settings: LookSettings, **sampling) -> LookTurns:
+                          next_inputs: NextInputs, settings: LookSettings, agree=None, **sampling) -> LookTurns:
         """GRPO's ``n`` sampled multi-turn replies of every prompt (``n`` consecutive rows each), each allowed to look
         again (:func:`vau.rollout.look.turns_with_looks`); ``durations`` and the rows ``next_inputs`` is asked for
         count those ``B * n`` rows. The first turn continues each prompt ``n`` times (``generate(times=n)``: one
@@ -71,6 +73,7 @@ class RolloutEngine:
         generated from its own rendered conversation."""
         if getattr(self.module, "shared_prompt", True):
             return turns_with_looks(self, prompt, max_new_tokens, durations, next_inputs, settings, sampling=sampling,
-                                    times=n)
+                                    times=n, agree=agree)
         repeated = self.module.backbone.repeat_vision(prompt, n)
-        return turns_with_looks(self, repeated, max_new_tokens, durations, next_inputs, settings, sampling=sampling)
+        return turns_with_looks(self, repeated, max_new_tokens, durations, next_inputs, settings, sampling=sampling,
+                                agree=agree)

@@ -82,7 +82,8 @@ NextInputs = Callable[[list[int], list[list[tuple[str, tuple[float, float], str]
 
 
 def replies_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations: Sequence[float],
-                       next_inputs: NextInputs, settings: LookSettings) -> tuple[list[str], list[list[dict[str, Any]]]]:
+                       next_inputs: NextInputs, settings: LookSettings, agree: Callable[[bool], bool] | None = None
+                       ) -> tuple[list[str], list[list[dict[str, Any]]]]:
     """Greedy replies of every prompt, each allowed up to ``settings.max_looks`` looks (module doc).
 
     Returns:
@@ -90,7 +91,7 @@ def replies_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: 
         the <look> block's window, "window": [start, end] shown or None, "reason": why (vau.parsing.LOOK_REASONS or
         LOOK_REFUSALS), "frame_times": the looked-at frames' times}``.
     """
-    turns = turns_with_looks(engine, inputs, max_new_tokens, durations, next_inputs, settings)
+    turns = turns_with_looks(engine, inputs, max_new_tokens, durations, next_inputs, settings, agree=agree)
     return [join_turns(replies) for replies in turns.replies], turns.looks
 
 
@@ -110,11 +111,15 @@ class LookTurns:
 
 def turns_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: int, durations: Sequence[float],
                      next_inputs: NextInputs, settings: LookSettings, sampling: dict[str, Any] | None = None,
-                     times: int = 1) -> LookTurns:
+                     times: int = 1, agree: Callable[[bool], bool] | None = None) -> LookTurns:
     """Every prompt's reply, turn by turn, each allowed up to ``settings.max_looks`` looks (module doc): greedy, or
     sampled with the ``generate`` keyword arguments ``sampling`` (GRPO's multi-turn rollouts). ``times`` > 1: each
     prompt's first turn is continued that many times in consecutive rows (``engine.generate(times=...)``, which the
-    hf engine serves from one prefill per prompt); ``durations`` and the rows below count those rows."""
+    hf engine serves from one prefill per prompt); ``durations`` and the rows below count those rows.
+
+    ``agree(flag)``: whether ``flag`` ("this process has a turn to generate") holds on any process. Sharded
+    generation (FSDP2) is a collective, so while any process goes on, one without a turn of its own generates a
+    stand-in (its first prompt again, thrown away) and every process makes as many ``generate`` calls."""
     tokenizer = engine.module.backbone.processor.tokenizer
     texts, ended = _decode(engine, inputs, max_new_tokens, tokenizer, stop=True, sampling=sampling, times=times)
     turns: list[list[str]] = [[text] for text in texts]
@@ -140,20 +145,24 @@ def turns_with_looks(engine, inputs: dict[str, torch.Tensor], max_new_tokens: in
             request["window"] = [window[0], window[1]]
             shown[row].append((last, window, look_turn(window)))
             rows.append(row)
-        if not rows:
-            break
-        following, frame_times = next_inputs(rows, [shown[row] for row in rows])
-        kept = [row for row, times in zip(rows, frame_times) if times is not None]
-        for row, times in zip(rows, frame_times):
-            if times is None:
-                looks[row][-1].update(window=None, reason="unreadable")
-                shown[row].pop()
-            else:
-                looks[row][-1]["frame_times"] = list(times[-1])
-                frames_used[row] += len(times[-1])
-        if not kept:
+        kept: list[int] = []
+        if rows:
+            following, frame_times = next_inputs(rows, [shown[row] for row in rows])
+            kept = [row for row, seen in zip(rows, frame_times) if seen is not None]
+            for row, seen in zip(rows, frame_times):
+                if seen is None:
+                    looks[row][-1].update(window=None, reason="unreadable")
+                    shown[row].pop()
+                else:
+                    looks[row][-1]["frame_times"] = list(seen[-1])
+                    frames_used[row] += len(seen[-1])
+        if not (agree(bool(kept)) if agree is not None else kept):
             break
         more = turn + 1 < settings.max_looks
+        if not kept:  # another process generates a turn: take part in its collective with a stand-in
+            stand_in = engine.module.backbone.slice_vision(inputs, [0])
+            _decode(engine, stand_in, max_new_tokens, tokenizer, stop=more, sampling=sampling)
+            continue
         texts, ends = _decode(engine, following, max_new_tokens, tokenizer, stop=more, sampling=sampling)
         for row, text, end in zip(kept, texts, ends):
             turns[row].append(text)
