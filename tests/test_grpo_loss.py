@@ -70,6 +70,29 @@ def test_gradient_never_reaches_padding():
     assert logps.grad[1, 2] == 0 and logps.grad[0, 1] != 0
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_a_masked_position_holding_any_log_prob_leaves_the_loss_and_its_gradient_finite(level):
+    """The padded slot holds log-probs whose ratio and KL overflow exp (a look conversation's video tokens, which the
+    reference scores far from the policy, did this to a real step): loss and gradient equal those with harmless values
+    there."""
+    for extreme in (1e4, -1e4):
+        logps = LOGPS.clone()
+        logps[1, 2] = extreme
+        ref = LOGPS.detach() - 0.3
+        ref[1, 2] = -extreme
+        tame = LOGPS.clone().requires_grad_(True)
+        wild = logps.clone().requires_grad_(True)
+        losses = []
+        for x, r in ((tame, LOGPS.detach() - 0.3), (wild, ref)):
+            loss, stats = policy_loss(x, OLD, ADV, MASK, loss_type="bnpo", beta=0.1, ref_logps=r,
+                                      importance_sampling_level=level)
+            loss.backward()
+            losses.append(loss)
+            assert torch.isfinite(loss) and torch.isfinite(stats.kl) and torch.isfinite(x.grad).all()
+        torch.testing.assert_close(losses[0], losses[1])
+        torch.testing.assert_close(tame.grad, wild.grad)
+
+
 def test_completion_mask_stops_at_first_eos_and_flags_truncation():
     eos = 9
     ids = torch.tensor([[4, 9, 5, 9], [4, 5, 6, 7], [9, 0, 0, 0]])

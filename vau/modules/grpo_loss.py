@@ -132,7 +132,11 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         raise ValueError(f"loss_type={loss_type!r}: use one of {LOSS_TYPES}")
     if importance_sampling_level not in IS_LEVELS:
         raise ValueError(f"importance_sampling_level={importance_sampling_level!r}: use one of {IS_LEVELS}")
-    log_ratio = logps - old_logps
+    # Positions out of the loss (padding, video tokens, a look turn's text) may hold any log-prob, and the policy and
+    # its reference can disagree there without bound: zeroed before exp, so an overflow there cannot turn the masked
+    # sum, or its gradient (inf x 0), into NaN.
+    keep = mask > 0
+    log_ratio = torch.where(keep, logps - old_logps, 0.0)
     if importance_sampling_level == "sequence":
         seq = (log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
         # One ratio per sequence (the geometric mean of its token ratios); gradients reach every token's logp.
@@ -145,7 +149,7 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     if beta != 0.0:
         if ref_logps is None:
             raise ValueError("beta != 0 needs ref_logps")
-        delta = ref_logps - logps
+        delta = torch.where(keep, ref_logps - logps, 0.0)
         kl = torch.exp(delta) - delta - 1  # k3 estimator: unbiased, always >= 0
         per_token = per_token + beta * kl
     if loss_type == "grpo":
