@@ -3,12 +3,16 @@
 Two arms on the long-clip look demo data (30-40 s clips, written to a temp folder), the tiny Qwen2.5-VL, G replies
 per prompt, timed interleaved, step by step, in one process:
 
-  look        8 uniform frames; every reply answers, writes <look>[start, end]</look> around the clip's anomaly, is
-              shown 8 frames of that window as a second video and answers again (conf=demo_grpo_look: multi-turn
-              rollouts; the loss passes run each prompt's first video and text once for its G conversations)
-  look_whole  the same with module.grpo.shared_prompt=false: the loss passes run every whole conversation
+  look    8 uniform frames; every reply answers, writes <look>[start, end]</look> around the clip's anomaly, is shown
+          8 frames of that window as a second video and answers again (conf=demo_grpo_look: multi-turn rollouts;
+          the first turn and the loss passes compute each prompt's first video and text once for its G replies)
   single  16 uniform frames; every reply writes the same text without the look tag (conf=demo_grpo_look with
           module.generation.look_again=false sampler.num_frames=16: the shared-prompt rollout and loss)
+
+Within the look arm, each step also times its two halves on both paths, in turn: the rollout with
+``module.grpo.shared_prompt`` on (one prefill per prompt for the first turn) and off (the prompt repeated G times),
+and the loss passes (reference log-probs, policy log-probs, backward) on the step's own rollout, shared prompt against
+whole conversations. The replies are sampled near-greedily (``--temperature``) so both rollouts write the same text.
 
 Settings (``--setting``): S the demo's tiny twin at 56 x 56 per frame (4 video tokens per two frames); R the
 realistic vision share of benchmarks/grpo_step.py (224 x 224 per frame: 64 video tokens per two frames, its small
@@ -55,11 +59,11 @@ def build_arm(name: str, root: Path, cache_dir: str, args):
                  *(f"+backbone.sizes.{k}={v}" for k, v in R_SIZES.items())]
     else:
         extra = []
-    extra += {"look": [], "look_whole": ["module.grpo.shared_prompt=false"],
-              "single": ["module.generation.look_again=false", "sampler.num_frames=16"]}[name]
+    extra += {"look": [], "single": ["module.generation.look_again=false", "sampler.num_frames=16"]}[name]
     cfg = compose("demo_grpo_look", [f"paths.cache_dir={cache_dir}", f"data.root={root}", "data.generate=null",
                                      f"module.grpo.num_generations={args.groups}", f"data.batch_size={args.prompts}",
-                                     "module.grpo.temperature=0.3", "module.grpo.max_new_tokens=96", "init_from=null",
+                                     f"module.grpo.temperature={args.temperature}", "module.grpo.max_new_tokens=96",
+                                     "init_from=null",
                                      *extra])
     backbone = build_backbone(cfg.backbone)
     module = build_module(cfg, backbone, root / f"run_{name}")
@@ -91,6 +95,39 @@ def teach(module, data, dataset, look: bool, count: int, steps: int) -> float:
     return teach_replies(module.model, model_inputs(batch), batch["labels"], max_steps=steps, until=0.005)
 
 
+def loss_passes(module, rollout) -> float:
+    """Seconds for the reference log-probs, the policy's log-probs and loss, and the backward, on ``rollout``."""
+    from dataclasses import replace
+
+    advantages = torch.randn(rollout.completion_ids.shape[0], generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with torch.no_grad(), module.reference_policy() as ref:
+        rollout = replace(rollout, ref_logps=module.token_logps(ref, rollout)[0])
+    loss, _, _, _ = module.loss(rollout, advantages)
+    loss.backward()
+    seconds = time.perf_counter() - start
+    module.model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def both_paths(module, batch) -> dict:
+    """The look step's rollout and loss passes timed with the shared prompt and without, on the same batch."""
+    out = {}
+    for shared in (True, False):
+        module.shared_prompt = shared
+        start = time.perf_counter()
+        rollout = module.rollout(batch)
+        out[f"rollout_{shared}"] = time.perf_counter() - start
+        out[f"looked_{shared}"] = sum(bool(row) for row in rollout.looks) / len(rollout.looks)
+        if shared:
+            kept = rollout
+    for shared in (True, False):
+        module.shared_prompt = shared
+        out[f"loss_{shared}"] = loss_passes(module, kept)
+    module.shared_prompt = True
+    return out
+
+
 def one_step(module, batch, optimizer) -> dict:
     from dataclasses import replace
 
@@ -118,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--teach-steps", type=int, default=400, help="teacher-forcing steps at most per arm")
+    parser.add_argument("--temperature", type=float, default=0.2, help="rollout sampling temperature")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "vau-bench-cache"))
     args = parser.parse_args(argv)
     from vau.data.synthetic import generate
@@ -127,14 +165,9 @@ def main(argv=None) -> int:
     generate(root / "data", n_train=max(4, args.prompts), n_val=1, n_test=1, seed=0, min_seconds=30.0,
              max_seconds=40.0, event_seconds=[1.0, 2.0], cue_seconds=4.0)
     arms, batches, optimizers, times, stats, taught = {}, {}, {}, {}, {}, {}
-    for name in ("look", "look_whole", "single"):
+    for name in ("look", "single"):
         module, data, dataset = build_arm(name, root / "data", args.cache_dir, args)
-        if name == "look_whole":  # the look arm's taught weights: the two look arms differ only in the loss's path
-            module.model.load_state_dict(arms["look"].model.state_dict())
-            left = taught["look"]
-        else:
-            left = teach(module, data, dataset, name != "single", max(4, args.prompts), args.teach_steps)
-        taught[name] = left
+        taught[name] = left = teach(module, data, dataset, name == "look", max(4, args.prompts), args.teach_steps)
         print(f"{name}: taught to loss {left:.4f}", flush=True)
         arms[name] = module
         batches[name] = data.collate([dataset[(0, i)] for i in range(args.prompts)])
@@ -144,8 +177,11 @@ def main(argv=None) -> int:
         for name, module in arms.items():
             start = time.perf_counter()
             out = one_step(module, batches[name], optimizers[name])
+            elapsed = time.perf_counter() - start
+            if name == "look":
+                out.update(both_paths(module, batches[name]))
             if step >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(elapsed)
                 stats[name].append(out)
     lines = [f"GRPO step with a look (8 + 8 frames) vs single pass (16 frames): setting {args.setting}, {args.prompts} "
              f"prompt(s) x G = {args.groups}, torch threads 1; median of {args.steps} interleaved steps after "
@@ -154,14 +190,20 @@ def main(argv=None) -> int:
              "reply | forward length (tokens) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name in arms:
         s = stats[name]
-        frames = 8 + statistics.mean(x["looked_frames"] for x in s) if name != "single" else 16
+        frames = 8 + statistics.mean(x["looked_frames"] for x in s) if name == "look" else 16
         lines.append(f"| {name} | {statistics.median(times[name]):.3f} | {statistics.mean(x['looked'] for x in s):.2f} | "
                      f"{statistics.mean(x['looked_frames'] for x in s):.1f} | {frames:.1f} | "
                      f"{statistics.mean(x['tokens'] for x in s):.0f} | {max(x['forward_len'] for x in s)} |")
-    median = {name: statistics.median(times[name]) for name in arms}
-    lines += ["", f"look / single step time: {median['look'] / median['single']:.2f}x; look_whole / single: "
-                  f"{median['look_whole'] / median['single']:.2f}x; look / look_whole: "
-                  f"{median['look'] / median['look_whole']:.2f}x"]
+    lines += ["", f"look / single step time: {statistics.median(times['look']) / statistics.median(times['single']):.2f}x",
+              f"taught to loss: look {taught['look']:.4f}, single {taught['single']:.4f}", "",
+              "The look step's halves on both paths (same batch, in turn; median s):", "",
+              "| half | shared prompt | prompt repeated / whole conversations | ratio |", "|---|---:|---:|---:|"]
+    look = stats["look"]
+    for half, label in (("rollout", "rollout (turns generated)"), ("loss", "loss passes (reference, policy, backward)")):
+        a, b = (statistics.median(x[f"{half}_{flag}"] for x in look) for flag in (True, False))
+        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    lines.append(f"replies that looked in those rollouts: shared {statistics.mean(x['looked_True'] for x in look):.2f}, "
+                 f"repeated {statistics.mean(x['looked_False'] for x in look):.2f}")
     print("\n".join(lines))
     return 0
 
