@@ -10,11 +10,11 @@ token the chat template writes after a turn stopped at ``</look>`` are masked ou
 
 A conversation starts with its example's first prompt, token for token (checked per reply), so the shared-prompt
 path applies to the loss passes as to single-turn steps: the first video and prompt run once per group and their KV
-cache serves the G conversations, whose looked-at frames enter with the rest of the conversation. What this does not
-do yet (docs/experiments.md): the turns are *generated* from the prompt repeated G times (the conversations part
-after their first turn); the replies are re-tokenized from their text when the conversation is rendered (the tokens
-a chat template puts around a turn are only known after rendering), which for the byte-level BPE tokenizers of the
-supported families gives back the sampled ids except where a sampled split is not the canonical one.
+cache serves the G conversations, whose looked-at frames enter with the rest of the conversation. The first turn is
+generated from one prefill per prompt too; a later turn is generated from each reply's own rendered conversation
+(they part after the first turn). The replies are re-tokenized from their text when the conversation is rendered (the
+tokens a chat template puts around a turn are only known after rendering), which for the byte-level BPE tokenizers of
+the supported families gives back the sampled ids except where a sampled split is not the canonical one.
 """
 
 from __future__ import annotations
