@@ -20,7 +20,7 @@ from vau.datamodules.views import view_tasks
 from vau.modules.checkpointing import CheckpointState
 from vau.modules.nonfinite import NonFiniteGuard
 from vau.modules.optim import build_optimizer, warmup_schedule
-from vau.modules.parallel import is_sharded, max_over_ranks, shard_model, synced_generation
+from vau.modules.parallel import any_rank, is_sharded, shard_model, synced_generation
 from vau.parsing import cut_after
 from vau.registry import ROLLOUT_ENGINES
 from vau.rewards import build_rewards
@@ -163,7 +163,7 @@ class VAUModule(CheckpointState, NonFiniteGuard, L.LightningModule):
         as the rank that takes the most (:func:`vau.rollout.look.turns_with_looks`): returns the test "does any rank
         go on" for that; None elsewhere (each rank decides alone)."""
         if is_sharded(self.model) and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            return lambda flag: max_over_ranks(int(bool(flag))) > 0
+            return any_rank
         return None
 
     def _look_inputs(self, batch: dict[str, Any], dataset=None, group: int = 1, memo: dict | None = None):

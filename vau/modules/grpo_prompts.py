@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from vau.modules.parallel import max_over_ranks
+from vau.modules.parallel import any_rank, max_over_ranks
 from vau.modules.temporal_contrast import right_replies, temporal_bonus, with_bonus
 
 
@@ -102,7 +102,7 @@ class PromptSelection:
         """The largest ``value`` over the processes."""
         return max_over_ranks(value)
 
-    @classmethod
-    def _any_rank(cls, flag: bool) -> bool:
+    @staticmethod
+    def _any_rank(flag: bool) -> bool:
         """True when ``flag`` holds on any process (all ranks roll out the same number of extra batches)."""
-        return cls._max_rank(int(bool(flag))) > 0
+        return any_rank(flag)

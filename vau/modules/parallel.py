@@ -112,6 +112,11 @@ def max_over_ranks(value: int) -> int:
     return int(value)
 
 
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` holds on any process of the default group (``flag`` itself outside one)."""
+    return max_over_ranks(int(bool(flag))) > 0
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """True when ``model`` (or the HF model under its PEFT wrapper) is an FSDP2 module."""
     return isinstance(base_model(model), _fsdp_module_class())
